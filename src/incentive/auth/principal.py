@@ -1,0 +1,97 @@
+"""Who is calling: resolved from a Bearer access token or a partner API key."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+
+from incentive.auth.keys import KeyRing
+from incentive.auth.models import Partner, RevokedToken, User
+from incentive.auth.tokens import decode_access_token
+from incentive.deps import Session
+from incentive.errors import Forbidden, Unauthorized
+
+
+@dataclass(frozen=True)
+class Principal:
+    id: str
+    name: str
+    role: str  # customer | merchant | operator | partner
+    merchant_id: str | None = None
+    jti: str | None = None
+
+    @property
+    def is_operator(self) -> bool:
+        return self.role == "operator"
+
+
+_bearer = HTTPBearer(auto_error=False, description="JWT access token from /api/v1/auth/token")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="partner API key")
+
+
+def hash_api_key(key: str) -> str:
+    # API keys are 256-bit random strings, so a fast hash is safe and allows indexed lookup.
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def keyring(request: Request) -> KeyRing:
+    ring: KeyRing = request.app.state.keyring
+    return ring
+
+
+async def current_user(
+    request: Request,
+    session: Session,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("missing bearer token")
+    claims = decode_access_token(keyring(request), credentials.credentials)
+    if await session.get(RevokedToken, claims.jti) is not None:
+        raise Unauthorized("token revoked")
+    user = await session.get(User, claims.sub)
+    if user is None or user.blocked or user.role != claims.role:
+        raise Unauthorized("token subject no longer valid")
+    principal = Principal(user.id, user.username, user.role, user.merchant_id, claims.jti)
+    request.state.principal = principal
+    return principal
+
+
+async def current_partner(
+    request: Request,
+    session: Session,
+    api_key: Annotated[str | None, Depends(_api_key)],
+) -> Principal:
+    if not api_key:
+        raise Unauthorized("missing X-API-Key")
+    partner = (
+        await session.execute(select(Partner).where(Partner.api_key_hash == hash_api_key(api_key)))
+    ).scalar_one_or_none()
+    if partner is None:
+        raise Unauthorized("unknown API key")
+    principal = Principal(partner.id, partner.code, "partner")
+    request.state.principal = principal
+    return principal
+
+
+def require_roles(*roles: str) -> object:
+    """Dependency: the caller must hold one of ``roles`` (401 without token, 403 otherwise)."""
+
+    async def _check(principal: Annotated[Principal, Depends(current_user)]) -> Principal:
+        if principal.role not in roles:
+            raise Forbidden(f"role {principal.role!r} may not do this; needs one of {list(roles)}")
+        return principal
+
+    return Depends(_check)
+
+
+CurrentUser = Annotated[Principal, Depends(current_user)]
+CurrentPartner = Annotated[Principal, Depends(current_partner)]
+Operator = Annotated[Principal, require_roles("operator")]
+Customer = Annotated[Principal, require_roles("customer")]
+MerchantStaff = Annotated[Principal, require_roles("merchant", "operator")]

@@ -1,0 +1,98 @@
+"""JWT access tokens: EdDSA only, ``kid`` header, claims sub/name/role/iat/exp/jti."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import jwt
+
+from incentive.auth.keys import KeyRing
+from incentive.db import new_id, utcnow
+from incentive.errors import Unauthorized
+
+ALGORITHM = "EdDSA"
+
+
+@dataclass(frozen=True)
+class AccessClaims:
+    sub: str
+    name: str
+    role: str
+    jti: str
+    iat: datetime
+    exp: datetime
+    merchant_id: str | None = None
+
+
+def issue_access_token(
+    ring: KeyRing,
+    *,
+    user_id: str,
+    name: str,
+    role: str,
+    merchant_id: str | None,
+    ttl_seconds: int,
+    jti: str | None = None,
+) -> tuple[str, AccessClaims]:
+    now = utcnow().replace(microsecond=0)
+    claims = AccessClaims(
+        sub=user_id,
+        name=name,
+        role=role,
+        jti=jti or new_id(),
+        iat=now,
+        exp=now + timedelta(seconds=ttl_seconds),
+        merchant_id=merchant_id,
+    )
+    payload: dict[str, Any] = {
+        "sub": claims.sub,
+        "name": claims.name,
+        "role": claims.role,
+        "iat": int(claims.iat.timestamp()),
+        "exp": int(claims.exp.timestamp()),
+        "jti": claims.jti,
+    }
+    if merchant_id:
+        payload["mid"] = merchant_id
+    token = jwt.encode(
+        payload, ring.active.private_key, algorithm=ALGORITHM, headers={"kid": ring.active.kid}
+    )
+    return token, claims
+
+
+def decode_access_token(ring: KeyRing, token: str) -> AccessClaims:
+    """Verify signature (by ``kid``), algorithm and expiry; any failure is a 401."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise Unauthorized("malformed token") from exc
+    if header.get("alg") != ALGORITHM:
+        raise Unauthorized("token algorithm not accepted")
+    key = ring.by_kid.get(str(header.get("kid")))
+    if key is None:
+        raise Unauthorized("unknown signing key")
+    try:
+        data = jwt.decode(
+            token,
+            key.public_key,
+            algorithms=[ALGORITHM],
+            options={"require": ["sub", "role", "iat", "exp", "jti"]},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise Unauthorized("token expired") from exc
+    except jwt.PyJWTError as exc:
+        raise Unauthorized("invalid token") from exc
+    try:
+        return AccessClaims(
+            sub=str(data["sub"]),
+            name=str(data.get("name", "")),
+            role=str(data["role"]),
+            jti=str(data["jti"]),
+            iat=datetime.fromtimestamp(int(data["iat"]), tz=utcnow().tzinfo),
+            exp=datetime.fromtimestamp(int(data["exp"]), tz=utcnow().tzinfo),
+            merchant_id=data.get("mid"),
+        )
+    except (TypeError, ValueError) as exc:
+        raise Unauthorized("invalid token claims") from exc

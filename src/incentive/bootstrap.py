@@ -1,0 +1,35 @@
+"""Process start-up and shut-down shared by `serve`, `worker` and the tests.
+
+Each domain that needs something at start (a live-config refresher, the event relay, a
+stock engine) registers it here, so the lifespan in app.py stays one call.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from incentive import migrations
+from incentive.db import Database
+from incentive.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def start(app: FastAPI, settings: Settings, db: Database, *, migrate: bool) -> None:
+    if migrate and db.is_sqlite:
+        # The embedded default upgrades itself; PostgreSQL is upgraded by `incentive db upgrade`.
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await migrations.upgrade(db.engine)
+    app.state.redis = None
+    if settings.redis_url:
+        import redis.asyncio as aioredis
+
+        app.state.redis = aioredis.from_url(settings.redis_url)
+
+
+async def stop(app: FastAPI) -> None:
+    redis = getattr(app.state, "redis", None)
+    if redis is not None:
+        await redis.aclose()

@@ -1,0 +1,136 @@
+"""Domain errors and their RFC 9457 problem+json rendering.
+
+Tree (each domain adds its own leaves under these)::
+
+    IncentiveError (500 internal)
+    ├── BadRequest (400 bad-request)
+    │   └── InvalidField (422 invalid-field: names the field and the rule)
+    ├── Unauthorized (401 unauthorized, WWW-Authenticate: Bearer)
+    ├── Forbidden (403 forbidden)
+    ├── NotFound (404 not-found)
+    ├── Conflict (409 conflict)
+    │   ├── IdempotencyConflict (409 idempotency-key-reused)
+    │   ├── InsufficientFunds (409 insufficient-funds)    [ledger]
+    │   └── InvalidTransition (409 invalid-transition)    [campaigns]
+    ├── TooManyRequests (429 too-many-requests, Retry-After)
+    └── ServiceUnavailable (503 unavailable, Retry-After)
+
+Only this module knows about HTTP status codes; services raise these and never see HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+PROBLEM_BASE = "https://incentive.dev/problems/"
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
+class IncentiveError(Exception):
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.extra = extra
+
+    @property
+    def type_uri(self) -> str:
+        return PROBLEM_BASE + self.slug
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def to_problem(self, instance: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": self.type_uri,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance:
+            body["instance"] = instance
+        body.update(self.extra)
+        return body
+
+
+class BadRequest(IncentiveError):
+    status = 400
+    slug = "bad-request"
+    title = "Bad request"
+
+
+class InvalidField(BadRequest):
+    """A value breaks a business rule; ``field`` and ``rule`` tell the caller which."""
+
+    status = 422
+    slug = "invalid-field"
+    title = "Invalid field"
+
+    def __init__(self, field: str, rule: str, detail: str | None = None) -> None:
+        super().__init__(
+            detail or f"{field}: {rule}",
+            errors=[{"field": field, "rule": rule, "message": detail or rule}],
+        )
+        self.field = field
+        self.rule = rule
+
+
+class Unauthorized(IncentiveError):
+    status = 401
+    slug = "unauthorized"
+    title = "Unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="incentive", error="invalid_token"'}
+
+
+class Forbidden(IncentiveError):
+    status = 403
+    slug = "forbidden"
+    title = "Forbidden"
+
+
+class NotFound(IncentiveError):
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class Conflict(IncentiveError):
+    status = 409
+    slug = "conflict"
+    title = "Conflict"
+
+
+class IdempotencyConflict(Conflict):
+    slug = "idempotency-key-reused"
+    title = "Idempotency key reused with a different request"
+
+
+class TooManyRequests(IncentiveError):
+    status = 429
+    slug = "too-many-requests"
+    title = "Too many requests"
+
+    def __init__(self, detail: str | None = None, retry_after: int = 1, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class ServiceUnavailable(IncentiveError):
+    status = 503
+    slug = "unavailable"
+    title = "Service unavailable"
+
+    def __init__(self, detail: str | None = None, retry_after: int = 1, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}

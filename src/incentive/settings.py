@@ -1,0 +1,49 @@
+"""Static settings read once from the environment (prefix ``INCENTIVE_``).
+
+What operators change while the platform runs lives in the live ``config`` domain instead.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INCENTIVE_", extra="ignore")
+
+    data_dir: Path = Path("./var")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy async URL; default: SQLite file in data_dir"
+    )
+    redis_url: str | None = Field(default=None, description="unset = embedded backends")
+    signing_key_file: Path | None = Field(
+        default=None, description="PEM Ed25519 private key; default: generated in data_dir/keys"
+    )
+    access_token_ttl_seconds: int = 900
+    refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    login_max_failures: int = 5
+    login_window_seconds: int = 300
+    demo_data: bool = True
+    log_level: str = "INFO"
+    log_json: bool = True
+    embedded_worker: bool = True
+    config_refresh_seconds: float = 1.0
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'incentive.db').resolve()}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
