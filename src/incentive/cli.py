@@ -1,0 +1,57 @@
+"""`incentive` command line. Each domain contributes a sub-command group (its own cli.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import typer
+
+from incentive import migrations
+from incentive.db import Database
+from incentive.settings import get_settings
+
+app = typer.Typer(no_args_is_help=True, help="Incentive marketing platform")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema")
+app.add_typer(db_app, name="db")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="bind address"),
+    port: int = typer.Option(8000, help="bind port"),
+    workers: int = typer.Option(1, help="API processes"),
+) -> None:
+    """Run the HTTP API (and, on the embedded default, the background worker)."""
+    import uvicorn
+
+    uvicorn.run(
+        "incentive.app:create_app", factory=True, host=host, port=port, workers=workers,
+        log_config=None, access_log=False,
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head")) -> None:
+    """Apply migrations to the configured database."""
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    async def _run() -> None:
+        db = Database(settings.resolved_database_url)
+        try:
+            await migrations.upgrade(db.engine, revision)
+        finally:
+            await db.dispose()
+
+    asyncio.run(_run())
+    typer.echo(f"database at {revision}")
+
+
+def _register_domains() -> None:
+    # Each domain's command group; add one line per domain.
+    from incentive.auth.cli import register as register_auth
+
+    register_auth(app)
+
+
+_register_domains()
