@@ -32,15 +32,14 @@ async def make_merchant(db: Database, code: str = "M001", name: str = "Shop") ->
         return m
 
 
-async def make_user(
+async def make_user_row(
     db: Database,
-    app: Any,
     *,
     username: str,
     role: str = "customer",
     password: str = "correct horse battery",
     merchant_id: str | None = None,
-) -> Actor:
+) -> User:
     async with db.unit_of_work() as s:
         u = User(
             username=username,
@@ -51,6 +50,21 @@ async def make_user(
         )
         s.add(u)
         await s.flush()
+    return u
+
+
+async def make_user(
+    db: Database,
+    app: Any,
+    *,
+    username: str,
+    role: str = "customer",
+    password: str = "correct horse battery",
+    merchant_id: str | None = None,
+) -> Actor:
+    u = await make_user_row(
+        db, username=username, role=role, password=password, merchant_id=merchant_id
+    )
     token, _ = issue_access_token(
         app.state.keyring,
         user_id=u.id,

@@ -25,8 +25,13 @@ def serve(
     import uvicorn
 
     uvicorn.run(
-        "incentive.app:create_app", factory=True, host=host, port=port, workers=workers,
-        log_config=None, access_log=False,
+        "incentive.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
     )
 
 
@@ -55,3 +60,7 @@ def _register_domains() -> None:
 
 
 _register_domains()
+
+
+if __name__ == "__main__":
+    app()
