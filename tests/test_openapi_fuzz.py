@@ -48,6 +48,7 @@ async def test_schemathesis_finds_no_server_errors(
             "--exclude-path",
             "/metrics",
             env=server.env,
+            cwd=tmp_path,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
