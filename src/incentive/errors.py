@@ -11,7 +11,10 @@ Tree (each domain adds its own leaves under these)::
     ├── Conflict (409 conflict)
     │   ├── IdempotencyConflict (409 idempotency-key-reused)
     │   ├── InsufficientFunds (409 insufficient-funds)    [ledger]
-    │   └── InvalidTransition (409 invalid-transition)    [campaigns]
+    │   ├── InvalidTransition (409 invalid-transition)    [campaigns]
+    │   └── StockError (409 stock-conflict)               [stock]
+    │       ├── SoldOut (409 sold-out)
+    │       └── StockPoolMissing (409 stock-pool-missing)
     ├── TooManyRequests (429 too-many-requests, Retry-After)
     └── ServiceUnavailable (503 unavailable, Retry-After)
 
@@ -108,6 +111,25 @@ class Conflict(IncentiveError):
 class IdempotencyConflict(Conflict):
     slug = "idempotency-key-reused"
     title = "Idempotency key reused with a different request"
+
+
+class StockError(Conflict):
+    slug = "stock-conflict"
+    title = "Stock refused the operation"
+
+
+class SoldOut(StockError):
+    """The whole pool (every bucket together) cannot serve the quantity; nothing was taken."""
+
+    slug = "sold-out"
+    title = "Sold out"
+
+
+class StockPoolMissing(StockError):
+    """The pool was never split, was dropped, or was lost with the stock store (rebuild it)."""
+
+    slug = "stock-pool-missing"
+    title = "Stock pool does not exist"
 
 
 class TooManyRequests(IncentiveError):
