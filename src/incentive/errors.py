@@ -8,15 +8,20 @@ Tree (each domain adds its own leaves under these)::
     ├── Unauthorized (401 unauthorized, WWW-Authenticate: Bearer)
     ├── Forbidden (403 forbidden)
     ├── NotFound (404 not-found)
+    │   └── AccountNotFound (404 account-not-found)       [ledger]
     ├── Conflict (409 conflict)
-    │   ├── IdempotencyConflict (409 idempotency-key-reused)
+    │   ├── IdempotencyConflict (409 idempotency-key-reused)   [kit/idempotency]
+    │   │   └── TransferKeyReused (409 idempotency-key-reused) [ledger]
     │   ├── InsufficientFunds (409 insufficient-funds)    [ledger]
+    │   ├── AssetMismatch (409 asset-mismatch)            [ledger]
     │   ├── InvalidTransition (409 invalid-transition)    [campaigns]
     │   └── StockError (409 stock-conflict)               [stock]
     │       ├── SoldOut (409 sold-out)
     │       └── StockPoolMissing (409 stock-pool-missing)
     ├── TooManyRequests (429 too-many-requests, Retry-After)
     └── ServiceUnavailable (503 unavailable, Retry-After)
+
+Ledger leaves also derive from the marker ``ledger.errors.LedgerError``.
 
 Only this module knows about HTTP status codes; services raise these and never see HTTP.
 """

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from incentive.auth.api import router as auth_router
 from incentive.errors import PROBLEM_CONTENT_TYPE
+from incentive.ledger.api import router as ledger_router
 
 
 class Problem(BaseModel):
@@ -44,5 +45,5 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def include_routers(app: FastAPI) -> None:
-    for router in (auth_router,):
+    for router in (auth_router, ledger_router):
         app.include_router(router, prefix="/api/v1", responses=PROBLEM_RESPONSES)

@@ -1,0 +1,243 @@
+"""``Idempotency-Key`` for value-moving POSTs: a retried request is answered, never re-run.
+
+Usage in a router (the endpoint keeps its ordinary signature)::
+
+    @router.post("/things", status_code=201, response_model=ThingOut)
+    @idempotent(status_code=201)
+    async def create_thing(body: ThingIn, session: Session, caller: CurrentUser) -> ThingOut:
+        ...
+
+or, for full control, take the claim as a dependency (``claim: IdempotencyClaim``) and call
+``claim.replayed_response()`` / ``await claim.complete(status, body)`` yourself.
+
+Rules:
+
+- The header is required; 1-200 printable ASCII characters, else 422 naming the header.
+- Keys are scoped by the caller (``role:id``): two callers may use the same key.
+- The fingerprint is sha256(method, path with query, body). Same key + same fingerprint
+  replays the stored response with ``Idempotent-Replayed: true``; same key + another
+  fingerprint is 409 ``idempotency-key-reused``, and nothing runs.
+- The record is claimed (inserted) before the work and completed with the response in the
+  same transaction as the work. A failed request (any error) rolls back with its record, so
+  the key stays free and a retry runs again; only 2xx responses are stored and replayed.
+- Concurrent duplicates never both run: on PostgreSQL the second claim blocks on the unique
+  index until the first transaction ends, then replays its response (or runs if the first
+  rolled back). SQLite runs one writing transaction at a time, which gives the same result.
+"""
+
+# No `from __future__ import annotations` here: the dependency built in claim_dependency()
+# annotates with a closure variable, which FastAPI can only see as a real object.
+import functools
+import hashlib
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+from fastapi import Depends, Header, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from sqlalchemy import JSON, Integer, String, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from incentive.auth.principal import Principal, current_user
+from incentive.db import Base, UTCDateTime, utcnow
+from incentive.deps import Session
+from incentive.errors import IdempotencyConflict
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+KEY_PATTERN = r"^[\x20-\x7e]+$"
+
+
+class IdempotencyRecord(Base):
+    """One claimed key of one caller and, once completed, the response to replay."""
+
+    __tablename__ = "idempotency_records"
+
+    scope: Mapped[str] = mapped_column(String(80), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # in_progress | completed
+    response_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    response_body: Mapped[Any] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+def fingerprint(method: str, path: str, body: bytes) -> str:
+    h = hashlib.sha256()
+    for part in (method.upper().encode(), path.encode(), body):
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.hexdigest()
+
+
+@dataclass
+class Claim:
+    """The caller's claim on a key within the current transaction."""
+
+    session: AsyncSession
+    scope: str
+    key: str
+    fingerprint: str
+    replay_status: int | None = None
+    replay_body: Any = None
+
+    @property
+    def is_replay(self) -> bool:
+        return self.replay_status is not None
+
+    def replayed_response(self) -> JSONResponse:
+        assert self.replay_status is not None
+        return JSONResponse(
+            self.replay_body, status_code=self.replay_status, headers={REPLAYED_HEADER: "true"}
+        )
+
+    async def complete(self, status_code: int, body: Any) -> None:
+        """Store the response in the record (same transaction as the work)."""
+        await self.session.execute(
+            update(IdempotencyRecord)
+            .where(IdempotencyRecord.scope == self.scope, IdempotencyRecord.key == self.key)
+            .values(status="completed", response_status=status_code, response_body=body)
+            .execution_options(synchronize_session=False)
+        )
+
+
+async def claim_key(
+    session: AsyncSession, *, scope: str, key: str, request_fingerprint: str
+) -> Claim:
+    """Claim ``key`` for ``scope`` or find the completed earlier request that holds it.
+
+    Raises ``IdempotencyConflict`` when the key was used for a different request.
+    """
+    insert = postgresql.insert if session.get_bind().dialect.name != "sqlite" else sqlite.insert
+    claimed = (
+        await session.execute(
+            insert(IdempotencyRecord)
+            .values(
+                scope=scope,
+                key=key,
+                fingerprint=request_fingerprint,
+                status="in_progress",
+                created_at=utcnow(),
+            )
+            .on_conflict_do_nothing(index_elements=["scope", "key"])
+            .returning(IdempotencyRecord.key)
+        )
+    ).first()
+    claim = Claim(session, scope, key, request_fingerprint)
+    if claimed is not None:
+        return claim
+    # The earlier holder has committed (its uncommitted claim would have blocked the insert),
+    # so its record is complete.
+    record = (
+        await session.execute(
+            select(
+                IdempotencyRecord.fingerprint,
+                IdempotencyRecord.response_status,
+                IdempotencyRecord.response_body,
+            ).where(IdempotencyRecord.scope == scope, IdempotencyRecord.key == key)
+        )
+    ).one()
+    if record.fingerprint != request_fingerprint:
+        raise IdempotencyConflict(
+            f"{HEADER} {key!r} was already used for a different request",
+            header=HEADER,
+        )
+    claim.replay_status = int(record.response_status)
+    claim.replay_body = record.response_body
+    return claim
+
+
+async def purge_records(session: AsyncSession, *, older_than: datetime) -> int:
+    """Forget keys claimed before ``older_than`` (retries are expected within hours)."""
+    result = await session.execute(
+        delete(IdempotencyRecord).where(IdempotencyRecord.created_at < older_than)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+PrincipalDependency = Callable[..., Awaitable[Principal]]
+
+
+def claim_dependency(principal: PrincipalDependency = current_user) -> Callable[..., Any]:
+    """Build the FastAPI dependency resolving to a ``Claim`` for the calling ``principal``."""
+
+    async def _claim(
+        request: Request,
+        session: Session,
+        caller: Annotated[Principal, Depends(principal)],
+        key: Annotated[
+            str,
+            Header(
+                alias=HEADER,
+                min_length=1,
+                max_length=200,
+                pattern=KEY_PATTERN,
+                description="Unique per intended operation; a retry with the same key and "
+                "body replays the first response instead of running again.",
+            ),
+        ],
+    ) -> Claim:
+        body = await request.body()
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return await claim_key(
+            session,
+            scope=f"{caller.role}:{caller.id}",
+            key=key,
+            request_fingerprint=fingerprint(request.method, path, body),
+        )
+
+    return _claim
+
+
+IdempotencyClaim = Annotated[Claim, Depends(claim_dependency())]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+_CLAIM_PARAM = "idempotency_claim__"
+
+
+def idempotent(
+    *, status_code: int = 200, principal: PrincipalDependency = current_user
+) -> Callable[[Callable[P, Awaitable[Any]]], Callable[P, Awaitable[Any]]]:
+    """Decorator making a POST endpoint idempotent (see the module docstring).
+
+    The endpoint's return value is serialised once (``jsonable_encoder``), stored with the
+    claim and sent; the route's ``response_model`` still documents the shape.
+    """
+    dependency = claim_dependency(principal)
+
+    def decorate(func: Callable[P, Awaitable[Any]]) -> Callable[P, Awaitable[Any]]:
+        # Evaluate string annotations against the endpoint's module, not this one.
+        sig = inspect.signature(func, eval_str=True)
+        annotation = Annotated[Claim, Depends(dependency)]
+        # An endpoint that wants the key (e.g. to derive a domain key) declares `claim: Claim`.
+        passes_claim = "claim" in sig.parameters and sig.parameters["claim"].annotation is Claim
+        extra = inspect.Parameter(
+            _CLAIM_PARAM, inspect.Parameter.KEYWORD_ONLY, annotation=annotation
+        )
+
+        @functools.wraps(func)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            claim = kwargs["claim"] if passes_claim else kwargs.pop(_CLAIM_PARAM)
+            assert isinstance(claim, Claim)
+            if claim.is_replay:
+                return claim.replayed_response()
+            result = await func(*args, **kwargs)
+            body = jsonable_encoder(result)
+            await claim.complete(status_code, body)
+            return JSONResponse(body, status_code=status_code)
+
+        params = [p for p in sig.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+        if passes_claim:
+            params = [p.replace(annotation=annotation) if p.name == "claim" else p for p in params]
+        else:
+            params.append(extra)
+        wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate

@@ -1,0 +1,157 @@
+"""Ledger HTTP API: balances and history for their owners, transfers for operators."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from incentive.auth.principal import CurrentUser, Operator, Principal
+from incentive.deps import Session
+from incentive.errors import Forbidden
+from incentive.kit.idempotency import Claim, idempotent
+from incentive.ledger import service
+from incentive.ledger.models import Account
+from incentive.ledger.schemas import (
+    AccountIn,
+    AccountOut,
+    BatchIn,
+    BatchOut,
+    HistoryLimit,
+    TransferIn,
+    TransferOut,
+    TransferPage,
+)
+
+router = APIRouter(tags=["ledger"])
+
+PathId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+Cursor = Annotated[
+    str | None,
+    Query(pattern=r"^[0-9]{0,18}$", description="`next_cursor` of the previous page"),
+]
+
+
+def _owners(principal: Principal) -> list[tuple[str, str]]:
+    """The account owners a caller speaks for: itself, and its merchant for merchant staff."""
+    owners = [("user", principal.id)]
+    if principal.role == "merchant" and principal.merchant_id:
+        owners.append(("merchant", principal.merchant_id))
+    return owners
+
+
+def _authorize(principal: Principal, account: Account) -> None:
+    if principal.is_operator or (account.owner_type, account.owner_id) in _owners(principal):
+        return
+    # Same answer whether or not the account exists would need a 404 for both; a 403 here
+    # only reveals that the id exists, never its owner or balance.
+    raise Forbidden("not your account")
+
+
+def _page(page: service.HistoryPage) -> TransferPage:
+    return TransferPage(
+        items=[TransferOut.model_validate(t) for t in page.items],
+        next_cursor=None if page.next_cursor is None else str(page.next_cursor),
+    )
+
+
+def _cursor(cursor: str | None) -> int | None:
+    return int(cursor) if cursor else None
+
+
+@router.get("/me/accounts", response_model=list[AccountOut])
+async def my_accounts(principal: CurrentUser, session: Session) -> list[AccountOut]:
+    accounts = await service.accounts_of(session, _owners(principal))
+    return [AccountOut.model_validate(a) for a in accounts]
+
+
+@router.get("/me/transfers", response_model=TransferPage)
+async def my_transfers(
+    principal: CurrentUser,
+    session: Session,
+    cursor: Cursor = None,
+    limit: Annotated[HistoryLimit, Query()] = 50,
+) -> TransferPage:
+    accounts = await service.accounts_of(session, _owners(principal))
+    page = await service.history_of_accounts(
+        session, [a.id for a in accounts], _cursor(cursor), limit
+    )
+    return _page(page)
+
+
+@router.post("/accounts", response_model=AccountOut, status_code=200)
+async def open_account(body: AccountIn, principal: Operator, session: Session) -> AccountOut:
+    """Get or create an account (idempotent by nature: same owner/asset/name, same account)."""
+    account = await service.open_account(
+        session,
+        owner_type=body.owner_type,
+        owner_id=body.owner_id,
+        asset=body.asset,
+        name=body.name,
+        allow_negative=body.allow_negative,
+    )
+    return AccountOut.model_validate(account)
+
+
+@router.get("/accounts/{account_id}", response_model=AccountOut)
+async def get_account(account_id: PathId, principal: CurrentUser, session: Session) -> AccountOut:
+    account = await service.get_account(session, account_id)
+    _authorize(principal, account)
+    return AccountOut.model_validate(account)
+
+
+@router.get("/accounts/{account_id}/transfers", response_model=TransferPage)
+async def account_transfers(
+    account_id: PathId,
+    principal: CurrentUser,
+    session: Session,
+    cursor: Cursor = None,
+    limit: Annotated[HistoryLimit, Query()] = 50,
+) -> TransferPage:
+    account = await service.get_account(session, account_id)
+    _authorize(principal, account)
+    return _page(await service.history(session, account_id, _cursor(cursor), limit))
+
+
+@router.post("/transfers", response_model=TransferOut, status_code=201)
+@idempotent(status_code=201)
+async def create_transfer(
+    body: TransferIn, principal: Operator, session: Session, claim: Claim
+) -> TransferOut:
+    """Move value between two accounts. The `Idempotency-Key` header is the transfer's key."""
+    transfer = await service.transfer(
+        session,
+        idempotency_key=f"api:{principal.id}:{claim.key}",
+        debit_account_id=body.debit_account_id,
+        credit_account_id=body.credit_account_id,
+        amount=body.amount,
+        kind=body.kind,
+        reference=body.reference,
+        metadata=body.metadata,
+    )
+    return TransferOut.model_validate(transfer)
+
+
+@router.post("/transfers/batch", response_model=BatchOut, status_code=200)
+@idempotent(status_code=200)
+async def create_batch(body: BatchIn, principal: Operator, session: Session) -> BatchOut:
+    """All items or none; items whose key was applied before are skipped and listed."""
+    result = await service.batch_transfer(
+        session,
+        [
+            service.TransferItem(
+                idempotency_key=i.idempotency_key,
+                debit_account_id=i.debit_account_id,
+                credit_account_id=i.credit_account_id,
+                amount=i.amount,
+                kind=i.kind,
+                reference=i.reference,
+                metadata=i.metadata,
+            )
+            for i in body.items
+        ],
+    )
+    return BatchOut(
+        created=result.created, skipped=len(result.skipped_keys), skipped_keys=result.skipped_keys
+    )

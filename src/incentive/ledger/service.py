@@ -1,0 +1,696 @@
+"""The ledger: the only code that changes a balance (tenet 1).
+
+Contract shared by every function here:
+
+- Amounts are positive ``int`` in the asset's minor unit (fen, points); floats are refused.
+- Value moves only as a double-entry ``Transfer`` (debit one account, credit another of the
+  same asset) carrying a globally unique idempotency key. Repeating a key with the same
+  content returns the original transfer and moves nothing; the same key with other content
+  raises ``TransferKeyReused`` (409) and writes nothing.
+- An account without ``allow_negative`` never goes below zero: each balance changes with one
+  conditional ``UPDATE ... WHERE balance >= :amount`` (never read-modify-write).
+- Lock order is fixed: first the transfer's idempotency key (unique index, keys in sorted
+  order), then account rows in ascending primary key. Two ledger transactions can therefore
+  wait for each other but never deadlock.
+- A function that raises leaves nothing behind in the caller's transaction, so a caller may
+  catch ``InsufficientFunds`` and carry on (e.g. fall back to another reward).
+- Nothing here commits; the caller's unit of work does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, cast
+
+from sqlalchemy import Select, Table, and_, delete, literal, or_, select, text, union, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from incentive.db import utcnow
+from incentive.errors import InvalidField
+from incentive.ledger.errors import (
+    AccountNotFound,
+    AssetMismatch,
+    InsufficientFunds,
+    TransferKeyReused,
+)
+from incentive.ledger.models import Account, Transfer
+
+OWNER_TYPES = ("user", "merchant", "campaign", "partner", "platform")
+# One transfer is capped so that sums over a batch stay far inside a signed 64-bit integer.
+MAX_AMOUNT = 10**15
+# Net change of one account within one batch; balance + delta must stay inside BIGINT.
+MAX_BATCH_DELTA = 2**62
+MAX_KEY_LENGTH = 255
+MAX_REFERENCE_LENGTH = 200
+MAX_HISTORY_LIMIT = 500
+
+ASSET_RE = re.compile(r"^[A-Z][A-Z0-9_]{1,15}$")
+KIND_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,31}$")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+# --------------------------------------------------------------------------- accounts
+
+
+async def open_account(
+    session: AsyncSession,
+    *,
+    owner_type: str,
+    owner_id: str,
+    asset: str,
+    name: str = "main",
+    allow_negative: bool = False,
+) -> Account:
+    """Get or create the account ``(owner_type, owner_id, asset, name)``.
+
+    Race-safe: two concurrent callers get the same row (insert ... on conflict do nothing,
+    then read). ``allow_negative`` only applies when the account is created; an existing
+    account keeps its setting (it is never changed here, so a funding account stays one).
+    """
+    _check_owner(owner_type, owner_id)
+    _check_asset(asset)
+    if not NAME_RE.match(name):
+        raise InvalidField("name", "pattern", "name: lowercase letters, digits, _ . - (<= 64)")
+    values = {
+        "owner_type": owner_type,
+        "owner_id": owner_id,
+        "asset": asset,
+        "name": name,
+        "balance": 0,
+        "allow_negative": allow_negative,
+        "created_at": utcnow(),
+    }
+    stmt = (
+        _dialect_insert(session, Account)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["owner_type", "owner_id", "asset", "name"])
+    )
+    await session.execute(stmt)
+    return (
+        await session.execute(
+            select(Account)
+            .where(
+                Account.owner_type == owner_type,
+                Account.owner_id == owner_id,
+                Account.asset == asset,
+                Account.name == name,
+            )
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one()
+
+
+async def get_account(session: AsyncSession, account_id: int) -> Account:
+    """The account with its current balance (re-read, never a stale identity-map copy)."""
+    account = (
+        await session.execute(
+            select(Account)
+            .where(Account.id == account_id)
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one_or_none()
+    if account is None:
+        raise AccountNotFound(f"account {account_id} does not exist", account_id=account_id)
+    return account
+
+
+async def find_account(
+    session: AsyncSession, *, owner_type: str, owner_id: str, asset: str, name: str = "main"
+) -> Account | None:
+    """The account if it exists; unlike ``open_account`` this never creates one."""
+    return (
+        await session.execute(
+            select(Account)
+            .where(
+                Account.owner_type == owner_type,
+                Account.owner_id == owner_id,
+                Account.asset == asset,
+                Account.name == name,
+            )
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one_or_none()
+
+
+async def accounts_of(session: AsyncSession, owners: Iterable[tuple[str, str]]) -> list[Account]:
+    """Every account of the given ``(owner_type, owner_id)`` pairs, by id."""
+    pairs = list(owners)
+    if not pairs:
+        return []
+    cond = or_(*(and_(Account.owner_type == t, Account.owner_id == o) for t, o in pairs))
+    rows = await session.execute(
+        select(Account).where(cond).order_by(Account.id).execution_options(populate_existing=True)
+    )
+    return list(rows.scalars())
+
+
+# --------------------------------------------------------------------------- transfers
+
+
+@dataclass(frozen=True)
+class TransferItem:
+    """One transfer of a batch (same meaning as the arguments of ``transfer``)."""
+
+    idempotency_key: str
+    debit_account_id: int
+    credit_account_id: int
+    amount: int
+    kind: str
+    reference: str = ""
+    metadata: Mapping[str, Any] | None = None
+
+
+@dataclass
+class BatchResult:
+    """``created`` transfers were written now; ``skipped_keys`` had been applied before."""
+
+    created: int
+    skipped_keys: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.created + len(self.skipped_keys)
+
+
+async def transfer(
+    session: AsyncSession,
+    *,
+    idempotency_key: str,
+    debit_account_id: int,
+    credit_account_id: int,
+    amount: int,
+    kind: str,
+    reference: str = "",
+    metadata: Mapping[str, Any] | None = None,
+) -> Transfer:
+    """Move ``amount`` from the debit to the credit account, exactly once per key.
+
+    - Same key and same content as an earlier transfer: returns that transfer, moves nothing.
+    - Same key, other content: ``TransferKeyReused`` (409), nothing written.
+    - Debit account not ``allow_negative`` and balance < amount: ``InsufficientFunds``
+      (409), no balance changed and no transfer row left.
+    - Unknown account: ``AccountNotFound`` (404); different assets: ``AssetMismatch`` (409).
+
+    A concurrent call with the same key waits for the first one's transaction (unique index)
+    and then returns its transfer. Balance updates take the account rows in id order.
+    """
+    item = TransferItem(
+        idempotency_key, debit_account_id, credit_account_id, amount, kind, reference, metadata
+    )
+    meta = _check_item(item, "")
+    debit = aliased(Account)
+    credit = aliased(Account)
+    now = utcnow()
+    # One statement validates both accounts (exist, same asset) and claims the key.
+    source = select(
+        literal(idempotency_key, Transfer.idempotency_key.type),
+        debit.id,
+        credit.id,
+        literal(amount, Transfer.amount.type),
+        debit.asset,
+        literal(kind, Transfer.kind.type),
+        literal(reference, Transfer.reference.type),
+        literal(meta, Transfer.meta.type),
+        literal(now, Transfer.created_at.type),
+    ).where(
+        debit.id == debit_account_id,
+        credit.id == credit_account_id,
+        debit.asset == credit.asset,
+    )
+    stmt = (
+        _dialect_insert(session, Transfer)
+        .from_select(
+            [
+                "idempotency_key",
+                "debit_account_id",
+                "credit_account_id",
+                "amount",
+                "asset",
+                "kind",
+                "reference",
+                "metadata",
+                "created_at",
+            ],
+            source,
+        )
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(Transfer.id, Transfer.asset)
+    )
+    inserted = (await session.execute(stmt)).first()
+    if inserted is None:
+        return await _replay_or_explain(session, item, meta)
+    transfer_id, asset = int(inserted[0]), str(inserted[1])
+
+    if credit_account_id < debit_account_id and not _is_sqlite(session):
+        # Keep the id order of row locks: take the credit row first, change it after the debit.
+        await session.execute(
+            select(Account.id)
+            .where(Account.id == credit_account_id)
+            .with_for_update(key_share=True)
+        )
+    debited = (
+        await session.execute(
+            update(Account)
+            .where(
+                Account.id == debit_account_id,
+                or_(Account.allow_negative, Account.balance >= amount),
+            )
+            .values(balance=Account.balance - amount)
+            .returning(Account.balance)
+            .execution_options(synchronize_session=False)
+        )
+    ).first()
+    if debited is None:
+        # Nothing else changed yet: removing our own uncommitted row leaves no trace.
+        await session.execute(delete(Transfer).where(Transfer.id == transfer_id))
+        raise InsufficientFunds(
+            f"account {debit_account_id} cannot pay {amount} {asset}",
+            account_id=debit_account_id,
+            amount=amount,
+        )
+    await session.execute(
+        update(Account)
+        .where(Account.id == credit_account_id)
+        .values(balance=Account.balance + amount)
+        .execution_options(synchronize_session=False)
+    )
+    return Transfer(
+        id=transfer_id,
+        idempotency_key=idempotency_key,
+        debit_account_id=debit_account_id,
+        credit_account_id=credit_account_id,
+        amount=amount,
+        asset=asset,
+        kind=kind,
+        reference=reference,
+        meta=meta,
+        created_at=now,
+    )
+
+
+async def _replay_or_explain(
+    session: AsyncSession, item: TransferItem, meta: dict[str, Any]
+) -> Transfer:
+    existing = (
+        await session.execute(
+            select(Transfer).where(Transfer.idempotency_key == item.idempotency_key)
+        )
+    ).scalar_one_or_none()
+    if existing is not None:
+        if _same_content(existing, item, meta):
+            return existing
+        raise TransferKeyReused(
+            f"idempotency key {item.idempotency_key!r} was used for a different transfer",
+            transfer_id=existing.id,
+        )
+    accounts = await _load_accounts(session, {item.debit_account_id, item.credit_account_id})
+    debit, credit = accounts[item.debit_account_id], accounts[item.credit_account_id]
+    raise AssetMismatch(
+        f"account {debit.id} holds {debit.asset}, account {credit.id} holds {credit.asset}"
+    )
+
+
+async def batch_transfer(session: AsyncSession, items: Sequence[TransferItem]) -> BatchResult:
+    """Apply many transfers all or nothing.
+
+    - Each item follows ``transfer``'s idempotency rule: an item whose key already exists with
+      the same content is skipped and reported in ``skipped_keys``; a key with other content
+      raises ``TransferKeyReused`` and nothing of the batch is written.
+    - Keys must be unique within the batch (``InvalidField``).
+    - The batch is checked on its net effect: every account without ``allow_negative`` must end
+      at or above zero, else ``InsufficientFunds`` and nothing is written.
+    - PostgreSQL: set-based, a fixed number of statements whatever the batch size (one
+      ``INSERT ... SELECT FROM unnest(...)``, one lock of the touched accounts in id order,
+      one ``UPDATE ... FROM unnest(...)`` of the aggregated deltas). SQLite: executemany.
+    """
+    if not items:
+        return BatchResult(created=0)
+    metas: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        metas.append(_check_item(item, f"items[{i}]."))
+        if item.idempotency_key in seen:
+            raise InvalidField(
+                f"items[{i}].idempotency_key", "unique", "idempotency keys repeat in the batch"
+            )
+        seen.add(item.idempotency_key)
+    account_ids = {i.debit_account_id for i in items} | {i.credit_account_id for i in items}
+    accounts = await _load_accounts(session, account_ids)
+    for i, item in enumerate(items):
+        debit, credit = accounts[item.debit_account_id], accounts[item.credit_account_id]
+        if debit.asset != credit.asset:
+            raise AssetMismatch(
+                f"items[{i}]: account {debit.id} holds {debit.asset}, "
+                f"account {credit.id} holds {credit.asset}",
+                item=i,
+            )
+    # Sorted keys: concurrent batches sharing keys claim them in one order (no deadlock).
+    order = sorted(range(len(items)), key=lambda i: items[i].idempotency_key)
+    ordered = [items[i] for i in order]
+    ordered_metas = [metas[i] for i in order]
+    assets = [accounts[i.debit_account_id].asset for i in ordered]
+    async with session.begin_nested():
+        if _is_sqlite(session):
+            skipped = await _sqlite_insert(session, ordered, ordered_metas, assets)
+        else:
+            skipped = await _pg_insert(session, ordered, ordered_metas, assets)
+        skipped_set = set(skipped)
+        applied = [i for i in ordered if i.idempotency_key not in skipped_set]
+        deltas = aggregate_deltas(applied)
+        for account_id, delta in deltas.items():
+            if abs(delta) > MAX_BATCH_DELTA:
+                raise InvalidField("items", "net-change-limit", f"account {account_id} net change")
+        if deltas:
+            await _apply_deltas(session, deltas)
+    return BatchResult(created=len(applied), skipped_keys=sorted(skipped))
+
+
+def aggregate_deltas(items: Iterable[TransferItem]) -> dict[int, int]:
+    """Net balance change per account: credits minus debits. Accounts netting to 0 stay.
+
+    The deltas of any set of transfers sum to zero (double entry).
+    """
+    deltas: dict[int, int] = {}
+    for item in items:
+        deltas[item.debit_account_id] = deltas.get(item.debit_account_id, 0) - item.amount
+        deltas[item.credit_account_id] = deltas.get(item.credit_account_id, 0) + item.amount
+    return deltas
+
+
+_PG_BATCH_INSERT = text(
+    """
+    WITH input AS (
+        SELECT * FROM unnest(
+            CAST(:keys AS varchar[]), CAST(:debits AS bigint[]), CAST(:credits AS bigint[]),
+            CAST(:amounts AS bigint[]), CAST(:assets AS varchar[]), CAST(:kinds AS varchar[]),
+            CAST(:refs AS varchar[]), CAST(:metas AS text[])
+        ) AS i(k, debit, credit, amount, asset, kind, ref, meta)
+    ), ins AS (
+        INSERT INTO transfers (idempotency_key, debit_account_id, credit_account_id, amount,
+                               asset, kind, reference, metadata, created_at)
+        SELECT k, debit, credit, amount, asset, kind, ref, CAST(meta AS json), :now FROM input
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING idempotency_key
+    )
+    SELECT k FROM input WHERE (SELECT count(*) FROM ins) < :n
+        AND k NOT IN (SELECT idempotency_key FROM ins)
+    """
+)
+
+_PG_APPLY_DELTAS = text(
+    """
+    UPDATE accounts AS a SET balance = a.balance + d.delta
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:deltas AS bigint[])) AS d(id, delta)
+    WHERE a.id = d.id AND (a.allow_negative OR a.balance + d.delta >= 0)
+    RETURNING a.id
+    """
+)
+
+
+async def _pg_insert(
+    session: AsyncSession,
+    items: list[TransferItem],
+    metas: list[dict[str, Any]],
+    assets: list[str],
+) -> list[str]:
+    rows = await session.execute(
+        _PG_BATCH_INSERT,
+        {
+            "keys": [i.idempotency_key for i in items],
+            "debits": [i.debit_account_id for i in items],
+            "credits": [i.credit_account_id for i in items],
+            "amounts": [i.amount for i in items],
+            "assets": assets,
+            "kinds": [i.kind for i in items],
+            "refs": [i.reference for i in items],
+            "metas": [json.dumps(m) for m in metas],
+            "now": utcnow(),
+            "n": len(items),
+        },
+    )
+    skipped = [str(r[0]) for r in rows]
+    if skipped:
+        await _check_replayed(session, items, metas, skipped)
+    return skipped
+
+
+async def _sqlite_insert(
+    session: AsyncSession,
+    items: list[TransferItem],
+    metas: list[dict[str, Any]],
+    assets: list[str],
+) -> list[str]:
+    # SQLite runs one writer at a time (BEGIN IMMEDIATE), so no other transaction can insert
+    # one of these keys between the look-up and the insert.
+    keys = [i.idempotency_key for i in items]
+    existing: set[str] = set()
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        found = await session.execute(
+            select(Transfer.idempotency_key).where(Transfer.idempotency_key.in_(chunk))
+        )
+        existing.update(str(k) for k in found.scalars())
+    skipped = [k for k in keys if k in existing]
+    if skipped:
+        await _check_replayed(session, items, metas, skipped)
+    now = utcnow()
+    rows = [
+        {
+            "idempotency_key": i.idempotency_key,
+            "debit_account_id": i.debit_account_id,
+            "credit_account_id": i.credit_account_id,
+            "amount": i.amount,
+            "asset": asset,
+            "kind": i.kind,
+            "reference": i.reference,
+            "metadata": meta,
+            "created_at": now,
+        }
+        for i, meta, asset in zip(items, metas, assets, strict=True)
+        if i.idempotency_key not in existing
+    ]
+    if rows:
+        await session.execute(cast(Table, Transfer.__table__).insert(), rows)
+    return skipped
+
+
+async def _check_replayed(
+    session: AsyncSession,
+    items: list[TransferItem],
+    metas: list[dict[str, Any]],
+    skipped: list[str],
+) -> None:
+    by_key = {i.idempotency_key: (i, m) for i, m in zip(items, metas, strict=True)}
+    for start in range(0, len(skipped), 500):
+        chunk = skipped[start : start + 500]
+        rows = await session.execute(select(Transfer).where(Transfer.idempotency_key.in_(chunk)))
+        for existing in rows.scalars():
+            item, meta = by_key[existing.idempotency_key]
+            if not _same_content(existing, item, meta):
+                raise TransferKeyReused(
+                    f"idempotency key {item.idempotency_key!r} was used for a different "
+                    "transfer; nothing of the batch was written",
+                    transfer_id=existing.id,
+                )
+
+
+async def _apply_deltas(session: AsyncSession, deltas: dict[int, int]) -> None:
+    ids = sorted(deltas)
+    if _is_sqlite(session):
+        updated: set[int] = set()
+        for account_id in ids:
+            delta = deltas[account_id]
+            row = (
+                await session.execute(
+                    update(Account)
+                    .where(
+                        Account.id == account_id,
+                        or_(Account.allow_negative, Account.balance + delta >= 0),
+                    )
+                    .values(balance=Account.balance + delta)
+                    .returning(Account.id)
+                    .execution_options(synchronize_session=False)
+                )
+            ).first()
+            if row is not None:
+                updated.add(account_id)
+    else:
+        # Row locks in id order first; the UPDATE's own join order is up to the planner.
+        await session.execute(
+            select(Account.id)
+            .where(Account.id.in_(ids))
+            .order_by(Account.id)
+            .with_for_update(key_share=True)
+        )
+        rows = await session.execute(
+            _PG_APPLY_DELTAS, {"ids": ids, "deltas": [deltas[i] for i in ids]}
+        )
+        updated = {int(r[0]) for r in rows}
+    short = [i for i in ids if i not in updated]
+    if short:
+        raise InsufficientFunds(
+            f"the batch would take account(s) {short[:20]} below zero; nothing was written",
+            account_ids=short[:100],
+        )
+
+
+# --------------------------------------------------------------------------- history
+
+
+@dataclass
+class HistoryPage:
+    items: list[Transfer]
+    next_cursor: int | None
+
+
+async def history(
+    session: AsyncSession, account_id: int, cursor: int | None = None, limit: int = 50
+) -> HistoryPage:
+    """Transfers touching the account, newest first; pass ``next_cursor`` to continue."""
+    await get_account(session, account_id)
+    return await history_of_accounts(session, [account_id], cursor, limit)
+
+
+async def history_of_accounts(
+    session: AsyncSession, account_ids: Sequence[int], cursor: int | None = None, limit: int = 50
+) -> HistoryPage:
+    """Transfers touching any of the accounts, newest first, each once (cursor = last id)."""
+    if not 1 <= limit <= MAX_HISTORY_LIMIT:
+        raise InvalidField("limit", "range", f"limit: between 1 and {MAX_HISTORY_LIMIT}")
+    if not account_ids:
+        return HistoryPage([], None)
+
+    def side(column: Any) -> Select[Any]:
+        q = select(Transfer.id).where(column.in_(list(account_ids)))
+        if cursor is not None:
+            q = q.where(Transfer.id < cursor)
+        # Each side walks its (account, id) index backwards and stops after `limit` rows.
+        return q.order_by(Transfer.id.desc()).limit(limit + 1)
+
+    ids_q = union(
+        side(Transfer.debit_account_id).subquery().select(),
+        side(Transfer.credit_account_id).subquery().select(),
+    ).subquery()
+    page_ids = select(ids_q.c.id).order_by(ids_q.c.id.desc()).limit(limit + 1)
+    rows = await session.execute(
+        select(Transfer).where(Transfer.id.in_(page_ids)).order_by(Transfer.id.desc())
+    )
+    found = list(rows.scalars())
+    if len(found) > limit:
+        found = found[:limit]
+        return HistoryPage(found, found[-1].id)
+    return HistoryPage(found, None)
+
+
+# --------------------------------------------------------------------------- internals
+
+
+def _is_sqlite(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "sqlite"
+
+
+def _dialect_insert(session: AsyncSession, model: type[Any]) -> Any:
+    if _is_sqlite(session):
+        return sqlite.insert(model)
+    return postgresql.insert(model)
+
+
+class _AccountFacts(NamedTuple):
+    id: int
+    asset: str
+    allow_negative: bool
+
+
+async def _load_accounts(session: AsyncSession, ids: set[int]) -> dict[int, _AccountFacts]:
+    found: dict[int, _AccountFacts] = {}
+    wanted = sorted(ids)
+    for start in range(0, len(wanted), 5000):
+        rows = await session.execute(
+            select(Account.id, Account.asset, Account.allow_negative).where(
+                Account.id.in_(wanted[start : start + 5000])
+            )
+        )
+        for r in rows:
+            found[int(r.id)] = _AccountFacts(int(r.id), str(r.asset), bool(r.allow_negative))
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise AccountNotFound(f"account(s) {missing[:20]} do not exist", account_ids=missing[:100])
+    return found
+
+
+def _check_owner(owner_type: str, owner_id: str) -> None:
+    if owner_type not in OWNER_TYPES:
+        raise InvalidField("owner_type", "enum", f"owner_type: one of {list(OWNER_TYPES)}")
+    if not 1 <= len(owner_id) <= 64:
+        raise InvalidField("owner_id", "length", "owner_id: 1 to 64 characters")
+
+
+def _check_asset(asset: str) -> None:
+    if not ASSET_RE.match(asset):
+        raise InvalidField("asset", "pattern", "asset: upper-case code such as POINTS or CNY")
+
+
+def _check_item(item: TransferItem, prefix: str) -> dict[str, Any]:
+    """Validate one transfer's arguments; returns its metadata as canonical JSON data."""
+    if (
+        not 1 <= len(item.idempotency_key) <= MAX_KEY_LENGTH
+        or not item.idempotency_key.isprintable()
+    ):
+        raise InvalidField(
+            prefix + "idempotency_key", "length", f"1 to {MAX_KEY_LENGTH} printable characters"
+        )
+    for name in ("debit_account_id", "credit_account_id"):
+        value = getattr(item, name)
+        if type(value) is not int or value <= 0:
+            raise InvalidField(prefix + name, "positive-integer", "a positive integer id")
+    if type(item.amount) is not int:  # bool and float are refused: money is int only
+        raise InvalidField(prefix + "amount", "integer", "amount is an integer in minor units")
+    if not 0 < item.amount <= MAX_AMOUNT:
+        raise InvalidField(prefix + "amount", "range", f"amount: 1 to {MAX_AMOUNT}")
+    if item.debit_account_id == item.credit_account_id:
+        raise InvalidField(
+            prefix + "credit_account_id", "distinct", "debit and credit accounts must differ"
+        )
+    if not KIND_RE.match(item.kind):
+        raise InvalidField(prefix + "kind", "pattern", "kind: lowercase word such as rebate")
+    if len(item.reference) > MAX_REFERENCE_LENGTH:
+        raise InvalidField(prefix + "reference", "length", f"at most {MAX_REFERENCE_LENGTH}")
+    try:
+        meta: dict[str, Any] = json.loads(json.dumps(dict(item.metadata or {})))
+    except (TypeError, ValueError) as exc:
+        raise InvalidField(prefix + "metadata", "json", "metadata must be JSON data") from exc
+    return meta
+
+
+def _same_content(existing: Transfer, item: TransferItem, meta: dict[str, Any]) -> bool:
+    return (
+        existing.debit_account_id == item.debit_account_id
+        and existing.credit_account_id == item.credit_account_id
+        and existing.amount == item.amount
+        and existing.kind == item.kind
+        and existing.reference == item.reference
+        and (existing.meta or {}) == meta
+    )
+
+
+__all__ = [
+    "MAX_AMOUNT",
+    "OWNER_TYPES",
+    "BatchResult",
+    "HistoryPage",
+    "TransferItem",
+    "accounts_of",
+    "aggregate_deltas",
+    "batch_transfer",
+    "find_account",
+    "get_account",
+    "history",
+    "history_of_accounts",
+    "open_account",
+    "transfer",
+]

@@ -1,0 +1,242 @@
+"""Idempotency-Key handling, on a route of its own and on the ledger's transfer endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import APIRouter
+from pydantic import BaseModel
+from sqlalchemy import func, select
+
+from incentive.auth.principal import CurrentUser
+from incentive.db import Database, utcnow
+from incentive.deps import Session
+from incentive.errors import Conflict
+from incentive.kit.idempotency import (
+    Claim,
+    IdempotencyClaim,
+    IdempotencyRecord,
+    fingerprint,
+    idempotent,
+    purge_records,
+)
+from incentive.ledger import service as ledger
+from incentive.ledger.models import Transfer
+from tests.factories import make_user
+
+
+class Payload(BaseModel):
+    n: int
+
+
+class Result(BaseModel):
+    run: int
+    n: int
+    key: str
+
+
+def _mount(app: Any) -> list[int]:
+    """A test-only router whose side effect (the `runs` list) lives outside the database."""
+    runs: list[int] = []
+    router = APIRouter()
+
+    @router.post("/test/echo", response_model=Result, status_code=202)
+    @idempotent(status_code=202)
+    async def echo(body: Payload, caller: CurrentUser, session: Session, claim: Claim) -> Result:
+        runs.append(body.n)
+        if body.n < 0:
+            raise Conflict("negative n refused")
+        await asyncio.sleep(0.05)  # keeps concurrent duplicates overlapping
+        return Result(run=len(runs), n=body.n, key=claim.key)
+
+    @router.post("/test/echo/{tag}", response_model=Result)
+    @idempotent()
+    async def echo_tagged(tag: str, body: Payload, caller: CurrentUser) -> Result:
+        runs.append(body.n)
+        return Result(run=len(runs), n=body.n, key=tag)
+
+    @router.post("/test/manual", response_model=Result)
+    async def manual(body: Payload, claim: IdempotencyClaim) -> Any:
+        if claim.is_replay:
+            return claim.replayed_response()
+        runs.append(body.n)
+        result = Result(run=len(runs), n=body.n, key=claim.key).model_dump()
+        await claim.complete(200, result)
+        return result
+
+    app.include_router(router)
+    return runs
+
+
+def _hk(headers: dict[str, str], key: str) -> dict[str, str]:
+    return {**headers, "Idempotency-Key": key}
+
+
+async def test_replay_returns_first_response_without_running_again(
+    db: Database, app: Any, client: httpx.AsyncClient
+) -> None:
+    runs = _mount(app)
+    u = await make_user(db, app, username="u")
+    r1 = await client.post("/test/echo", json={"n": 1}, headers=_hk(u.headers, "a"))
+    r2 = await client.post("/test/echo", json={"n": 1}, headers=_hk(u.headers, "a"))
+    assert r1.status_code == r2.status_code == 202
+    assert r1.json() == r2.json() == {"run": 1, "n": 1, "key": "a"}
+    assert r2.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in r1.headers
+    assert runs == [1]
+
+
+async def test_same_key_other_body_or_path_is_409(
+    db: Database, app: Any, client: httpx.AsyncClient
+) -> None:
+    runs = _mount(app)
+    u = await make_user(db, app, username="u")
+    await client.post("/test/echo", json={"n": 1}, headers=_hk(u.headers, "a"))
+    for path, body in (("/test/echo", {"n": 2}), ("/test/echo/x", {"n": 1})):
+        r = await client.post(path, json=body, headers=_hk(u.headers, "a"))
+        assert r.status_code == 409, path
+        assert r.json()["type"].endswith("/idempotency-key-reused")
+        assert r.json()["header"] == "Idempotency-Key"
+    assert runs == [1]
+
+
+async def test_keys_are_scoped_by_caller(db: Database, app: Any, client: httpx.AsyncClient) -> None:
+    runs = _mount(app)
+    u = await make_user(db, app, username="u")
+    v = await make_user(db, app, username="v")
+    r1 = await client.post("/test/echo", json={"n": 1}, headers=_hk(u.headers, "same"))
+    r2 = await client.post("/test/echo", json={"n": 1}, headers=_hk(v.headers, "same"))
+    assert r1.json()["run"] == 1
+    assert r2.json()["run"] == 2
+    assert "Idempotent-Replayed" not in r2.headers
+    assert runs == [1, 1]
+
+
+async def test_failed_request_is_not_stored_and_can_be_retried(
+    db: Database, app: Any, client: httpx.AsyncClient
+) -> None:
+    runs = _mount(app)
+    u = await make_user(db, app, username="u")
+    r = await client.post("/test/echo", json={"n": -1}, headers=_hk(u.headers, "f"))
+    assert r.status_code == 409
+    async with db.unit_of_work() as s:
+        count = (await s.execute(select(func.count()).select_from(IdempotencyRecord))).scalar()
+    assert count == 0
+    r = await client.post("/test/echo", json={"n": -1}, headers=_hk(u.headers, "f"))
+    assert r.status_code == 409
+    assert runs == [-1, -1]
+
+
+async def test_header_missing_or_invalid_is_422_naming_it(
+    db: Database, app: Any, client: httpx.AsyncClient
+) -> None:
+    runs = _mount(app)
+    u = await make_user(db, app, username="u")
+    r = await client.post("/test/echo", json={"n": 1}, headers=u.headers)
+    assert r.status_code == 422
+    assert r.json()["errors"][0] == {
+        "field": "Idempotency-Key",
+        "in": "header",
+        "rule": "missing",
+        "message": "Field required",
+    }
+    r = await client.post("/test/echo", json={"n": 1}, headers=_hk(u.headers, "k" * 201))
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "Idempotency-Key"
+    assert runs == []
+
+
+async def test_dependency_style_usage(db: Database, app: Any, client: httpx.AsyncClient) -> None:
+    runs = _mount(app)
+    u = await make_user(db, app, username="u")
+    r1 = await client.post("/test/manual", json={"n": 5}, headers=_hk(u.headers, "m"))
+    r2 = await client.post("/test/manual", json={"n": 5}, headers=_hk(u.headers, "m"))
+    assert r1.json() == r2.json()
+    assert r2.headers["Idempotent-Replayed"] == "true"
+    assert runs == [5]
+
+
+async def test_concurrent_duplicates_run_once(
+    db: Database, app: Any, client: httpx.AsyncClient
+) -> None:
+    runs = _mount(app)
+    u = await make_user(db, app, username="u")
+    responses = await asyncio.gather(
+        *(client.post("/test/echo", json={"n": 7}, headers=_hk(u.headers, "c")) for _ in range(8))
+    )
+    assert runs == [7]
+    assert {r.status_code for r in responses} == {202}
+    assert all(r.json() == responses[0].json() for r in responses)
+    assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in responses) == 7
+
+
+async def test_concurrent_duplicate_transfers_move_value_once(
+    db: Database, app: Any, client: httpx.AsyncClient
+) -> None:
+    op = await make_user(db, app, username="op", role="operator")
+    async with db.unit_of_work() as s:
+        src = await ledger.open_account(
+            s, owner_type="platform", owner_id="p", asset="POINTS", allow_negative=True
+        )
+        dst = await ledger.open_account(s, owner_type="user", owner_id="u", asset="POINTS")
+    body = {"debit_account_id": src.id, "credit_account_id": dst.id, "amount": 9, "kind": "x"}
+    responses = await asyncio.gather(
+        *(
+            client.post("/api/v1/transfers", json=body, headers=_hk(op.headers, "dup"))
+            for _ in range(10)
+        )
+    )
+    assert {r.status_code for r in responses} == {201}
+    assert len({r.json()["id"] for r in responses}) == 1
+    async with db.unit_of_work() as s:
+        assert (await ledger.get_account(s, dst.id)).balance == 9
+        assert (await s.execute(select(func.count()).select_from(Transfer))).scalar() == 1
+
+
+def test_fingerprint_separates_parts() -> None:
+    assert fingerprint("post", "/a", b"{}") == fingerprint("POST", "/a", b"{}")
+    assert fingerprint("POST", "/a", b"b{}") != fingerprint("POST", "/ab", b"{}")
+    assert fingerprint("POST", "/a", b"{}") != fingerprint("PUT", "/a", b"{}")
+
+
+async def test_purge_forgets_old_records(db: Database, app: Any, client: httpx.AsyncClient) -> None:
+    _mount(app)
+    u = await make_user(db, app, username="u")
+    await client.post("/test/echo", json={"n": 1}, headers=_hk(u.headers, "old"))
+    async with db.unit_of_work() as s:
+        assert await purge_records(s, older_than=utcnow() - timedelta(hours=1)) == 0
+        assert await purge_records(s, older_than=utcnow() + timedelta(seconds=1)) == 1
+
+
+@pytest.mark.postgres_only
+async def test_duplicate_waits_on_the_first_transaction(db: Database) -> None:
+    """The second claim blocks on the unique index until the first commits, then replays."""
+    from incentive.kit.idempotency import claim_key
+
+    order: list[str] = []
+    first_claimed = asyncio.Event()
+
+    async def first() -> None:
+        async with db.unit_of_work() as s:
+            claim = await claim_key(s, scope="t:1", key="k", request_fingerprint="f")
+            first_claimed.set()
+            await asyncio.sleep(0.3)
+            await claim.complete(201, {"done": True})
+            order.append("first-commit")
+
+    async def second() -> Claim:
+        await first_claimed.wait()
+        async with db.unit_of_work() as s:
+            claim = await claim_key(s, scope="t:1", key="k", request_fingerprint="f")
+            order.append("second-claimed")
+            return claim
+
+    _, claim = await asyncio.gather(first(), second())
+    assert order == ["first-commit", "second-claimed"]
+    assert claim.is_replay
+    assert claim.replay_body == {"done": True}
+    assert claim.replay_status == 201
