@@ -660,8 +660,10 @@ def _check_item(item: TransferItem, prefix: str) -> dict[str, Any]:
         raise InvalidField(prefix + "kind", "pattern", "kind: lowercase word such as rebate")
     if len(item.reference) > MAX_REFERENCE_LENGTH:
         raise InvalidField(prefix + "reference", "length", f"at most {MAX_REFERENCE_LENGTH}")
+    if not item.metadata:
+        return {}
     try:
-        meta: dict[str, Any] = json.loads(json.dumps(dict(item.metadata or {})))
+        meta: dict[str, Any] = json.loads(json.dumps(dict(item.metadata)))
     except (TypeError, ValueError) as exc:
         raise InvalidField(prefix + "metadata", "json", "metadata must be JSON data") from exc
     return meta
