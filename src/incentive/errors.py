@@ -14,7 +14,10 @@ Tree (each domain adds its own leaves under these)::
     │   │   └── TransferKeyReused (409 idempotency-key-reused) [ledger]
     │   ├── InsufficientFunds (409 insufficient-funds)    [ledger]
     │   ├── AssetMismatch (409 asset-mismatch)            [ledger]
-    │   ├── InvalidTransition (409 invalid-transition)    [campaigns]
+    │   ├── CampaignError (409 campaign-conflict)         [campaigns]
+    │   │   ├── InvalidTransition (409 invalid-transition: names from and to)
+    │   │   ├── CampaignNotEditable (409 campaign-not-editable)
+    │   │   └── CampaignVersionConflict (409 campaign-version-conflict)
     │   └── StockError (409 stock-conflict)               [stock]
     │       ├── SoldOut (409 sold-out)
     │       └── StockPoolMissing (409 stock-pool-missing)
@@ -116,6 +119,42 @@ class Conflict(IncentiveError):
 class IdempotencyConflict(Conflict):
     slug = "idempotency-key-reused"
     title = "Idempotency key reused with a different request"
+
+
+class CampaignError(Conflict):
+    slug = "campaign-conflict"
+    title = "Campaign refused the change"
+
+
+class InvalidTransition(CampaignError):
+    """The campaign's status cannot move from ``from`` to ``to`` (now, or by this caller)."""
+
+    slug = "invalid-transition"
+    title = "Invalid status transition"
+
+    def __init__(
+        self, from_status: str, to_status: str, detail: str | None = None, **extra: Any
+    ) -> None:
+        super().__init__(
+            detail or f"cannot move a campaign from {from_status} to {to_status}",
+            **{"from": from_status, "to": to_status, **extra},
+        )
+        self.from_status = from_status
+        self.to_status = to_status
+
+
+class CampaignNotEditable(CampaignError):
+    """Only draft and rejected campaigns can be edited."""
+
+    slug = "campaign-not-editable"
+    title = "Campaign cannot be edited in its status"
+
+
+class CampaignVersionConflict(CampaignError):
+    """The caller's ``version`` is not the campaign's current one (someone changed it)."""
+
+    slug = "campaign-version-conflict"
+    title = "Campaign changed since it was read"
 
 
 class StockError(Conflict):

@@ -1,5 +1,6 @@
 """Imports every domain's tables so Base.metadata (and Alembic) sees the whole schema."""
 
 from incentive.auth import models as auth_models  # noqa: F401
+from incentive.campaigns import models as campaign_models  # noqa: F401
 from incentive.kit import idempotency as idempotency_models  # noqa: F401
 from incentive.ledger import models as ledger_models  # noqa: F401

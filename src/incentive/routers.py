@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict
 
 from incentive.auth.api import router as auth_router
+from incentive.campaigns.api import router as campaigns_router
 from incentive.errors import PROBLEM_CONTENT_TYPE
 from incentive.ledger.api import router as ledger_router
 
@@ -45,5 +46,5 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def include_routers(app: FastAPI) -> None:
-    for router in (auth_router, ledger_router):
+    for router in (auth_router, ledger_router, campaigns_router):
         app.include_router(router, prefix="/api/v1", responses=PROBLEM_RESPONSES)

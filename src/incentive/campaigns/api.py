@@ -1,0 +1,164 @@
+"""Campaign HTTP API: drafts, review and the status machine, history, budget funding.
+
+Status changes go through one endpoint, ``POST /campaigns/{id}/transitions`` with
+``{"to": status, "reason": ...}``; the machine (``service.TRANSITIONS``)::
+
+    draft -> pending_review | cancelled
+    pending_review -> approved | rejected (operators only; reject needs a reason) | draft
+    rejected -> draft | cancelled
+    approved -> active | cancelled
+    active -> paused | ended
+    paused -> active | ended
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from incentive.auth.principal import CurrentUser, MerchantStaff, Operator
+from incentive.campaigns import service
+from incentive.campaigns.models import Campaign
+from incentive.campaigns.schemas import (
+    BudgetIn,
+    BudgetOut,
+    CampaignIn,
+    CampaignOut,
+    CampaignPage,
+    CampaignPatch,
+    Kind,
+    Status,
+    TransitionIn,
+    TransitionOut,
+)
+from incentive.deps import Session
+from incentive.kit.idempotency import Claim, idempotent
+
+router = APIRouter(prefix="/campaigns", tags=["campaigns"])
+
+CampaignId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="campaign id")]
+
+
+def _out(campaign: Campaign) -> CampaignOut:
+    return CampaignOut.model_validate(campaign)
+
+
+@router.post("", response_model=CampaignOut, status_code=201)
+async def create_campaign(
+    body: CampaignIn, principal: MerchantStaff, session: Session
+) -> CampaignOut:
+    """Save a draft. Its budget account is opened in the ledger (empty) at the same time."""
+    campaign = await service.create_campaign(
+        session,
+        principal,
+        kind=body.kind,
+        name=body.name,
+        description=body.description,
+        starts_at=body.starts_at,
+        ends_at=body.ends_at,
+        rules=body.rules,
+        merchant_id=body.merchant_id,
+    )
+    return _out(campaign)
+
+
+@router.get("", response_model=CampaignPage)
+async def list_campaigns(
+    principal: CurrentUser,
+    session: Session,
+    status: Annotated[Status | None, Query()] = None,
+    kind: Annotated[Kind | None, Query()] = None,
+    merchant: Annotated[str | None, Query(min_length=1, max_length=32)] = None,
+    cursor: Annotated[str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_-]+$")] = None,
+    limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = 50,
+) -> CampaignPage:
+    """Newest first. Customers see active campaigns only; merchant staff their merchant's
+    campaigns and active ones; operators everything."""
+    page = await service.list_campaigns(
+        session,
+        principal,
+        status=status,
+        kind=kind,
+        merchant_id=merchant,
+        cursor=cursor,
+        limit=limit,
+    )
+    return CampaignPage(items=[_out(c) for c in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/{campaign_id}", response_model=CampaignOut)
+async def get_campaign(
+    campaign_id: CampaignId, principal: CurrentUser, session: Session
+) -> CampaignOut:
+    return _out(await service.visible_campaign(session, principal, campaign_id))
+
+
+@router.patch("/{campaign_id}", response_model=CampaignOut)
+async def edit_campaign(
+    campaign_id: CampaignId, body: CampaignPatch, principal: MerchantStaff, session: Session
+) -> CampaignOut:
+    """Edit a draft or rejected campaign (409 otherwise); ``rules`` is replaced whole."""
+    changes = body.model_dump(exclude_unset=True, exclude={"version"})
+    campaign = await service.edit_campaign(
+        session, principal, campaign_id, changes=changes, version=body.version
+    )
+    return _out(campaign)
+
+
+@router.post("/{campaign_id}/transitions", response_model=CampaignOut)
+async def transition(
+    campaign_id: CampaignId, body: TransitionIn, principal: MerchantStaff, session: Session
+) -> CampaignOut:
+    """Move the campaign to ``to``; 409 ``invalid-transition`` names ``from`` and ``to``."""
+    campaign = await service.transition(
+        session,
+        principal,
+        campaign_id,
+        to_status=body.to,
+        reason=body.reason,
+        version=body.version,
+    )
+    return _out(campaign)
+
+
+@router.get("/{campaign_id}/history", response_model=list[TransitionOut])
+async def history(
+    campaign_id: CampaignId, principal: MerchantStaff, session: Session
+) -> list[TransitionOut]:
+    """Every status change, oldest first (creation included)."""
+    campaign = await service.managed_campaign(session, principal, campaign_id)
+    return [TransitionOut.model_validate(t) for t in await service.history(session, campaign.id)]
+
+
+@router.get("/{campaign_id}/budget", response_model=BudgetOut)
+async def budget(campaign_id: CampaignId, principal: MerchantStaff, session: Session) -> BudgetOut:
+    campaign = await service.managed_campaign(session, principal, campaign_id)
+    account = await service.budget_account(session, campaign)
+    return BudgetOut(
+        campaign_id=campaign.id, account_id=account.id, asset=account.asset, balance=account.balance
+    )
+
+
+@router.post("/{campaign_id}/budget", response_model=BudgetOut, status_code=201)
+@idempotent(status_code=201)
+async def fund_budget(
+    campaign_id: CampaignId, body: BudgetIn, principal: Operator, session: Session, claim: Claim
+) -> BudgetOut:
+    """Fund the budget from another account of the same asset. Requires `Idempotency-Key`:
+    a retry with the same key and body replays the first answer and moves nothing."""
+    account, transfer = await service.fund_budget(
+        session,
+        principal,
+        campaign_id,
+        amount=body.amount,
+        from_account_id=body.from_account_id,
+        idempotency_key=f"campaign.budget:{principal.id}:{claim.key}",
+    )
+    return BudgetOut(
+        campaign_id=campaign_id,
+        account_id=account.id,
+        asset=account.asset,
+        balance=account.balance,
+        transfer_id=transfer.id,
+    )

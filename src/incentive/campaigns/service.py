@@ -1,0 +1,520 @@
+"""Campaign core: creation with a ledger budget, guarded status changes, edits, listing.
+
+Contract:
+
+- A status changes only through ``transition``: one conditional ``UPDATE ... WHERE id = :id
+  AND status = :expected`` per change, so of two concurrent changes from the same status
+  exactly one wins; the loser gets ``InvalidTransition`` naming the status it found. Each
+  change writes a ``CampaignTransition`` row and publishes ``campaign.status_changed``
+  through the outbox in the caller's transaction.
+- Rules are validated against the kind's model (``schemas.CampaignRules``) before anything is
+  written; a breach raises ``InvalidField`` naming ``rules.<path>``.
+- Every campaign gets a ledger budget account (owner ``campaign``, name ``budget``) in the
+  asset its rules pay in; it is funded only by ledger transfers and never goes below zero.
+- Nothing here commits; the caller's unit of work does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from incentive.auth.principal import Principal
+from incentive.campaigns.models import Campaign, CampaignTransition
+from incentive.campaigns.schemas import CampaignRules, rules_adapter
+from incentive.db import utcnow
+from incentive.errors import (
+    CampaignError,
+    CampaignNotEditable,
+    CampaignVersionConflict,
+    Forbidden,
+    InvalidField,
+    InvalidTransition,
+    NotFound,
+)
+from incentive.events import service as events
+from incentive.ledger import service as ledger
+from incentive.ledger.models import Account, Transfer
+
+STATUS_CHANGED_TOPIC = "campaign.status_changed"
+BUDGET_ACCOUNT_NAME = "budget"
+EDITABLE = ("draft", "rejected")
+MAX_PAGE = 200
+
+# from status -> statuses it may move to.
+TRANSITIONS: Mapping[str, frozenset[str]] = {
+    "draft": frozenset({"pending_review", "cancelled"}),
+    "pending_review": frozenset({"approved", "rejected", "draft"}),
+    "rejected": frozenset({"draft", "cancelled"}),
+    "approved": frozenset({"active", "cancelled"}),
+    "active": frozenset({"paused", "ended"}),
+    "paused": frozenset({"active", "ended"}),
+    "ended": frozenset(),
+    "cancelled": frozenset(),
+}
+# Review decisions belong to operators; the owning merchant's staff may make every other move.
+OPERATOR_ONLY: frozenset[tuple[str, str]] = frozenset(
+    {("pending_review", "approved"), ("pending_review", "rejected")}
+)
+REASON_REQUIRED: frozenset[tuple[str, str]] = frozenset({("pending_review", "rejected")})
+# Moves that put a campaign in front of customers need its window to be still open.
+OPENING: frozenset[str] = frozenset({"active"})
+
+
+def allowed_targets(status: str) -> frozenset[str]:
+    return TRANSITIONS.get(status, frozenset())
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def parse_rules(kind: str, raw: Mapping[str, Any]) -> CampaignRules:
+    """The typed rules of ``kind``; ``InvalidField`` naming ``rules.<path>`` otherwise."""
+    if "kind" in raw and raw["kind"] != kind:
+        raise InvalidField("rules.kind", "matches-kind", f"rules.kind must be {kind!r}")
+    try:
+        return rules_adapter.validate_python({**raw, "kind": kind})
+    except ValidationError as exc:
+        raise _rules_error(exc) from None
+
+
+def campaign_rules(campaign: Campaign) -> CampaignRules:
+    """The stored rules of a campaign, typed (they were validated when written)."""
+    return rules_adapter.validate_python(campaign.rules)
+
+
+def _rules_error(exc: ValidationError) -> InvalidField:
+    errors = []
+    for err in exc.errors():
+        # The first location element is the union's tag (the kind): not part of the path.
+        loc = [str(p) for p in err["loc"][1:]]
+        errors.append(
+            {
+                "field": ".".join(["rules", *loc]),
+                "rule": err["type"],
+                "message": err["msg"],
+            }
+        )
+    first = errors[0]
+    problem = InvalidField(first["field"], first["rule"], f"{first['field']}: {first['message']}")
+    problem.extra["errors"] = errors
+    return problem
+
+
+def _check_window(starts_at: datetime, ends_at: datetime) -> None:
+    if ends_at <= starts_at:
+        raise InvalidField("ends_at", "after-starts_at", "ends_at must be after starts_at")
+
+
+# --------------------------------------------------------------------------- access
+
+
+def can_manage(principal: Principal, campaign: Campaign) -> bool:
+    if principal.is_operator:
+        return True
+    return (
+        principal.role == "merchant"
+        and principal.merchant_id is not None
+        and campaign.owner_type == "merchant"
+        and campaign.merchant_id == principal.merchant_id
+    )
+
+
+def can_see(principal: Principal, campaign: Campaign) -> bool:
+    return can_manage(principal, campaign) or campaign.status == "active"
+
+
+async def get_campaign(session: AsyncSession, campaign_id: str) -> Campaign:
+    campaign = (
+        await session.execute(
+            select(Campaign)
+            .where(Campaign.id == campaign_id)
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one_or_none()
+    if campaign is None:
+        raise NotFound(f"campaign {campaign_id} does not exist", campaign_id=campaign_id)
+    return campaign
+
+
+async def visible_campaign(
+    session: AsyncSession, principal: Principal, campaign_id: str
+) -> Campaign:
+    """The campaign if the caller may see it; 404 otherwise (existence is not revealed)."""
+    campaign = await get_campaign(session, campaign_id)
+    if not can_see(principal, campaign):
+        raise NotFound(f"campaign {campaign_id} does not exist", campaign_id=campaign_id)
+    return campaign
+
+
+async def managed_campaign(
+    session: AsyncSession, principal: Principal, campaign_id: str
+) -> Campaign:
+    """The campaign if the caller may change it: 404 if unseen, 403 if only seen."""
+    campaign = await visible_campaign(session, principal, campaign_id)
+    if not can_manage(principal, campaign):
+        raise Forbidden("only the owning merchant's staff or an operator may change this campaign")
+    return campaign
+
+
+# --------------------------------------------------------------------------- create / edit
+
+
+async def create_campaign(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    kind: str,
+    name: str,
+    description: str,
+    starts_at: datetime,
+    ends_at: datetime,
+    rules: Mapping[str, Any],
+    merchant_id: str | None = None,
+) -> Campaign:
+    """Save a draft campaign and open its (empty) budget account in the ledger.
+
+    Merchant staff create for their own merchant only; operators create platform campaigns,
+    or a merchant's campaign when ``merchant_id`` is given. Invalid input writes nothing.
+    """
+    typed = parse_rules(kind, rules)
+    _check_window(starts_at, ends_at)
+    if principal.is_operator:
+        owner_type = "merchant" if merchant_id else "operator"
+    elif principal.role == "merchant" and principal.merchant_id:
+        if merchant_id is not None and merchant_id != principal.merchant_id:
+            raise Forbidden("merchant staff create campaigns for their own merchant only")
+        owner_type, merchant_id = "merchant", principal.merchant_id
+    else:
+        raise Forbidden("only merchant staff and operators create campaigns")
+    now = utcnow()
+    campaign = Campaign(
+        kind=kind,
+        owner_type=owner_type,
+        merchant_id=merchant_id,
+        name=name,
+        description=description,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        status="draft",
+        rules=typed.model_dump(mode="json"),
+        created_by=principal.id,
+        created_at=now,
+        updated_at=now,
+        version=1,
+    )
+    try:
+        async with session.begin_nested():
+            session.add(campaign)
+            await session.flush()
+    except IntegrityError:
+        # The only reference a caller chooses is the merchant.
+        raise InvalidField(
+            "merchant_id", "exists", f"merchant {merchant_id} does not exist"
+        ) from None
+    account = await ledger.open_account(
+        session,
+        owner_type="campaign",
+        owner_id=campaign.id,
+        asset=typed.budget_asset,
+        name=BUDGET_ACCOUNT_NAME,
+    )
+    campaign.budget_account_id = account.id
+    session.add(
+        CampaignTransition(
+            campaign_id=campaign.id,
+            from_status=None,
+            to_status="draft",
+            actor=principal.id,
+            actor_role=principal.role,
+            reason="created",
+            at=now,
+        )
+    )
+    await session.flush()
+    return campaign
+
+
+async def edit_campaign(
+    session: AsyncSession,
+    principal: Principal,
+    campaign_id: str,
+    *,
+    changes: Mapping[str, Any],
+    version: int | None = None,
+) -> Campaign:
+    """Apply ``changes`` (name, description, starts_at, ends_at, rules) to a draft or
+    rejected campaign with one conditional UPDATE (status still editable, and still at
+    ``version`` when given). Rules are replaced as a whole and keep the budget's asset."""
+    campaign = await managed_campaign(session, principal, campaign_id)
+    values: dict[str, Any] = {
+        k: v for k, v in changes.items() if k in ("name", "description", "starts_at", "ends_at")
+    }
+    if "rules" in changes:
+        typed = parse_rules(campaign.kind, changes["rules"])
+        old_asset = campaign_rules(campaign).budget_asset
+        if typed.budget_asset != old_asset:
+            raise InvalidField(
+                "rules.budget_asset", "unchanged", f"the budget is held in {old_asset}"
+            )
+        values["rules"] = typed.model_dump(mode="json")
+    _check_window(
+        values.get("starts_at", campaign.starts_at), values.get("ends_at", campaign.ends_at)
+    )
+    conditions = [Campaign.id == campaign_id, Campaign.status.in_(EDITABLE)]
+    if version is not None:
+        conditions.append(Campaign.version == version)
+    # The window is re-checked by the CHECK constraint against the row as it is now.
+    changed = (
+        await session.execute(
+            update(Campaign)
+            .where(*conditions)
+            .values(**values, updated_at=utcnow(), version=Campaign.version + 1)
+            .returning(Campaign.id)
+            .execution_options(synchronize_session=False)
+        )
+    ).first()
+    if changed is None:
+        current = await get_campaign(session, campaign_id)
+        if current.status not in EDITABLE:
+            raise CampaignNotEditable(
+                f"a {current.status} campaign cannot be edited; only draft or rejected",
+                status=current.status,
+            )
+        raise CampaignVersionConflict(
+            f"campaign is at version {current.version}, not {version}", version=current.version
+        )
+    return await get_campaign(session, campaign_id)
+
+
+# --------------------------------------------------------------------------- status
+
+
+async def transition(
+    session: AsyncSession,
+    principal: Principal,
+    campaign_id: str,
+    *,
+    to_status: str,
+    reason: str = "",
+    version: int | None = None,
+) -> Campaign:
+    """Move the campaign to ``to_status`` if the machine and the caller allow it.
+
+    Atomic: one conditional UPDATE on the status read (and ``version`` when given); of
+    concurrent changes from the same status one wins and the others raise
+    ``InvalidTransition`` (or ``CampaignVersionConflict``). The history row and the
+    ``campaign.status_changed`` event are written in the same transaction.
+    """
+    campaign = await managed_campaign(session, principal, campaign_id)
+    from_status = campaign.status
+    if to_status not in allowed_targets(from_status):
+        raise InvalidTransition(
+            from_status, to_status, allowed=sorted(allowed_targets(from_status))
+        )
+    if (from_status, to_status) in OPERATOR_ONLY and not principal.is_operator:
+        raise Forbidden(f"only operators move a campaign from {from_status} to {to_status}")
+    if (from_status, to_status) in REASON_REQUIRED and not reason.strip():
+        raise InvalidField("reason", "required", f"a reason is required to {to_status}")
+    now = utcnow()
+    if to_status in OPENING and campaign.ends_at <= now:
+        raise InvalidTransition(
+            from_status,
+            to_status,
+            f"the campaign ended at {campaign.ends_at.isoformat()}; it cannot be {to_status}",
+        )
+    conditions = [Campaign.id == campaign_id, Campaign.status == from_status]
+    if version is not None:
+        conditions.append(Campaign.version == version)
+    won = (
+        await session.execute(
+            update(Campaign)
+            .where(*conditions)
+            .values(status=to_status, updated_at=now, version=Campaign.version + 1)
+            .returning(Campaign.version)
+            .execution_options(synchronize_session=False)
+        )
+    ).first()
+    if won is None:
+        current = await get_campaign(session, campaign_id)
+        if current.status == from_status and version is not None:
+            raise CampaignVersionConflict(
+                f"campaign is at version {current.version}, not {version}",
+                version=current.version,
+            )
+        raise InvalidTransition(
+            current.status,
+            to_status,
+            f"the campaign moved to {current.status} meanwhile; "
+            f"cannot move it from {current.status} to {to_status}",
+        )
+    session.add(
+        CampaignTransition(
+            campaign_id=campaign_id,
+            from_status=from_status,
+            to_status=to_status,
+            actor=principal.id,
+            actor_role=principal.role,
+            reason=reason,
+            at=now,
+        )
+    )
+    await session.flush()
+    await events.publish(
+        session,
+        STATUS_CHANGED_TOPIC,
+        {
+            "campaign_id": campaign_id,
+            "kind": campaign.kind,
+            "owner_type": campaign.owner_type,
+            "merchant_id": campaign.merchant_id,
+            "from": from_status,
+            "to": to_status,
+            "reason": reason,
+            "actor": principal.id,
+            "version": int(won[0]),
+            "at": now.isoformat(),
+            "rules": campaign.rules,
+            "budget_account_id": campaign.budget_account_id,
+        },
+        key=campaign_id,
+    )
+    return await get_campaign(session, campaign_id)
+
+
+async def history(session: AsyncSession, campaign_id: str) -> list[CampaignTransition]:
+    rows = await session.execute(
+        select(CampaignTransition)
+        .where(CampaignTransition.campaign_id == campaign_id)
+        .order_by(CampaignTransition.id)
+    )
+    return list(rows.scalars())
+
+
+# --------------------------------------------------------------------------- listing
+
+
+@dataclass
+class CampaignPage:
+    items: list[Campaign]
+    next_cursor: str | None
+
+
+def _encode_cursor(campaign: Campaign) -> str:
+    raw = f"{campaign.created_at.isoformat()}|{campaign.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        at, campaign_id = raw.split("|", 1)
+        created_at = datetime.fromisoformat(at)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidField("cursor", "format", "cursor: use next_cursor of a page") from None
+    if created_at.tzinfo is None or not campaign_id:
+        raise InvalidField("cursor", "format", "cursor: use next_cursor of a page")
+    return created_at, campaign_id
+
+
+async def list_campaigns(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    status: str | None = None,
+    kind: str | None = None,
+    merchant_id: str | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> CampaignPage:
+    """Newest first. Operators see every campaign; merchant staff their merchant's and the
+    active ones; customers only active campaigns whose window has not closed."""
+    limit = max(1, min(limit, MAX_PAGE))
+    stmt = select(Campaign)
+    if principal.is_operator:
+        pass
+    elif principal.role == "merchant" and principal.merchant_id:
+        stmt = stmt.where(
+            or_(
+                and_(
+                    Campaign.owner_type == "merchant",
+                    Campaign.merchant_id == principal.merchant_id,
+                ),
+                Campaign.status == "active",
+            )
+        )
+    else:
+        stmt = stmt.where(Campaign.status == "active", Campaign.ends_at > utcnow())
+    if status is not None:
+        stmt = stmt.where(Campaign.status == status)
+    if kind is not None:
+        stmt = stmt.where(Campaign.kind == kind)
+    if merchant_id is not None:
+        stmt = stmt.where(Campaign.merchant_id == merchant_id)
+    if cursor:
+        at, last_id = _decode_cursor(cursor)
+        stmt = stmt.where(
+            or_(Campaign.created_at < at, and_(Campaign.created_at == at, Campaign.id < last_id))
+        )
+    rows = list(
+        (
+            await session.execute(
+                stmt.order_by(Campaign.created_at.desc(), Campaign.id.desc()).limit(limit + 1)
+            )
+        ).scalars()
+    )
+    items = rows[:limit]
+    return CampaignPage(items, _encode_cursor(items[-1]) if len(rows) > limit else None)
+
+
+# --------------------------------------------------------------------------- budget
+
+
+async def budget_account(session: AsyncSession, campaign: Campaign) -> Account:
+    if campaign.budget_account_id is None:
+        raise NotFound(f"campaign {campaign.id} has no budget account")
+    return await ledger.get_account(session, campaign.budget_account_id)
+
+
+async def fund_budget(
+    session: AsyncSession,
+    principal: Principal,
+    campaign_id: str,
+    *,
+    amount: int,
+    from_account_id: int,
+    idempotency_key: str,
+) -> tuple[Account, Transfer]:
+    """Move ``amount`` from ``from_account_id`` into the campaign's budget, once per key.
+
+    The ledger transfer carries ``idempotency_key``: replaying it moves nothing and returns
+    the original transfer. The source account must hold the budget's asset and (unless it
+    is a funding account) enough balance, else the ledger refuses and nothing moves.
+    Ended and cancelled campaigns take no more budget.
+    """
+    campaign = await managed_campaign(session, principal, campaign_id)
+    if campaign.status in ("ended", "cancelled"):
+        raise CampaignError(
+            f"a {campaign.status} campaign takes no more budget", status=campaign.status
+        )
+    account = await budget_account(session, campaign)
+    transfer = await ledger.transfer(
+        session,
+        idempotency_key=idempotency_key,
+        debit_account_id=from_account_id,
+        credit_account_id=account.id,
+        amount=amount,
+        kind="campaign.budget",
+        reference=f"campaign:{campaign.id}",
+        metadata={"campaign_id": campaign.id, "by": principal.id},
+    )
+    return await ledger.get_account(session, account.id), transfer
