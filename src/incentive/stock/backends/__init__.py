@@ -1,0 +1,1 @@
+"""Stock engine backends: embedded (in-process), Redis, Redis Cluster."""
