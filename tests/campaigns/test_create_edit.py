@@ -183,6 +183,10 @@ async def test_edit_draft_and_rejected_only(client: httpx.AsyncClient, world: Wo
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "ends_at"
     assert (await client.get(url, headers=world.ma.headers)).json()["version"] == 2
+    r = await client.patch(url, json={"name": None, "version": 2}, headers=world.ma.headers)
+    assert r.status_code == 200
+    assert r.json()["name"] == "Spring coupons"
+    assert r.json()["version"] == 3
 
     await walk(client, world, c["id"], "pending_review")
     r = await client.patch(url, json={"name": "x"}, headers=world.ma.headers)

@@ -99,7 +99,8 @@ async def edit_campaign(
     campaign_id: CampaignId, body: CampaignPatch, principal: MerchantStaff, session: Session
 ) -> CampaignOut:
     """Edit a draft or rejected campaign (409 otherwise); ``rules`` is replaced whole."""
-    changes = body.model_dump(exclude_unset=True, exclude={"version"})
+    # An explicit null means "leave as is": every editable field is required on the campaign.
+    changes = body.model_dump(exclude_none=True, exclude={"version"})
     campaign = await service.edit_campaign(
         session, principal, campaign_id, changes=changes, version=body.version
     )
