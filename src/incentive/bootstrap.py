@@ -11,7 +11,9 @@ import logging
 from fastapi import FastAPI
 
 from incentive import migrations
+from incentive.config import live as config_live
 from incentive.db import Database
+from incentive.events import runtime as events_runtime
 from incentive.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,9 +29,12 @@ async def start(app: FastAPI, settings: Settings, db: Database, *, migrate: bool
         import redis.asyncio as aioredis
 
         app.state.redis = aioredis.from_url(settings.redis_url)
+    await config_live.start(app, db, settings.config_refresh_seconds)
+    events_runtime.start(app, run_worker=settings.embedded_worker)
 
 
 async def stop(app: FastAPI) -> None:
+    config_live.stop(app)
     redis = getattr(app.state, "redis", None)
     if redis is not None:
         await redis.aclose()

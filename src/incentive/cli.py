@@ -58,6 +58,14 @@ def _register_domains() -> None:
 
     register_auth(app)
 
+    from incentive.config.cli import register as register_config
+
+    register_config(app)
+
+    from incentive.events.cli import register as register_events
+
+    register_events(app)
+
 
 _register_domains()
 

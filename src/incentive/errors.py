@@ -5,10 +5,12 @@ Tree (each domain adds its own leaves under these)::
     IncentiveError (500 internal)
     ├── BadRequest (400 bad-request)
     │   └── InvalidField (422 invalid-field: names the field and the rule)
+    │       └── InvalidConfigValue (422 invalid-config-value)   [config]
     ├── Unauthorized (401 unauthorized, WWW-Authenticate: Bearer)
     ├── Forbidden (403 forbidden)
     ├── NotFound (404 not-found)
-    │   └── AccountNotFound (404 account-not-found)       [ledger]
+    │   ├── AccountNotFound (404 account-not-found)       [ledger]
+    │   └── UnknownConfigKey (404 config-key-unknown)     [config]
     ├── Conflict (409 conflict)
     │   ├── IdempotencyConflict (409 idempotency-key-reused)   [kit/idempotency]
     │   │   └── TransferKeyReused (409 idempotency-key-reused) [ledger]
@@ -18,13 +20,15 @@ Tree (each domain adds its own leaves under these)::
     │   │   ├── InvalidTransition (409 invalid-transition: names from and to)
     │   │   ├── CampaignNotEditable (409 campaign-not-editable)
     │   │   └── CampaignVersionConflict (409 campaign-version-conflict)
+    │   ├── ConfigVersionConflict (409 config-version-conflict) [config]
     │   └── StockError (409 stock-conflict)               [stock]
     │       ├── SoldOut (409 sold-out)
     │       └── StockPoolMissing (409 stock-pool-missing)
     ├── TooManyRequests (429 too-many-requests, Retry-After)
     └── ServiceUnavailable (503 unavailable, Retry-After)
 
-Ledger leaves also derive from the marker ``ledger.errors.LedgerError``.
+Ledger leaves also derive from the marker ``ledger.errors.LedgerError``; config leaves from
+``ConfigError`` below (``except ConfigError`` catches every refusal of the config centre).
 
 Only this module knows about HTTP status codes; services raise these and never see HTTP.
 """
@@ -200,3 +204,30 @@ class ServiceUnavailable(IncentiveError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class ConfigError(IncentiveError):
+    """Marker base of the live config centre's refusals (combined with an HTTP-shaped base)."""
+
+
+class UnknownConfigKey(ConfigError, NotFound):
+    slug = "config-key-unknown"
+    title = "Unknown configuration key"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"no configuration key {key!r} is registered", key=key)
+        self.key = key
+
+
+class InvalidConfigValue(ConfigError, InvalidField):
+    """The value breaks the key's type or constraint; ``field`` is ``value`` (or a sub-path)."""
+
+    slug = "invalid-config-value"
+    title = "Invalid configuration value"
+
+
+class ConfigVersionConflict(ConfigError, Conflict):
+    """``expected_version`` did not match: someone else changed the key in between."""
+
+    slug = "config-version-conflict"
+    title = "Configuration changed concurrently"

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from incentive.auth.api import router as auth_router
 from incentive.campaigns.api import router as campaigns_router
+from incentive.config.api import router as config_router
 from incentive.errors import PROBLEM_CONTENT_TYPE
 from incentive.ledger.api import router as ledger_router
 
@@ -46,5 +47,5 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def include_routers(app: FastAPI) -> None:
-    for router in (auth_router, ledger_router, campaigns_router):
+    for router in (auth_router, config_router, ledger_router, campaigns_router):
         app.include_router(router, prefix="/api/v1", responses=PROBLEM_RESPONSES)

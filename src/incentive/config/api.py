@@ -1,0 +1,86 @@
+"""Config centre HTTP API (operators only): list, read, change, reset, audit trail."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
+
+from incentive.auth.principal import Operator
+from incentive.config import service
+from incentive.config.live import LiveConfig
+from incentive.config.registry import MAX_KEY_LENGTH, get_key
+from incentive.config.schemas import (
+    AppliedValue,
+    ConfigAuditOut,
+    ConfigValueIn,
+    ConfigValueOut,
+)
+from incentive.deps import Session
+from incentive.observability import request_id_var
+
+router = APIRouter(prefix="/config", tags=["config"])
+
+KeyPath = Annotated[str, Path(min_length=1, max_length=MAX_KEY_LENGTH, description="dotted key")]
+
+
+@router.get("", response_model=list[ConfigValueOut])
+async def list_config(_: Operator, session: Session) -> list[ConfigValueOut]:
+    return [ConfigValueOut.of(v) for v in await service.list_values(session)]
+
+
+@router.get("/{key}", response_model=ConfigValueOut)
+async def get_config(
+    key: KeyPath, _: Operator, session: Session, request: Request
+) -> ConfigValueOut:
+    """The committed value, and under ``applied`` the value this process uses right now
+    (they differ for at most a refresh interval after a change)."""
+    out = ConfigValueOut.of(await service.get_value(session, key))
+    live: LiveConfig = request.app.state.config
+    out.applied = AppliedValue(value=get_key(key).dump(live.get(key)), revision=live.revision)
+    return out
+
+
+@router.put("/{key}", response_model=ConfigValueOut)
+async def put_config(
+    key: KeyPath, body: ConfigValueIn, principal: Operator, session: Session
+) -> ConfigValueOut:
+    value = await service.set_value(
+        session,
+        key,
+        body.value,
+        actor=f"user:{principal.name}",
+        request_id=request_id_var.get(),
+        expected_version=body.expected_version,
+    )
+    return ConfigValueOut.of(value)
+
+
+@router.delete("/{key}", response_model=ConfigValueOut)
+async def reset_config(
+    key: KeyPath,
+    principal: Operator,
+    session: Session,
+    expected_version: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+) -> ConfigValueOut:
+    """Remove the override so the registered default applies again."""
+    value = await service.reset_value(
+        session,
+        key,
+        actor=f"user:{principal.name}",
+        request_id=request_id_var.get(),
+        expected_version=expected_version,
+    )
+    return ConfigValueOut.of(value)
+
+
+@router.get("/{key}/audit", response_model=list[ConfigAuditOut])
+async def config_audit(
+    key: KeyPath,
+    _: Operator,
+    session: Session,
+    before_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    limit: Annotated[int, Query(ge=1, le=service.MAX_AUDIT_LIMIT)] = 50,
+) -> list[ConfigAuditOut]:
+    rows = await service.audit_trail(session, key, before_id=before_id, limit=limit)
+    return [ConfigAuditOut.model_validate(r) for r in rows]
