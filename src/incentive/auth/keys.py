@@ -2,17 +2,26 @@
 
 The newest key signs; every key in the directory verifies, so rotating is: ``incentive keys
 rotate-signing`` (new key signs from now), wait the access-token lifetime, delete the old file.
+A process that meets a token with an unknown ``kid`` re-reads the directory (at most once per
+``RELOAD_INTERVAL_SECONDS``), so processes sharing the directory pick up a rotation without a
+restart; until restarted, a process keeps signing with the key that was newest at its start.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+RELOAD_INTERVAL_SECONDS = 5.0
+_KEY_FILE = re.compile(r"^signing-(\d+)\.pem$")
 
 
 @dataclass(frozen=True)
@@ -37,7 +46,27 @@ def _load(path: Path) -> SigningKey:
     return SigningKey(_kid_for(key), key)
 
 
+def _numbered_key_files(directory: Path) -> list[tuple[int, Path]]:
+    numbered = []
+    for path in directory.glob("signing-*.pem"):
+        match = _KEY_FILE.match(path.name)
+        if match:
+            numbered.append((int(match.group(1)), path))
+    return sorted(numbered)
+
+
+def _load_all(directory: Path) -> list[SigningKey]:
+    keys = []
+    for _, path in _numbered_key_files(directory):
+        try:
+            keys.append(_load(path))
+        except FileNotFoundError:  # deleted by an operator between listing and reading
+            continue
+    return keys
+
+
 def generate(directory: Path) -> SigningKey:
+    """Write a new key numbered after the newest one, so it becomes the signing key."""
     directory.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
@@ -45,26 +74,50 @@ def generate(directory: Path) -> SigningKey:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    existing = sorted(directory.glob("signing-*.pem"))
-    path = directory / f"signing-{len(existing) + 1:04d}.pem"
-    path.write_bytes(pem)
-    path.chmod(0o600)
-    return SigningKey(_kid_for(key), key)
+    # Number after the highest existing file (not the count: old files get deleted), create
+    # exclusively with 0600 from the start so the key is never readable by others.
+    existing = _numbered_key_files(directory)
+    number = existing[-1][0] + 1 if existing else 1
+    while True:
+        path = directory / f"signing-{number:04d}.pem"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process rotated at the same moment
+            number += 1
+            continue
+        with os.fdopen(fd, "wb") as out:
+            out.write(pem)
+        return SigningKey(_kid_for(key), key)
 
 
 class KeyRing:
     """The active signing key plus every key still accepted for verification."""
 
-    def __init__(self, keys: list[SigningKey]) -> None:
+    def __init__(self, keys: list[SigningKey], directory: Path | None = None) -> None:
         if not keys:
             raise ValueError("no signing keys")
         self.active = keys[-1]
         self.by_kid = {k.kid: k for k in keys}
+        self._directory = directory
+        self._reloaded_at: float | None = None
 
     @classmethod
     def load(cls, directory: Path, key_file: Path | None = None) -> KeyRing:
         if key_file is not None:
             return cls([_load(key_file)])
-        paths = sorted(directory.glob("signing-*.pem"))
-        keys = [_load(p) for p in paths] or [generate(directory)]
-        return cls(keys)
+        keys = _load_all(directory) or [generate(directory)]
+        return cls(keys, directory)
+
+    def verification_key(self, kid: str) -> SigningKey | None:
+        """The key for ``kid``; an unknown kid re-reads the key directory, rate-limited."""
+        key = self.by_kid.get(kid)
+        if key is not None or self._directory is None:
+            return key
+        now = time.monotonic()
+        if self._reloaded_at is not None and now - self._reloaded_at < RELOAD_INTERVAL_SECONDS:
+            return None
+        self._reloaded_at = now
+        self.by_kid = {k.kid: k for k in _load_all(self._directory)} | {
+            self.active.kid: self.active
+        }
+        return self.by_kid.get(kid)

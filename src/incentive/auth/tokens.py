@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
@@ -70,7 +70,8 @@ def decode_access_token(ring: KeyRing, token: str) -> AccessClaims:
         raise Unauthorized("malformed token") from exc
     if header.get("alg") != ALGORITHM:
         raise Unauthorized("token algorithm not accepted")
-    key = ring.by_kid.get(str(header.get("kid")))
+    kid = header.get("kid")
+    key = ring.verification_key(kid) if isinstance(kid, str) else None
     if key is None:
         raise Unauthorized("unknown signing key")
     try:
@@ -90,8 +91,8 @@ def decode_access_token(ring: KeyRing, token: str) -> AccessClaims:
             name=str(data.get("name", "")),
             role=str(data["role"]),
             jti=str(data["jti"]),
-            iat=datetime.fromtimestamp(int(data["iat"]), tz=utcnow().tzinfo),
-            exp=datetime.fromtimestamp(int(data["exp"]), tz=utcnow().tzinfo),
+            iat=datetime.fromtimestamp(int(data["iat"]), tz=UTC),
+            exp=datetime.fromtimestamp(int(data["exp"]), tz=UTC),
             merchant_id=data.get("mid"),
         )
     except (TypeError, ValueError) as exc:
