@@ -7,11 +7,15 @@ Tree (each domain adds its own leaves under these)::
     │   └── InvalidField (422 invalid-field: names the field and the rule)
     │       └── InvalidConfigValue (422 invalid-config-value)   [config]
     ├── Unauthorized (401 unauthorized, WWW-Authenticate: Bearer)
+    │   ├── InvalidCredentials (401 invalid-credentials)  [auth]
+    │   └── InvalidRefreshToken (401 invalid-refresh-token) [auth]
+    │       └── RefreshTokenReused (401 refresh-token-reused: the family was revoked)
     ├── Forbidden (403 forbidden)
     ├── NotFound (404 not-found)
     │   ├── AccountNotFound (404 account-not-found)       [ledger]
     │   └── UnknownConfigKey (404 config-key-unknown)     [config]
     ├── Conflict (409 conflict)
+    │   ├── NameTaken (409 name-taken: username, merchant or partner code) [auth]
     │   ├── IdempotencyConflict (409 idempotency-key-reused)   [kit/idempotency]
     │   │   └── TransferKeyReused (409 idempotency-key-reused) [ledger]
     │   ├── InsufficientFunds (409 insufficient-funds)    [ledger]
@@ -25,10 +29,12 @@ Tree (each domain adds its own leaves under these)::
     │       ├── SoldOut (409 sold-out)
     │       └── StockPoolMissing (409 stock-pool-missing)
     ├── TooManyRequests (429 too-many-requests, Retry-After)
+    │   └── LoginThrottled (429 login-throttled)          [auth]
     └── ServiceUnavailable (503 unavailable, Retry-After)
 
 Ledger leaves also derive from the marker ``ledger.errors.LedgerError``; config leaves from
-``ConfigError`` below (``except ConfigError`` catches every refusal of the config centre).
+``ConfigError`` below (``except ConfigError`` catches every refusal of the config centre);
+auth leaves from ``auth.errors.AuthError``.
 
 Only this module knows about HTTP status codes; services raise these and never see HTTP.
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -23,7 +24,8 @@ class Principal:
     name: str
     role: str  # customer | merchant | operator | partner
     merchant_id: str | None = None
-    jti: str | None = None
+    jti: str | None = None  # access token id (bearer callers only)
+    token_expires_at: datetime | None = None
 
     @property
     def is_operator(self) -> bool:
@@ -57,7 +59,9 @@ async def current_user(
     user = await session.get(User, claims.sub)
     if user is None or user.blocked or user.role != claims.role:
         raise Unauthorized("token subject no longer valid")
-    principal = Principal(user.id, user.username, user.role, user.merchant_id, claims.jti)
+    principal = Principal(
+        user.id, user.username, user.role, user.merchant_id, claims.jti, claims.exp
+    )
     request.state.principal = principal
     return principal
 
