@@ -1,0 +1,59 @@
+"""Fixtures for the auth tests: row counts and an app with role-guarded throwaway routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import func, select
+
+from incentive.app import create_app
+from incentive.db import Base, Database
+from incentive.settings import Settings
+from tests.auth.clients import client_from, guarded_router
+
+RowCounter = Callable[[type[Any]], Awaitable[int]]
+TableCounts = Callable[[], Awaitable[dict[str, int]]]
+
+
+@pytest.fixture
+def count_rows(db: Database) -> RowCounter:
+    async def count(model: type[Any]) -> int:
+        async with db.unit_of_work() as s:
+            return int((await s.execute(select(func.count()).select_from(model))).scalar_one())
+
+    return count
+
+
+@pytest.fixture
+def table_counts(db: Database) -> TableCounts:
+    """Row count of every table: a snapshot to prove a refused request wrote nothing."""
+
+    async def snapshot() -> dict[str, int]:
+        counts = {}
+        async with db.unit_of_work() as s:
+            for table in Base.metadata.sorted_tables:
+                counts[table.name] = int(
+                    (await s.execute(select(func.count()).select_from(table))).scalar_one()
+                )
+        return counts
+
+    return snapshot
+
+
+@pytest.fixture
+async def guarded_app(settings: Settings, db: Database) -> AsyncIterator[FastAPI]:
+    """A fresh app with one throwaway route per role guard under /test."""
+    application = create_app(settings, db)
+    application.include_router(guarded_router(), prefix="/test")
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def guarded_client(guarded_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with client_from(guarded_app, "127.0.0.1") as c:
+        yield c
