@@ -54,13 +54,23 @@ async def current_user(
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("missing bearer token")
     claims = decode_access_token(keyring(request), credentials.credentials)
-    if await session.get(RevokedToken, claims.jti) is not None:
+    # One round trip on the hot path of every request: the user and the token's revocation.
+    revoked = (
+        select(RevokedToken.jti).where(RevokedToken.jti == claims.jti).exists().label("revoked")
+    )
+    row = (
+        await session.execute(
+            select(User.username, User.role, User.merchant_id, User.blocked, revoked).where(
+                User.id == claims.sub
+            )
+        )
+    ).one_or_none()
+    if row is not None and row.revoked:
         raise Unauthorized("token revoked")
-    user = await session.get(User, claims.sub)
-    if user is None or user.blocked or user.role != claims.role:
+    if row is None or row.blocked or row.role != claims.role:
         raise Unauthorized("token subject no longer valid")
     principal = Principal(
-        user.id, user.username, user.role, user.merchant_id, claims.jti, claims.exp
+        claims.sub, row.username, row.role, row.merchant_id, claims.jti, claims.exp
     )
     request.state.principal = principal
     return principal
