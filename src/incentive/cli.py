@@ -35,6 +35,32 @@ def serve(
     )
 
 
+@app.command()
+def worker() -> None:
+    """Run the background work (outbox relay, event consumers, pipelines) without HTTP.
+
+    Uses the same start-up as `serve`, so every domain's background task runs here too.
+    Safe to run many at once: work is claimed from the database. Stops on SIGINT/SIGTERM.
+    """
+    import signal
+
+    from incentive.app import create_app
+
+    settings = get_settings().model_copy(update={"embedded_worker": True})
+    application = create_app(settings)
+
+    async def _run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with application.router.lifespan_context(application):
+            typer.echo("worker running", err=True)
+            await stop.wait()
+
+    asyncio.run(_run())
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: str = typer.Argument("head")) -> None:
     """Apply migrations to the configured database."""

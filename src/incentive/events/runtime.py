@@ -35,7 +35,7 @@ async def run_event_worker(db: Database, redis: Any | None) -> None:
 
 def start(app: Any, run_worker: bool) -> None:
     """Process start-up: with ``run_worker`` (``settings.embedded_worker``) this process
-    relays the outbox and consumes events; otherwise `incentive events worker` does."""
+    relays the outbox and consumes events; otherwise `incentive worker` does."""
     if not run_worker:
         return
 
