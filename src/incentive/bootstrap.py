@@ -24,6 +24,10 @@ async def start(app: FastAPI, settings: Settings, db: Database, *, migrate: bool
         # The embedded default upgrades itself; PostgreSQL is upgraded by `incentive db upgrade`.
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         await migrations.upgrade(db.engine)
+        if settings.demo_data:
+            from incentive import demo
+
+            await demo.load_if_empty(db)
     app.state.redis = None
     if settings.redis_url:
         import redis.asyncio as aioredis
