@@ -12,6 +12,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
+from incentive.auth.models import AuditEntry
 from incentive.auth.principal import CurrentUser
 from incentive.db import Database, utcnow
 from incentive.deps import Session
@@ -88,6 +89,13 @@ async def test_replay_returns_first_response_without_running_again(
     assert r2.headers["Idempotent-Replayed"] == "true"
     assert "Idempotent-Replayed" not in r1.headers
     assert runs == [1]
+    # Audited once, with the caller, the call, the key and the request id; not on replay.
+    async with db.unit_of_work() as s:
+        entries = (await s.execute(select(AuditEntry))).scalars().all()
+    assert [(e.actor_id, e.action, e.detail) for e in entries] == [
+        (u.user.id, "POST /test/echo", {"idempotency_key": "a", "status": 202})
+    ]
+    assert entries[0].request_id == r1.headers["x-request-id"]
 
 
 async def test_same_key_other_body_or_path_is_409(
@@ -125,7 +133,9 @@ async def test_failed_request_is_not_stored_and_can_be_retried(
     assert r.status_code == 409
     async with db.unit_of_work() as s:
         count = (await s.execute(select(func.count()).select_from(IdempotencyRecord))).scalar()
+        audited = (await s.execute(select(func.count()).select_from(AuditEntry))).scalar()
     assert count == 0
+    assert audited == 0
     r = await client.post("/test/echo", json={"n": -1}, headers=_hk(u.headers, "f"))
     assert r.status_code == 409
     assert runs == [-1, -1]

@@ -20,6 +20,8 @@ Rules:
 - The record is claimed (inserted) before the work and completed with the response in the
   same transaction as the work. A failed request (any error) rolls back with its record, so
   the key stays free and a retry runs again; only 2xx responses are stored and replayed.
+- Completing a claim also appends an audit entry (actor, method and path, key, status) in
+  the same transaction: every value-moving call is audited once, replays and failures never.
 - Concurrent duplicates never both run: on PostgreSQL the second claim blocks on the unique
   index until the first transaction ends, then replays its response (or runs if the first
   rolled back). SQLite runs one writing transaction at a time, which gives the same result.
@@ -44,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from incentive.auth.principal import Principal, current_user
+from incentive.auth.service import record_audit
 from incentive.db import Base, UTCDateTime, utcnow
 from incentive.deps import Session
 from incentive.errors import IdempotencyConflict
@@ -85,6 +88,8 @@ class Claim:
     fingerprint: str
     replay_status: int | None = None
     replay_body: Any = None
+    actor: Principal | None = None
+    action: str = ""
 
     @property
     def is_replay(self) -> bool:
@@ -103,6 +108,13 @@ class Claim:
             .where(IdempotencyRecord.scope == self.scope, IdempotencyRecord.key == self.key)
             .values(status="completed", response_status=status_code, response_body=body)
             .execution_options(synchronize_session=False)
+        )
+        await record_audit(
+            self.session,
+            self.actor,
+            self.action,
+            target=self.action.partition(" ")[2],
+            detail={"idempotency_key": self.key, "status": status_code},
         )
 
 
@@ -184,12 +196,15 @@ def claim_dependency(principal: PrincipalDependency = current_user) -> Callable[
     ) -> Claim:
         body = await request.body()
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return await claim_key(
+        claim = await claim_key(
             session,
             scope=f"{caller.role}:{caller.id}",
             key=key,
             request_fingerprint=fingerprint(request.method, path, body),
         )
+        claim.actor = caller
+        claim.action = f"{request.method} {request.url.path}"
+        return claim
 
     return _claim
 
