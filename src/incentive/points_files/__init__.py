@@ -1,0 +1,1 @@
+"""Partner points files: format, OpenPGP, transports and the adaptive crediting limiter."""

@@ -1,0 +1,303 @@
+"""OpenPGP for points files: GnuPG (through python-gnupg) in a keyring of the platform's own.
+
+The keyring is an isolated ``GNUPGHOME`` (by default ``<data_dir>/points_files/gnupg``) holding
+the platform's key pair and the partners' public keys; nothing here touches the user's
+``~/.gnupg``. Every gpg call is file to file (``--output``; input streamed in chunks), so a
+million-record file never sits in memory.
+
+The platform key is Ed25519 (signing) with a Curve25519 subkey (encryption). By default its
+secret key is stored without a passphrase: the worker must use it unattended, so the
+protection is the file permissions of the data directory (the keyring is created 0700). An
+operator who wants it encrypted at rest gives ``passphrase_file`` (read by gpg itself, never
+passed on a command line).
+
+Partners are identified by the fingerprint registered for them, never by user id, and that
+pin is the trust decision: gpg's web of trust is not used (``--trust-model always``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gnupg
+
+from incentive.errors import IncentiveError, InvalidField
+from incentive.points_files.format import FileRejected, RejectReason
+from incentive.settings import Settings
+
+_FINGERPRINT = re.compile(r"[0-9A-F]{40}|[0-9A-F]{64}")
+_PLATFORM_FPR_FILE = "platform-fingerprint"
+
+
+class PartnerKeyInvalid(InvalidField):
+    """The text given as a partner's public key is not exactly one usable OpenPGP public key."""
+
+    slug = "partner-key-invalid"
+    title = "Partner public key invalid"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("public_key", "one OpenPGP public key that can sign and encrypt", detail)
+
+
+class PointsCryptoError(IncentiveError):
+    """gpg could not do what the platform itself asked (encrypt to a partner, make a key)."""
+
+    slug = "points-crypto-failed"
+    title = "OpenPGP operation failed"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedMessage:
+    signer_fingerprint: str
+    signature_timestamp: int | None
+
+
+def normalize_fingerprint(fingerprint: str) -> str:
+    value = fingerprint.replace(" ", "").upper()
+    if not _FINGERPRINT.fullmatch(value):
+        raise ValueError(f"not an OpenPGP fingerprint: {fingerprint!r}")
+    return value
+
+
+def default_gnupg_home(settings: Settings) -> Path:
+    return settings.data_dir / "points_files" / "gnupg"
+
+
+def _status_keys(stderr: str) -> set[str]:
+    keys: set[str] = set()
+    for line in stderr.splitlines():
+        if line.startswith("[GNUPG:] "):
+            parts = line.split()
+            if len(parts) > 1:
+                keys.add(parts[1])
+    return keys
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+class PointsCrypto:
+    """The platform's OpenPGP keyring. Build with ``init_platform_key``."""
+
+    def __init__(self, home: Path, *, passphrase_file: Path | None = None) -> None:
+        self.home = home
+        options = ["--pinentry-mode", "loopback"]
+        if passphrase_file is not None:
+            options += ["--passphrase-file", str(passphrase_file)]
+        else:
+            options += ["--passphrase", ""]
+        self._passphrase_file = passphrase_file
+        self._gpg = gnupg.GPG(gnupghome=str(home), options=options)
+        self._gpg.encoding = "utf-8"
+        self._platform_fpr: str | None = None
+
+    # -- platform key -------------------------------------------------------------------------
+
+    @property
+    def platform_fingerprint(self) -> str:
+        if self._platform_fpr is None:
+            raise PointsCryptoError("the platform key is not initialised")
+        return self._platform_fpr
+
+    def _ensure_platform_key(self, name: str, email: str) -> str:
+        pin = self.home / _PLATFORM_FPR_FILE
+        if pin.exists():
+            fpr = normalize_fingerprint(pin.read_text().strip())
+            if not self._gpg.list_keys(secret=True, keys=[fpr]):
+                raise PointsCryptoError(f"platform key {fpr} is pinned but not in the keyring")
+            return fpr
+        existing = self._gpg.list_keys(secret=True)
+        if len(existing) > 1:
+            raise PointsCryptoError(
+                f"{len(existing)} secret keys and no {_PLATFORM_FPR_FILE} file: pin one"
+            )
+        if existing:  # a keyring restored without its pin file: adopt its one key pair
+            fpr = normalize_fingerprint(str(existing[0]["fingerprint"]))
+            self._pin(fpr)
+            return fpr
+        params: dict[str, Any] = {
+            "key_type": "EDDSA",
+            "key_curve": "ed25519",
+            "key_usage": "sign",
+            "subkey_type": "ECDH",
+            "subkey_curve": "cv25519",
+            "subkey_usage": "encrypt",
+            "name_real": name,
+            "name_email": email,
+            "expire_date": "0",
+        }
+        if self._passphrase_file is None:
+            params["no_protection"] = True
+        else:
+            params["passphrase"] = self._passphrase_file.read_text().splitlines()[0]
+        result = self._gpg.gen_key(self._gpg.gen_key_input(**params))
+        if not result.fingerprint:
+            raise PointsCryptoError(f"gpg could not create the platform key: {result.stderr}")
+        fpr = normalize_fingerprint(str(result.fingerprint))
+        self._pin(fpr)
+        return fpr
+
+    def _pin(self, fingerprint: str) -> None:
+        pin = self.home / _PLATFORM_FPR_FILE
+        tmp = pin.with_suffix(".tmp")
+        tmp.write_text(fingerprint + "\n")
+        tmp.replace(pin)
+
+    def export_public_key(self) -> str:
+        """The platform's public key, ASCII-armoured, to hand to partners."""
+        armoured = self._gpg.export_keys(self.platform_fingerprint, armor=True)
+        if not isinstance(armoured, str) or "BEGIN PGP PUBLIC KEY BLOCK" not in armoured:
+            raise PointsCryptoError("gpg could not export the platform public key")
+        return armoured
+
+    # -- partner keys -------------------------------------------------------------------------
+
+    def import_partner_key(self, armoured: str) -> str:
+        """Import one partner public key; returns its primary-key fingerprint (to register).
+
+        Refuses anything but exactly one public key able to sign and encrypt, not revoked or
+        expired, and never the platform's own key.
+        """
+        scanned = self._gpg.scan_keys_mem(armoured)
+        if len(scanned) != 1:
+            raise PartnerKeyInvalid(f"expected one public key, found {len(scanned)}")
+        key = scanned[0]
+        if key.get("type") != "pub":
+            raise PartnerKeyInvalid("not a public key (secret keys are never imported)")
+        fpr = normalize_fingerprint(str(key["fingerprint"]))
+        if self._platform_fpr is not None and fpr == self._platform_fpr:
+            raise PartnerKeyInvalid("this is the platform's own key")
+        result = self._gpg.import_keys(armoured)
+        if fpr not in {normalize_fingerprint(str(f)) for f in result.fingerprints or []}:
+            raise PartnerKeyInvalid(f"gpg did not import the key: {result.summary()}")
+        listed = self._gpg.list_keys(keys=[fpr])
+        if len(listed) != 1:
+            raise PartnerKeyInvalid("key not found after import")
+        info = listed[0]
+        capabilities = str(info.get("cap", ""))
+        if info.get("trust") in {"r", "e", "i", "d"}:
+            raise PartnerKeyInvalid("the key is revoked, expired or invalid")
+        if "S" not in capabilities or "E" not in capabilities:
+            raise PartnerKeyInvalid("the key cannot both sign and encrypt")
+        return fpr
+
+    # -- messages -----------------------------------------------------------------------------
+
+    def decrypt_and_verify(
+        self, in_path: Path, out_path: Path, expected_fingerprint: str
+    ) -> VerifiedMessage:
+        """Decrypt ``in_path`` (binary or armoured) to ``out_path`` and check the signature.
+
+        Raises ``FileRejected(DECRYPT_FAILED)`` when it is not a message encrypted to the
+        platform key that decrypts intact, and ``FileRejected(BAD_SIGNATURE)`` when it is not
+        signed, the signature is bad, or any signer is not ``expected_fingerprint`` (the
+        partner's registered primary key). ``out_path`` exists only on success.
+        """
+        expected = normalize_fingerprint(expected_fingerprint)
+        partial = out_path.with_name(out_path.name + ".partial")
+        _remove(partial)
+        try:
+            try:
+                result = self._gpg.decrypt_file(
+                    str(in_path),
+                    output=str(partial),
+                    extra_args=["--trust-model", "always", "--no-auto-key-retrieve"],
+                )
+            except (OSError, ValueError) as exc:  # gpg quit early on input it cannot read
+                raise FileRejected(RejectReason.DECRYPT_FAILED, f"gpg: {exc}") from exc
+            statuses = _status_keys(str(result.stderr))
+            if (
+                not result.ok
+                or "DECRYPTION_OKAY" not in statuses
+                or statuses & {"DECRYPTION_FAILED", "BADMDC"}
+            ):
+                raise FileRejected(
+                    RejectReason.DECRYPT_FAILED,
+                    f"not a message for the platform key that decrypts intact ({result.status})",
+                )
+            signers = self._good_signers(result, statuses)
+            if not signers:
+                raise FileRejected(RejectReason.BAD_SIGNATURE, "the file is not signed validly")
+            if any(s != expected for s in signers):
+                raise FileRejected(
+                    RejectReason.BAD_SIGNATURE,
+                    "signed by a key other than the partner's registered key",
+                )
+            if result.returncode != 0:
+                raise FileRejected(RejectReason.BAD_SIGNATURE, f"gpg reported {result.status}")
+            partial.replace(out_path)
+            return VerifiedMessage(expected, _int_or_none(result.sig_timestamp))
+        finally:
+            _remove(partial)
+
+    @staticmethod
+    def _good_signers(result: Any, statuses: set[str]) -> list[str]:
+        """Primary-key fingerprints of the signatures, or ``[]`` if any is missing or bad."""
+        if statuses & {"BADSIG", "ERRSIG", "EXPSIG", "EXPKEYSIG", "REVKEYSIG", "NO_PUBKEY"}:
+            return []
+        if result.problems or not result.valid or "VALIDSIG" not in statuses:
+            return []
+        signers: list[str] = []
+        for info in result.sig_info.values():
+            fpr = info.get("pubkey_fingerprint") or info.get("fingerprint")
+            if info.get("status") != "signature valid" or not fpr:
+                return []
+            signers.append(normalize_fingerprint(str(fpr)))
+        return signers
+
+    def encrypt_and_sign(
+        self, in_path: Path, out_path: Path, recipient_fingerprint: str, *, armor: bool = False
+    ) -> None:
+        """Encrypt ``in_path`` to the partner's key, signed by the platform key, into ``out_path``.
+
+        Written to a temporary name and renamed, so ``out_path`` is complete or absent.
+        """
+        recipient = normalize_fingerprint(recipient_fingerprint)
+        partial = out_path.with_name(out_path.name + ".partial")
+        _remove(partial)
+        try:
+            result = self._gpg.encrypt_file(
+                str(in_path),
+                recipients=[recipient],
+                sign=self.platform_fingerprint,
+                always_trust=True,
+                armor=armor,
+                output=str(partial),
+                extra_args=["--no-auto-key-retrieve"],
+            )
+            if not result.ok or result.returncode != 0 or not partial.exists():
+                raise PointsCryptoError(
+                    f"gpg could not encrypt to {recipient}: {result.status} {result.status_detail}"
+                )
+            partial.replace(out_path)
+        finally:
+            _remove(partial)
+
+
+def _int_or_none(value: object) -> int | None:
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
+
+
+def init_platform_key(
+    home: Path, name: str, email: str, *, passphrase_file: Path | None = None
+) -> PointsCrypto:
+    """Open the keyring at ``home`` (created 0700), creating the platform key pair if none.
+
+    Idempotent: the platform key's fingerprint is pinned in ``home/platform-fingerprint`` and
+    reused on every later start (a keyring with exactly one key pair and no pin adopts it).
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    os.chmod(home, 0o700)
+    crypto = PointsCrypto(home, passphrase_file=passphrase_file)
+    crypto._platform_fpr = crypto._ensure_platform_key(name, email)
+    return crypto
