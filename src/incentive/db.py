@@ -7,8 +7,10 @@ back on any error, so changes spanning several domains land together or not at a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -86,20 +88,66 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(self.engine.sync_engine)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._draining = False
 
     @asynccontextmanager
     async def unit_of_work(self) -> AsyncIterator[AsyncSession]:
-        """Commit on success, roll back on error. The only place that commits."""
-        async with self.sessionmaker() as session:
-            try:
-                yield session
-                await session.commit()
-            except BaseException:
-                await session.rollback()
-                raise
+        """Commit on success, roll back on error. The only place that commits.
+
+        Rollback and close finish even when the task is cancelled (a background loop stopped
+        at shutdown): an abandoned connection would keep its transaction, and on SQLite the
+        write lock, until the garbage collector found it.
+        """
+        if self._draining:
+            # Shutting down: a background loop asking for more work stops here, between
+            # transactions, instead of being cancelled inside one.
+            raise asyncio.CancelledError("database draining for shutdown")
+        self._active += 1
+        self._idle.clear()
+        session = self.sessionmaker()
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await _finish(session.rollback())
+            raise
+        finally:
+            await _finish(session.close())
+            self._active -= 1
+            if not self._active:
+                self._idle.set()
+
+    @asynccontextmanager
+    async def draining(self, grace_seconds: float = 10.0) -> AsyncIterator[None]:
+        """Refuse new units of work and wait (up to ``grace_seconds``) for running ones.
+
+        Process shutdown cancels its background tasks inside this block: a task cancelled in
+        the middle of a database call leaves SQLAlchemy a connection it can only discard,
+        with its transaction (and SQLite's write lock) open until garbage collection.
+        """
+        self._draining = True
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace_seconds)
+            yield
+        finally:
+            self._draining = False
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+async def _finish(cleanup: Coroutine[Any, Any, None]) -> None:
+    """Run ``cleanup`` to the end even if the caller is cancelled meanwhile."""
+    task = asyncio.ensure_future(cleanup)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
 
 
 def _configure_sqlite(engine: Engine) -> None:
