@@ -3,9 +3,12 @@
 Tree (each domain adds its own leaves under these)::
 
     IncentiveError (500 internal)
+    ├── PointsCryptoError (500 points-crypto-failed: gpg itself failed) [points_files]
     ├── BadRequest (400 bad-request)
+    │   ├── FileRejected (422 points-file-rejected: a whole-file reason) [points_files]
     │   └── InvalidField (422 invalid-field: names the field and the rule)
-    │       └── InvalidConfigValue (422 invalid-config-value)   [config]
+    │       ├── InvalidConfigValue (422 invalid-config-value)   [config]
+    │       └── PartnerKeyInvalid (422 partner-key-invalid)     [points_files]
     ├── Unauthorized (401 unauthorized, WWW-Authenticate: Bearer)
     │   ├── InvalidCredentials (401 invalid-credentials)  [auth]
     │   └── InvalidRefreshToken (401 invalid-refresh-token) [auth]
@@ -31,6 +34,7 @@ Tree (each domain adds its own leaves under these)::
     ├── TooManyRequests (429 too-many-requests, Retry-After)
     │   └── LoginThrottled (429 login-throttled)          [auth]
     └── ServiceUnavailable (503 unavailable, Retry-After)
+        └── TransportError (503 points-transport-unavailable) [points_files]
 
 Ledger leaves also derive from the marker ``ledger.errors.LedgerError``; config leaves from
 ``ConfigError`` below (``except ConfigError`` catches every refusal of the config centre);
