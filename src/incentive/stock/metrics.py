@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from time import perf_counter
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from incentive.errors import SoldOut
+from incentive.stock.engine import Deduction, Take
 
 ATTEMPTS = Counter(
     "incentive_stock_deduction_attempts_total", "Stock deductions requested", ["backend"]
@@ -42,6 +47,25 @@ class DeductionMetrics:
         self.sold_out = SOLD_OUT.labels(backend)
         self.across = ACROSS.labels(backend)
         self.latency = LATENCY.labels(backend)
+
+    @contextmanager
+    def attempt(self) -> Iterator[None]:
+        """Count and time one deduction attempt; a SoldOut is counted as such."""
+        self.attempts.inc()
+        started = perf_counter()
+        try:
+            yield
+        except SoldOut:
+            self.sold_out.inc()
+            raise
+        finally:
+            self.latency.observe(perf_counter() - started)
+
+    def served(self, pool: str, quantity: int, takes: tuple[Take, ...]) -> Deduction:
+        self.successes.inc()
+        if len(takes) > 1:
+            self.across.inc()
+        return Deduction(pool, quantity, takes)
 
 
 # How many bucket series each pool has in REMAINING, so stale ones can be removed.

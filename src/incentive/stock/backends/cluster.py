@@ -25,12 +25,11 @@ import logging
 import random
 import uuid
 from collections.abc import Sequence
-from time import monotonic, perf_counter
+from time import monotonic
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 
-from incentive.errors import SoldOut
 from incentive.stock.backends.redis import (
     RESTORE_LUA,
     RedisBackedEngine,
@@ -196,20 +195,9 @@ class ClusterStockEngine(RedisBackedEngine):
     async def deduct(self, pool: str, quantity: int) -> Deduction:
         check_name("pool", pool)
         check_quantity(quantity)
-        metrics = self._metrics
-        metrics.attempts.inc()
-        started = perf_counter()
-        try:
+        with self._metrics.attempt():
             takes = await self._deduct(pool, quantity)
-        except SoldOut:
-            metrics.sold_out.inc()
-            raise
-        finally:
-            metrics.latency.observe(perf_counter() - started)
-        metrics.successes.inc()
-        if len(takes) > 1:
-            metrics.across.inc()
-        return Deduction(pool, quantity, takes)
+        return self._metrics.served(pool, quantity, takes)
 
     async def _deduct(self, pool: str, quantity: int) -> tuple[Take, ...]:
         hints = self._hints.get(pool)

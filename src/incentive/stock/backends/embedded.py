@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from time import perf_counter
 
 from incentive.errors import SoldOut, StockPoolMissing
 from incentive.stock.engine import (
@@ -44,20 +43,9 @@ class EmbeddedStockEngine:
     async def deduct(self, pool: str, quantity: int) -> Deduction:
         check_name("pool", pool)
         check_quantity(quantity)
-        metrics = self._metrics
-        metrics.attempts.inc()
-        started = perf_counter()
-        try:
+        with self._metrics.attempt():
             takes = self._take(pool, quantity)
-        except SoldOut:
-            metrics.sold_out.inc()
-            raise
-        finally:
-            metrics.latency.observe(perf_counter() - started)
-        metrics.successes.inc()
-        if len(takes) > 1:
-            metrics.across.inc()
-        return Deduction(pool, quantity, takes)
+        return self._metrics.served(pool, quantity, takes)
 
     def _take(self, pool: str, quantity: int) -> tuple[Take, ...]:
         levels = self._pools.get(pool)

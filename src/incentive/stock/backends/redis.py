@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import random
 from collections.abc import Callable, Coroutine, Sequence
-from time import perf_counter
 from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
@@ -342,20 +341,9 @@ class RedisStockEngine(RedisBackedEngine):
     async def deduct(self, pool: str, quantity: int) -> Deduction:
         check_name("pool", pool)
         check_quantity(quantity)
-        metrics = self._metrics
-        metrics.attempts.inc()
-        started = perf_counter()
-        try:
+        with self._metrics.attempt():
             takes = await self._deduct(pool, quantity)
-        except SoldOut:
-            metrics.sold_out.inc()
-            raise
-        finally:
-            metrics.latency.observe(perf_counter() - started)
-        metrics.successes.inc()
-        if len(takes) > 1:
-            metrics.across.inc()
-        return Deduction(pool, quantity, takes)
+        return self._metrics.served(pool, quantity, takes)
 
     async def _deduct(self, pool: str, quantity: int) -> tuple[Take, ...]:
         keys = self._keys.get(pool)
