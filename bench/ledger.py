@@ -38,26 +38,10 @@ from incentive.auth.keys import KeyRing
 from incentive.auth.models import User
 from incentive.auth.tokens import issue_access_token
 from incentive.db import Database
+from incentive.kit.pgadmin import drop_database, recreate_database
 from incentive.ledger import service as ledger
 
 DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1/incentive_bench"
-
-
-async def _pg_admin(url: str, sql: str) -> None:
-    import asyncpg
-
-    u = make_url(url)
-    conn = await asyncpg.connect(
-        user=u.username,
-        password=u.password,
-        host=u.host or "127.0.0.1",
-        port=u.port or 5432,
-        database="postgres",
-    )
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def _prepare(url: str, accounts: int) -> tuple[int, list[int]]:
@@ -248,8 +232,7 @@ async def run_engine(engine: str, args: argparse.Namespace) -> dict[str, Any]:
     else:
         url = os.environ.get("INCENTIVE_BENCH_DATABASE_URL", DEFAULT_PG)
         name = make_url(url).database
-        await _pg_admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await _pg_admin(url, f'CREATE DATABASE "{name}"')
+        await recreate_database(url, str(name))
     try:
         issuer, ids = await _prepare(url, args.accounts)
         result: dict[str, Any] = {
@@ -261,7 +244,7 @@ async def run_engine(engine: str, args: argparse.Namespace) -> dict[str, Any]:
         return result
     finally:
         if engine != "sqlite":
-            await _pg_admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await drop_database(url, str(name))
 
 
 async def main() -> None:

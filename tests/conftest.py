@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 from incentive import migrations
 from incentive.app import create_app
 from incentive.db import Base, Database
+from incentive.kit.pgadmin import drop_database, recreate_database
 from incentive.settings import Settings
 
 PG_URL = os.environ.get("INCENTIVE_TEST_DATABASE_URL")
@@ -45,34 +46,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="set INCENTIVE_TEST_REDIS_URL"))
 
 
-async def _pg_admin(url: str, sql: str) -> None:
-    import asyncpg
-
-    u = make_url(url)
-    conn = await asyncpg.connect(
-        user=u.username,
-        password=u.password,
-        host=u.host or "127.0.0.1",
-        port=u.port or 5432,
-        database="postgres",
-    )
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if PG_URL:
-        base = make_url(PG_URL)
-        name = f"{base.database or 'incentive'}_t{os.getpid()}"
+        name = f"{make_url(PG_URL).database or 'incentive'}_t{os.getpid()}"
         try:
-            asyncio.run(_pg_admin(PG_URL, f'DROP DATABASE IF EXISTS "{name}"'))
-            asyncio.run(_pg_admin(PG_URL, f'CREATE DATABASE "{name}"'))
+            url = asyncio.run(recreate_database(PG_URL, name))
         except OSError as exc:  # unreachable PostgreSQL must fail the run, not skip it
             pytest.exit(f"PostgreSQL unreachable at {PG_URL}: {exc}", returncode=3)
-        url = base.set(database=name).render_as_string(hide_password=False)
     else:
         url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
 
@@ -84,7 +65,7 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     asyncio.run(_migrate())
     yield url
     if PG_URL:
-        asyncio.run(_pg_admin(PG_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(drop_database(PG_URL, name))
 
 
 async def _empty_tables(db: Database) -> None:

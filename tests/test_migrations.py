@@ -17,7 +17,8 @@ from sqlalchemy.engine import Connection, make_url
 import incentive.models  # noqa: F401
 from incentive import migrations
 from incentive.db import Base, Database
-from tests.conftest import PG_URL, _pg_admin
+from incentive.kit.pgadmin import drop_database, recreate_database
+from tests.conftest import PG_URL
 
 
 @pytest.fixture
@@ -25,12 +26,9 @@ def empty_database_url(tmp_path: Path) -> Iterator[str]:
     if not PG_URL:
         yield f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
         return
-    base = make_url(PG_URL)
-    name = f"{base.database or 'incentive'}_m{os.getpid()}"
-    asyncio.run(_pg_admin(PG_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    asyncio.run(_pg_admin(PG_URL, f'CREATE DATABASE "{name}"'))
-    yield base.set(database=name).render_as_string(hide_password=False)
-    asyncio.run(_pg_admin(PG_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    name = f"{make_url(PG_URL).database or 'incentive'}_m{os.getpid()}"
+    yield asyncio.run(recreate_database(PG_URL, name))
+    asyncio.run(drop_database(PG_URL, name))
 
 
 def _diff(conn: Connection) -> list[Any]:
