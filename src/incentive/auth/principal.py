@@ -10,8 +10,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.auth.keys import KeyRing
+from incentive.auth.metrics import REJECTED_CREDENTIALS
 from incentive.auth.models import Partner, RevokedToken, User
 from incentive.auth.tokens import decode_access_token
 from incentive.deps import Session
@@ -51,6 +53,16 @@ async def current_user(
     session: Session,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    try:
+        return await _resolve_user(request, session, credentials)
+    except Unauthorized:
+        REJECTED_CREDENTIALS.labels("bearer").inc()
+        raise
+
+
+async def _resolve_user(
+    request: Request, session: AsyncSession, credentials: HTTPAuthorizationCredentials | None
+) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("missing bearer token")
     claims = decode_access_token(keyring(request), credentials.credentials)
@@ -82,11 +94,13 @@ async def current_partner(
     api_key: Annotated[str | None, Depends(_api_key)],
 ) -> Principal:
     if not api_key:
+        REJECTED_CREDENTIALS.labels("api_key").inc()
         raise Unauthorized("missing X-API-Key")
     partner = (
         await session.execute(select(Partner).where(Partner.api_key_hash == hash_api_key(api_key)))
     ).scalar_one_or_none()
     if partner is None:
+        REJECTED_CREDENTIALS.labels("api_key").inc()
         raise Unauthorized("unknown API key")
     principal = Principal(partner.id, partner.code, "partner")
     request.state.principal = principal

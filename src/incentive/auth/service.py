@@ -33,6 +33,7 @@ from incentive.auth.errors import (
     RefreshTokenReused,
 )
 from incentive.auth.keys import KeyRing
+from incentive.auth.metrics import LOGINS
 from incentive.auth.models import (
     ROLES,
     AuditEntry,
@@ -297,6 +298,7 @@ async def _refuse_if_throttled(
         if row.failures >= settings.login_max_failures and ends > now:
             retry_after = max(retry_after, math.ceil((ends - now).total_seconds()))
     if retry_after:
+        LOGINS.labels("throttled").inc()
         raise LoginThrottled(
             "too many failed logins for this username or address; retry later",
             retry_after=retry_after,
@@ -348,10 +350,12 @@ async def login(
     if user is None or not matches or user.blocked or len(password) > PASSWORD_MAX_LENGTH:
         await _count_failure(session, keys, now, settings)
         await session.flush()
+        LOGINS.labels("invalid").inc()
         raise InvalidCredentials("invalid username or password")
     await session.execute(delete(LoginFailure).where(LoginFailure.key == keys[0]))
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = await hash_password(password)
+    LOGINS.labels("success").inc()
     return await _issue_pair(session, ring, settings, user, family_id=new_id())
 
 

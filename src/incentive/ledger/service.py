@@ -19,6 +19,7 @@ Contract shared by every function here:
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,6 +39,7 @@ from incentive.ledger.errors import (
     InsufficientFunds,
     TransferKeyReused,
 )
+from incentive.ledger.metrics import REFUSALS, TRANSFERS
 from incentive.ledger.models import Account, Transfer
 
 OWNER_TYPES = ("user", "merchant", "campaign", "partner", "platform")
@@ -268,6 +270,7 @@ async def transfer(
     if debited is None:
         # Nothing else changed yet: removing our own uncommitted row leaves no trace.
         await session.execute(delete(Transfer).where(Transfer.id == transfer_id))
+        REFUSALS.labels("insufficient_funds").inc()
         raise InsufficientFunds(
             f"account {debit_account_id} cannot pay {amount} {asset}",
             account_id=debit_account_id,
@@ -279,6 +282,7 @@ async def transfer(
         .values(balance=Account.balance + amount)
         .execution_options(synchronize_session=False)
     )
+    TRANSFERS.labels(asset, "single").inc()
     return Transfer(
         id=transfer_id,
         idempotency_key=idempotency_key,
@@ -367,6 +371,10 @@ async def batch_transfer(session: AsyncSession, items: Sequence[TransferItem]) -
                 raise InvalidField("items", "net-change-limit", f"account {account_id} net change")
         if deltas:
             await _apply_deltas(session, deltas)
+    for asset, count in collections.Counter(
+        accounts[i.debit_account_id].asset for i in applied
+    ).items():
+        TRANSFERS.labels(asset, "batch").inc(count)
     return BatchResult(created=len(applied), skipped_keys=sorted(skipped))
 
 
