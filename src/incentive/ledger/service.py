@@ -107,6 +107,71 @@ async def open_account(
     ).scalar_one()
 
 
+async def open_accounts(
+    session: AsyncSession, *, owner_type: str, owner_ids: Iterable[str], asset: str
+) -> dict[str, int]:
+    """Get or create the ``main`` account of ``asset`` for many owners; owner id -> account id.
+
+    Set-based (one insert ... on conflict do nothing and one read per 5,000 owners), race-safe
+    like ``open_account``; owners are inserted in sorted order so two concurrent callers
+    sharing owners wait for each other in one order and never deadlock. New accounts never go
+    negative.
+    """
+    _check_owner(owner_type, "x")
+    _check_asset(asset)
+    wanted = sorted(set(owner_ids))
+    for owner_id in wanted:
+        if not 1 <= len(owner_id) <= 64:
+            raise InvalidField("owner_id", "length", "owner_id: 1 to 64 characters")
+    found: dict[str, int] = {}
+    now = utcnow()
+    for start in range(0, len(wanted), 5000):
+        chunk = wanted[start : start + 5000]
+        if _is_sqlite(session):
+            await session.execute(
+                sqlite.insert(Account).on_conflict_do_nothing(
+                    index_elements=["owner_type", "owner_id", "asset", "name"]
+                ),
+                [
+                    {
+                        "owner_type": owner_type,
+                        "owner_id": o,
+                        "asset": asset,
+                        "name": "main",
+                        "balance": 0,
+                        "allow_negative": False,
+                        "created_at": now,
+                    }
+                    for o in chunk
+                ],
+            )
+        else:
+            await session.execute(
+                _PG_OPEN_ACCOUNTS,
+                {"owner_type": owner_type, "owners": chunk, "asset": asset, "now": now},
+            )
+        rows = await session.execute(
+            select(Account.owner_id, Account.id).where(
+                Account.owner_type == owner_type,
+                Account.asset == asset,
+                Account.name == "main",
+                Account.owner_id.in_(chunk),
+            )
+        )
+        found.update({str(r[0]): int(r[1]) for r in rows})
+    return found
+
+
+_PG_OPEN_ACCOUNTS = text(
+    """
+    INSERT INTO accounts (owner_type, owner_id, asset, name, balance, allow_negative, created_at)
+    SELECT :owner_type, o, :asset, 'main', 0, false, :now
+    FROM unnest(CAST(:owners AS varchar[])) WITH ORDINALITY AS u(o, n) ORDER BY n
+    ON CONFLICT (owner_type, owner_id, asset, name) DO NOTHING
+    """
+)
+
+
 async def get_account(session: AsyncSession, account_id: int) -> Account:
     """The account with its current balance (re-read, never a stale identity-map copy)."""
     account = (
@@ -702,5 +767,6 @@ __all__ = [
     "history",
     "history_of_accounts",
     "open_account",
+    "open_accounts",
     "transfer",
 ]

@@ -1,0 +1,175 @@
+"""Where points are credited: one ``CreditingTarget`` protocol, two implementations.
+
+- ``LedgerTarget`` (default): one ``ledger.batch_transfer`` per batch from the partner's
+  funding account to each member's ``POINTS`` account (accounts opened set-based), idempotency
+  key ``partner:<code>:<record_id>``. It runs inside the batch's own transaction
+  (``in_transaction = True``), so the credit, the record states and the batch's completion
+  commit together or not at all.
+- ``HttpTarget``: an external loyalty system. ``POST <url>`` with JSON
+  ``{"partner": code, "items": [{"key", "record_id", "member_id", "points", "txn_time",
+  "memo"}]}``; the answer is ``200`` with ``{"results": [{"key", "status": "ok"|"rejected",
+  "detail"}]}``, one per item. The system must treat ``key`` as an idempotency key (a key seen
+  before is answered ``ok`` and not credited again): a batch is re-sent after a crash or a
+  lost answer. A timeout, a connection failure, a 5xx or 429, or an answer that does not
+  cover every item is ``TargetUnavailable`` (retried with backoff); any other status refuses
+  the whole batch. It is called outside any database transaction.
+
+``credit`` returns the refused items (``CREDIT_FAILED`` with the target's reason); every other
+item was credited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import httpx
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from incentive.errors import IncentiveError
+from incentive.ledger import service as ledger
+
+
+class TargetUnavailable(Exception):
+    """The target did not answer usefully (slow, down, throttled): retry the batch later."""
+
+
+@dataclass(frozen=True, slots=True)
+class CreditItem:
+    line_no: int
+    record_id: str
+    member_id: str
+    user_id: str
+    points: int
+    txn_time: datetime
+    memo: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreditPartner:
+    partner_id: str
+    code: str
+    funding_account_id: int | None
+    file_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreditRefusal:
+    line_no: int
+    detail: str
+
+
+def idempotency_key(partner_code: str, record_id: str) -> str:
+    return f"partner:{partner_code}:{record_id}"
+
+
+class CreditingTarget(Protocol):
+    name: str
+    in_transaction: bool
+
+    async def credit(
+        self, partner: CreditPartner, items: Sequence[CreditItem], session: AsyncSession | None
+    ) -> list[CreditRefusal]:
+        """Credit ``items``; return the refused ones. ``session`` only for in-transaction
+        targets. Raises ``TargetUnavailable`` for a failure worth retrying."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class LedgerTarget:
+    name = "ledger"
+    in_transaction = True
+
+    async def credit(
+        self, partner: CreditPartner, items: Sequence[CreditItem], session: AsyncSession | None
+    ) -> list[CreditRefusal]:
+        if session is None:
+            raise RuntimeError("the ledger target credits inside the batch's transaction")
+        if not items:
+            return []
+        if partner.funding_account_id is None:
+            return [CreditRefusal(i.line_no, "partner has no funding account") for i in items]
+        accounts = await ledger.open_accounts(
+            session, owner_type="user", owner_ids=(i.user_id for i in items), asset="POINTS"
+        )
+        transfers = [
+            ledger.TransferItem(
+                idempotency_key=idempotency_key(partner.code, i.record_id),
+                debit_account_id=partner.funding_account_id,
+                credit_account_id=accounts[i.user_id],
+                amount=i.points,
+                kind="partner_points",
+                reference=f"points_file:{partner.file_id}:{i.line_no}",
+            )
+            for i in items
+        ]
+        try:
+            await ledger.batch_transfer(session, transfers)
+        except IncentiveError as exc:
+            # A refusal of the ledger (key reused with other content, amount over the cap):
+            # nothing of the batch was written; every item fails with the ledger's reason.
+            return [CreditRefusal(i.line_no, f"ledger: {exc.detail}") for i in items]
+        except DBAPIError as exc:
+            raise TargetUnavailable(f"database: {type(exc.orig).__name__}") from exc
+        return []
+
+    async def aclose(self) -> None:
+        return None
+
+
+class HttpTarget:
+    in_transaction = False
+
+    def __init__(self, url: str, *, timeout_s: float = 10.0) -> None:
+        self.url = url
+        self.name = url
+        self._client = httpx.AsyncClient(timeout=timeout_s)
+
+    async def credit(
+        self, partner: CreditPartner, items: Sequence[CreditItem], session: AsyncSession | None
+    ) -> list[CreditRefusal]:
+        if not items:
+            return []
+        by_key = {idempotency_key(partner.code, i.record_id): i for i in items}
+        body = {
+            "partner": partner.code,
+            "items": [
+                {
+                    "key": key,
+                    "record_id": i.record_id,
+                    "member_id": i.member_id,
+                    "points": i.points,
+                    "txn_time": i.txn_time.isoformat(),
+                    "memo": i.memo,
+                }
+                for key, i in by_key.items()
+            ],
+        }
+        try:
+            response = await self._client.post(self.url, json=body)
+        except httpx.HTTPError as exc:
+            raise TargetUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 500 or response.status_code == 429:
+            raise TargetUnavailable(f"HTTP {response.status_code}")
+        if response.status_code != 200:
+            detail = f"HTTP {response.status_code}: {response.text[:200]}"
+            return [CreditRefusal(i.line_no, detail) for i in items]
+        try:
+            results: list[dict[str, Any]] = response.json()["results"]
+            answered = {str(r["key"]): r for r in results}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TargetUnavailable("answer is not the expected JSON") from exc
+        if set(answered) != set(by_key):
+            raise TargetUnavailable("answer does not cover every item")
+        return [
+            CreditRefusal(by_key[key].line_no, str(r.get("detail") or "rejected"))
+            for key, r in answered.items()
+            if r.get("status") != "ok"
+        ]
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

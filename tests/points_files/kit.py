@@ -1,0 +1,159 @@
+"""Shared pieces of the points-file pipeline tests: a partner with the gpg CLI, members,
+files written and encrypted as a partner would, answers read back as a partner would."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import func, insert, select
+
+from incentive.auth import service as auth_service
+from incentive.auth.models import User
+from incentive.db import Database, new_id, utcnow
+from incentive.ledger.models import Account, Transfer
+from incentive.points_files import service
+from incentive.points_files.crypto import PointsCrypto, default_gnupg_home, init_platform_key
+from incentive.points_files.format import (
+    ExceptionReport,
+    FeedbackTotals,
+    Header,
+    RecordResult,
+    read_exception,
+    read_feedback,
+    write_points_file,
+)
+from incentive.points_files.models import PointsFile
+from incentive.settings import Settings
+from tests.points_files.test_crypto import GpgCli, _kill_agent
+
+NOW = datetime.now(UTC)
+
+
+@dataclass
+class Pgp:
+    platform_home: Path
+    platform_public: str
+    partner: GpgCli
+    stranger: GpgCli
+
+
+def pgp_world(root: Path) -> Iterator[Pgp]:
+    platform = init_platform_key(root / "platform", "Incentive points files", "points@incentive")
+    partner = GpgCli.create(root / "partner", "Acme Bank <files@acme.test>")
+    stranger = GpgCli.create(root / "stranger", "Stranger <x@evil.test>")
+    public = platform.export_public_key()
+    partner.import_key(public)
+    stranger.import_key(public)
+    yield Pgp(root / "platform", public, partner, stranger)
+    for home in (root / "platform", root / "partner", root / "stranger"):
+        _kill_agent(home)
+
+
+def install_platform_key(pgp: Pgp, settings: Settings) -> PointsCrypto:
+    """Copy the session's platform keyring into the test's data directory (no key generation)."""
+    home = default_gnupg_home(settings)
+    home.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(pgp.platform_home, home, ignore=shutil.ignore_patterns("S.*", "*.lock", ".#*"))
+    return init_platform_key(home, "Incentive points files", "points@incentive")
+
+
+def stop_agents(settings: Settings) -> None:
+    _kill_agent(default_gnupg_home(settings))
+
+
+async def make_partner(
+    db: Database, crypto: PointsCrypto, pgp: Pgp, code: str = "ACME", **limits: int
+) -> tuple[str, str]:
+    """A partner with its key registered; returns (partner id, API key)."""
+    async with db.unit_of_work() as s:
+        partner, api_key = await auth_service.create_partner(s, code, f"{code} Bank")
+        await service.set_partner_key(s, crypto, code, pgp.partner.public_key())
+        if limits:
+            await service.set_partner_limits(s, code, **limits)  # type: ignore[arg-type]
+        return partner.id, api_key
+
+
+async def make_members(db: Database, names: Iterable[str], *, blocked: bool = False) -> None:
+    rows = [
+        {
+            "id": new_id(),
+            "username": n,
+            "display_name": n,
+            "password_hash": "x",
+            "role": "customer",
+            "merchant_id": None,
+            "blocked": blocked,
+            "created_at": utcnow(),
+        }
+        for n in names
+    ]
+    async with db.unit_of_work() as s:
+        for start in range(0, len(rows), 5000):
+            await s.execute(insert(User), rows[start : start + 5000])
+
+
+Rec = tuple[str, str, int, datetime, str]
+
+
+def rec(record_id: str, member: str, points: int, *, age: timedelta = timedelta(hours=1)) -> Rec:
+    return (record_id, member, points, NOW - age, "memo")
+
+
+def plain_file(path: Path, code: str, seq: int, records: Iterable[Rec]) -> Path:
+    with path.open("wb") as out:
+        write_points_file(out, Header(code, seq, NOW), records)
+    return path
+
+
+def encrypt(pgp: Pgp, plain: Path, *, signer: GpgCli | None = None, sign: bool = True) -> Path:
+    out = plain.with_name(plain.name + ".pgp")
+    (signer or pgp.partner).encrypt(plain, out, "points@incentive", sign=sign)
+    return out
+
+
+def decrypt_answer(pgp: Pgp, path: Path) -> bytes:
+    done = pgp.partner.run("--decrypt", str(path))
+    assert done.returncode == 0, done.stderr
+    # the answer is signed by the platform key
+    assert b"Good signature" in done.stderr, done.stderr
+    return done.stdout
+
+
+def feedback_of(pgp: Pgp, path: Path) -> tuple[list[RecordResult], FeedbackTotals]:
+    _, results, totals = read_feedback(io.BytesIO(decrypt_answer(pgp, path)))
+    return results, totals
+
+
+def exception_of(pgp: Pgp, path: Path) -> ExceptionReport:
+    return read_exception(io.BytesIO(decrypt_answer(pgp, path)))
+
+
+async def file_row(db: Database, file_id: str) -> PointsFile:
+    async with db.unit_of_work() as s:
+        return await service.get_file(s, file_id)
+
+
+async def points_balance_total(db: Database) -> int:
+    """Sum of every member's POINTS balance."""
+    async with db.unit_of_work() as s:
+        total = await s.scalar(
+            select(func.coalesce(func.sum(Account.balance), 0)).where(
+                Account.owner_type == "user", Account.asset == "POINTS"
+            )
+        )
+        return int(total or 0)
+
+
+async def transfer_count(db: Database) -> int:
+    async with db.unit_of_work() as s:
+        return int(await s.scalar(select(func.count()).select_from(Transfer)) or 0)
+
+
+def gpg_available() -> bool:
+    return subprocess.run(["gpg", "--version"], capture_output=True, check=False).returncode == 0

@@ -1,0 +1,147 @@
+"""Crash safety: a real worker process is killed (SIGKILL) at many points of the pipeline and
+restarted; every record ends credited at most once, the feedback has one line per input record,
+and the ledger agrees with the feedback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from incentive.config import service as config_service
+from incentive.db import Database
+from incentive.ledger.models import Account, Transfer
+from incentive.points_files import service
+from incentive.points_files.crypto import PointsCrypto
+from incentive.points_files.format import RecordStatus
+from incentive.points_files.models import PointsBatch, PointsCreditedRecord, PointsFile
+from incentive.settings import Settings
+from tests.points_files.kit import (
+    Pgp,
+    encrypt,
+    feedback_of,
+    make_members,
+    make_partner,
+    plain_file,
+    rec,
+)
+
+RECORDS = 1_200
+NAME = "POINTS_ACME_20250109_3.txt.pgp"
+
+CRASHES = [
+    "received:1",  # stored and recorded, still in the inbox
+    "decrypted:1",
+    "staging:2",  # two chunks of 300 committed, two to go
+    "staged:1",
+    "validated:1",
+    "batch_claimed:3",
+    "batch_credited:4",  # ledger written inside the transaction, not committed
+    "batch_committed:5",
+    "feedback_line:1",
+    "feedback_encrypted:1",
+    "delivered:1",  # in the outbox, not yet recorded as delivered
+]
+
+
+async def _process(env: dict[str, str], crash: str | None) -> int:
+    run_env = dict(env)
+    if crash:
+        run_env["INCENTIVE_POINTS_CRASH_AT"] = crash
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "incentive.cli",
+        "points-files",
+        "process",
+        "--timeout",
+        "90",
+        env=run_env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode is not None
+    if crash is None:
+        assert proc.returncode == 0, out.decode()
+    return proc.returncode
+
+
+@pytest.mark.parametrize("crash", CRASHES)
+async def test_killed_worker_resumes_without_loss_or_double_credit(
+    db: Database,
+    database_url: str,
+    quiet_settings: Settings,
+    crypto: PointsCrypto,
+    pgp: Pgp,
+    tmp_path: Path,
+    crash: str,
+) -> None:
+    partner_id, _ = await make_partner(db, crypto, pgp)
+    members = [f"m{i}" for i in range(40)]
+    await make_members(db, members)
+    await make_members(db, ["frozen"], blocked=True)
+    root = tmp_path / "acme"
+    (root / "in").mkdir(parents=True)
+    async with db.unit_of_work() as s:
+        await service.set_partner_transport(
+            s, "ACME", inbox_url=(root / "in").as_uri(), outbox_url=(root / "out").as_uri()
+        )
+        await config_service.set_value(s, "points_file.batch_size", 100, actor="test")
+    records = []
+    for i in range(RECORDS):
+        member = members[i % len(members)]
+        if i % 97 == 0:
+            member = "ghost"
+        elif i % 101 == 0:
+            member = "frozen"
+        records.append(rec(f"r{i}", member, 1 + i % 50))
+    records.append(rec("r5", members[0], 7))  # a record id repeated inside the file
+    plain = plain_file(tmp_path / "p.txt", "ACME", 3, records)
+    encrypt(pgp, plain).rename(root / "in" / NAME)
+
+    env = {
+        **os.environ,
+        "INCENTIVE_DATA_DIR": str(quiet_settings.data_dir),
+        "INCENTIVE_DATABASE_URL": database_url,
+        "INCENTIVE_DEMO_DATA": "false",
+        "INCENTIVE_LOG_LEVEL": "ERROR",
+        "INCENTIVE_POINTS_LEASE_SECONDS": "1",
+        "INCENTIVE_POINTS_STAGE_CHUNK": "300",
+    }
+    env.pop("INCENTIVE_POINTS_CRASH_AT", None)
+    assert await _process(env, crash) == -signal.SIGKILL
+    await _process(env, None)
+
+    async with db.unit_of_work() as s:
+        files = (await s.execute(select(PointsFile))).scalars().all()
+        assert [f.state for f in files] == ["delivered"]
+        batches = (await s.execute(select(PointsBatch))).scalars().all()
+        credited_ids = await s.scalar(select(func.count()).select_from(PointsCreditedRecord))
+        transfers = await s.scalar(select(func.count()).select_from(Transfer))
+        member_points = await s.scalar(
+            select(func.sum(Account.balance)).where(Account.owner_type == "user")
+        )
+        funding = await s.scalar(
+            select(Account.balance).where(
+                Account.owner_type == "partner", Account.owner_id == partner_id
+            )
+        )
+    assert list((root / "in").glob("POINTS_*")) == []
+    assert [p.name for p in (root / "out").iterdir()] == [f"FEEDBACK_{NAME}"]
+    results, totals = feedback_of(pgp, root / "out" / f"FEEDBACK_{NAME}")
+    assert [r.record_id for r in results] == [r[0] for r in records]  # one line per D, in order
+    ok = [r for r in results if r.status is RecordStatus.OK]
+    assert len({r.record_id for r in ok}) == len(ok) == totals.ok_count == credited_ids == transfers
+    assert totals.points_credited == member_points == -(funding or 0)
+    assert totals.failed_count == RECORDS + 1 - len(ok) > 0
+    assert all(b.state == "done" for b in batches)
+    # batches cover every line exactly once
+    covered = sorted((b.first_line, b.last_line) for b in batches)
+    assert covered[0][0] == 2
+    assert all(a[1] + 1 == b[0] for a, b in zip(covered, covered[1:], strict=False))

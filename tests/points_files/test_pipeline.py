@@ -1,0 +1,363 @@
+"""The pipeline end to end on the test's engine: the partner is the gpg command line."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from incentive.app import create_app
+from incentive.db import Database
+from incentive.points_files import service
+from incentive.points_files.crypto import PointsCrypto
+from incentive.points_files.format import RecordReason, RecordStatus, RejectReason
+from incentive.points_files.pipeline import PointsPipeline
+from incentive.settings import Settings
+from tests.points_files.kit import (
+    Pgp,
+    encrypt,
+    exception_of,
+    feedback_of,
+    file_row,
+    make_members,
+    make_partner,
+    plain_file,
+    points_balance_total,
+    rec,
+    transfer_count,
+)
+
+
+@pytest.fixture
+async def api(quiet_settings: Settings, db: Database) -> AsyncIterator[httpx.AsyncClient]:
+    application = create_app(quiet_settings, db)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            yield c
+
+
+async def _upload(api: httpx.AsyncClient, key: str, body: bytes, name: str) -> Any:
+    r = await api.post(
+        "/api/v1/partners/ACME/points-files",
+        params={"name": name},
+        content=body,
+        headers={"X-API-Key": key},
+    )
+    assert r.status_code == 202, r.text
+    return r.json()
+
+
+async def _run(db: Database, settings: Settings) -> None:
+    pipeline = PointsPipeline(db, settings)
+    try:
+        await pipeline.run_until_done(timeout_s=60)
+    finally:
+        await pipeline.aclose()
+
+
+async def test_http_upload_to_feedback_with_gpg_cli(
+    db: Database,
+    quiet_settings: Settings,
+    crypto: PointsCrypto,
+    pgp: Pgp,
+    api: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    _, key = await make_partner(db, crypto, pgp)
+    await make_members(db, ["alice", "bob"])
+    plain = plain_file(
+        tmp_path / "p.txt",
+        "ACME",
+        1,
+        [rec("r1", "alice", 100), rec("r2", "bob", 250), rec("r3", "nobody", 5)],
+    )
+    accepted = await _upload(
+        api, key, encrypt(pgp, plain).read_bytes(), "POINTS_ACME_20250109_1.txt.pgp"
+    )
+    assert accepted["state"] == "received"
+    not_ready = await api.get(
+        f"/api/v1/points-files/{accepted['id']}/feedback", headers={"X-API-Key": key}
+    )
+    assert not_ready.status_code == 409
+    await _run(db, quiet_settings)
+
+    progress = (
+        await api.get(f"/api/v1/points-files/{accepted['id']}", headers={"X-API-Key": key})
+    ).json()
+    assert progress["state"] == "delivered"
+    assert progress["records"] == {"total": 3, "credited": 2, "failed": 1, "pending": 0}
+    assert progress["batches_done"] == progress["batches_total"] == 1
+
+    answer = await api.get(
+        f"/api/v1/points-files/{accepted['id']}/feedback", headers={"X-API-Key": key}
+    )
+    assert answer.status_code == 200
+    path = tmp_path / "FEEDBACK.pgp"
+    path.write_bytes(answer.content)
+    results, totals = feedback_of(pgp, path)
+    assert [(r.record_id, r.status, r.reason_code) for r in results] == [
+        ("r1", RecordStatus.OK, None),
+        ("r2", RecordStatus.OK, None),
+        ("r3", RecordStatus.FAILED, RecordReason.UNKNOWN_MEMBER),
+    ]
+    assert totals.points_credited == 350
+    assert await points_balance_total(db) == 350
+
+
+async def test_local_inbox_and_outbox(
+    db: Database, quiet_settings: Settings, crypto: PointsCrypto, pgp: Pgp, tmp_path: Path
+) -> None:
+    await make_partner(db, crypto, pgp)
+    await make_members(db, ["alice"])
+    root = tmp_path / "acme"
+    (root / "in").mkdir(parents=True)
+    async with db.unit_of_work() as s:
+        await service.set_partner_transport(
+            s, "ACME", inbox_url=(root / "in").as_uri(), outbox_url=(root / "out").as_uri()
+        )
+    plain = plain_file(tmp_path / "p.txt", "ACME", 7, [rec("a1", "alice", 10)])
+    encrypt(pgp, plain).rename(root / "in" / "POINTS_ACME_20250109_7.txt.pgp")
+    await _run(db, quiet_settings)  # nothing yet: run_until_done does not poll
+    pipeline = PointsPipeline(db, quiet_settings)
+    assert await pipeline.poll_inboxes() == 1
+    assert [p.name for p in (root / "in").iterdir() if p.is_file()] == []
+    await pipeline.run_until_done(timeout_s=60)
+    await pipeline.aclose()
+    results, totals = feedback_of(pgp, root / "out" / "FEEDBACK_POINTS_ACME_20250109_7.txt.pgp")
+    assert totals.ok_count == 1
+    assert (root / "in" / "archive" / "POINTS_ACME_20250109_7.txt.pgp").exists()
+
+
+# ------------------------------------------------------------------ per-record reasons
+
+
+async def _one_file(
+    db: Database,
+    settings: Settings,
+    crypto: PointsCrypto,
+    pgp: Pgp,
+    tmp_path: Path,
+    records: list[Any],
+    seq: int = 1,
+) -> tuple[list[Any], Any]:
+    plain = plain_file(tmp_path / f"p{seq}.txt", "ACME", seq, records)
+    enc = encrypt(pgp, plain)
+    async with db.unit_of_work() as s:
+        who = await service.sender(s, "ACME")
+    row = await service.receive(
+        db,
+        settings,
+        who,
+        f"POINTS_ACME_20250109_{seq}.txt.pgp",
+        service.file_chunks(enc),
+        source="http",
+    )
+    await _run(db, settings)
+    done = await file_row(db, row.id)
+    assert done.state == "delivered"
+    assert done.answer_name is not None
+    return feedback_of(pgp, service.answer_path(settings, row.id, done.answer_name))
+
+
+@pytest.mark.parametrize(
+    ("reason", "records"),
+    [
+        (RecordReason.UNKNOWN_MEMBER, [rec("x1", "ghost", 10)]),
+        (RecordReason.MEMBER_BLOCKED, [rec("x1", "blocked1", 10)]),
+        (RecordReason.INVALID_POINTS, [rec("x1", "alice", 1001)]),
+        (RecordReason.STALE_TXN, [rec("x1", "alice", 10, age=timedelta(days=40))]),
+        (RecordReason.STALE_TXN, [rec("x1", "alice", 10, age=-timedelta(days=1))]),
+        (RecordReason.DUPLICATE_RECORD, [rec("x0", "alice", 10), rec("x0", "alice", 10)]),
+    ],
+    ids=["unknown-member", "blocked", "invalid-points", "stale-old", "stale-future", "dup-in-file"],
+)
+async def test_record_reason(
+    db: Database,
+    quiet_settings: Settings,
+    crypto: PointsCrypto,
+    pgp: Pgp,
+    tmp_path: Path,
+    reason: RecordReason,
+    records: list[Any],
+) -> None:
+    await make_partner(db, crypto, pgp, max_points_per_record=1000, stale_after_days=30)
+    await make_members(db, ["alice"])
+    await make_members(db, ["blocked1"], blocked=True)
+    results, totals = await _one_file(db, quiet_settings, crypto, pgp, tmp_path, records)
+    assert results[-1].status is RecordStatus.FAILED
+    assert results[-1].reason_code is reason
+    assert totals.record_count == len(records)
+    expected = sum(r.points for r in results if r.status is RecordStatus.OK)
+    assert await points_balance_total(db) == expected == totals.points_credited
+
+
+async def test_duplicate_record_across_files(
+    db: Database, quiet_settings: Settings, crypto: PointsCrypto, pgp: Pgp, tmp_path: Path
+) -> None:
+    await make_partner(db, crypto, pgp)
+    await make_members(db, ["alice"])
+    first, _ = await _one_file(db, quiet_settings, crypto, pgp, tmp_path, [rec("k1", "alice", 5)])
+    assert first[0].status is RecordStatus.OK
+    second, totals = await _one_file(
+        db, quiet_settings, crypto, pgp, tmp_path, [rec("k1", "alice", 5), rec("k2", "alice", 6)], 2
+    )
+    assert second[0].reason_code is RecordReason.DUPLICATE_RECORD
+    assert second[1].status is RecordStatus.OK
+    assert await points_balance_total(db) == 11
+    assert await transfer_count(db) == 2
+
+
+# ------------------------------------------------------------------ whole-file reasons
+
+
+async def _rejected(
+    db: Database,
+    settings: Settings,
+    pgp: Pgp,
+    enc: Path,
+    name: str,
+    expected: RejectReason,
+) -> str:
+    async with db.unit_of_work() as s:
+        who = await service.sender(s, "ACME")
+    before = await points_balance_total(db), await transfer_count(db)
+    row = await service.receive(db, settings, who, name, service.file_chunks(enc), source="http")
+    await _run(db, settings)
+    done = await file_row(db, row.id)
+    assert (done.state, done.reason_code) == ("delivered", str(expected)), done.reason_detail
+    assert done.answer_name is not None
+    assert done.answer_name.startswith("EXCEPTION_")
+    report = exception_of(pgp, service.answer_path(settings, row.id, done.answer_name))
+    assert report.reason_code is expected
+    assert (await points_balance_total(db), await transfer_count(db)) == before
+    return report.detail
+
+
+HEAD = b"H|ACME|1|2025-01-09T18:49:00+08:00|1\n"
+GOOD = [rec("g1", "alice", 10), rec("g2", "alice", 20)]
+
+
+@pytest.mark.parametrize(
+    ("reason", "body"),
+    [
+        (RejectReason.INCOMPLETE, HEAD + b"D|r1|alice|1|2025-01-09T10:00:00+08:00|\n"),
+        (RejectReason.BAD_HEADER, b"H|OTHER|1|2025-01-09T18:49:00+08:00|1\nT|0|0\n"),
+        (RejectReason.BAD_FORMAT, HEAD + b"D|r1|alice|ten|2025-01-09T10:00:00+08:00|\nT|1|10\n"),
+    ],
+    ids=["incomplete", "bad-header", "bad-format"],
+)
+async def test_file_reason_from_content(
+    db: Database,
+    quiet_settings: Settings,
+    crypto: PointsCrypto,
+    pgp: Pgp,
+    tmp_path: Path,
+    reason: RejectReason,
+    body: bytes,
+) -> None:
+    await make_partner(db, crypto, pgp)
+    await make_members(db, ["alice"])
+    plain = tmp_path / "p.txt"
+    plain.write_bytes(body)
+    detail = await _rejected(
+        db, quiet_settings, pgp, encrypt(pgp, plain), "POINTS_ACME_20250109_1.txt.pgp", reason
+    )
+    if reason is RejectReason.BAD_FORMAT:
+        assert "line 2" in detail
+
+
+async def test_decrypt_failed(
+    db: Database, quiet_settings: Settings, crypto: PointsCrypto, pgp: Pgp, tmp_path: Path
+) -> None:
+    await make_partner(db, crypto, pgp)
+    junk = tmp_path / "junk.pgp"
+    junk.write_bytes(b"this is not an OpenPGP message\n" * 10)
+    await _rejected(
+        db, quiet_settings, pgp, junk, "POINTS_ACME_20250109_1.txt.pgp", RejectReason.DECRYPT_FAILED
+    )
+
+
+@pytest.mark.parametrize("how", ["unsigned", "stranger"])
+async def test_bad_signature(
+    db: Database,
+    quiet_settings: Settings,
+    crypto: PointsCrypto,
+    pgp: Pgp,
+    tmp_path: Path,
+    how: str,
+) -> None:
+    await make_partner(db, crypto, pgp)
+    await make_members(db, ["alice"])
+    plain = plain_file(tmp_path / "p.txt", "ACME", 1, GOOD)
+    enc = (
+        encrypt(pgp, plain, sign=False)
+        if how == "unsigned"
+        else encrypt(pgp, plain, signer=pgp.stranger)
+    )
+    await _rejected(
+        db, quiet_settings, pgp, enc, "POINTS_ACME_20250109_1.txt.pgp", RejectReason.BAD_SIGNATURE
+    )
+
+
+async def test_duplicate_file_by_seq_and_by_content(
+    db: Database, quiet_settings: Settings, crypto: PointsCrypto, pgp: Pgp, tmp_path: Path
+) -> None:
+    await make_partner(db, crypto, pgp)
+    await make_members(db, ["alice"])
+    results, _ = await _one_file(db, quiet_settings, crypto, pgp, tmp_path, GOOD)
+    assert all(r.status is RecordStatus.OK for r in results)
+    # another file with the same seq
+    other = encrypt(pgp, plain_file(tmp_path / "o.txt", "ACME", 1, [rec("n1", "alice", 1)]))
+    await _rejected(
+        db,
+        quiet_settings,
+        pgp,
+        other,
+        "POINTS_ACME_20250110_1.txt.pgp",
+        RejectReason("DUPLICATE_FILE"),
+    )
+    # the very same bytes again under another name
+    again = tmp_path / "p1.txt.pgp"
+    async with db.unit_of_work() as s:
+        who = await service.sender(s, "ACME")
+    name = "POINTS_ACME_20250111_9.txt.pgp"
+    row = await service.receive(
+        db, quiet_settings, who, name, service.file_chunks(again), source="http"
+    )
+    assert (row.state, row.reason_code) == ("rejected", "DUPLICATE_FILE")
+    await _run(db, quiet_settings)
+    assert await points_balance_total(db) == 30
+
+
+async def test_unknown_partner(
+    db: Database, quiet_settings: Settings, crypto: PointsCrypto, pgp: Pgp, tmp_path: Path
+) -> None:
+    await make_partner(db, crypto, pgp)
+    await make_members(db, ["alice"])
+    enc = encrypt(pgp, plain_file(tmp_path / "p.txt", "NOBANK", 1, GOOD))
+    await _rejected(
+        db,
+        quiet_settings,
+        pgp,
+        enc,
+        "POINTS_NOBANK_20250109_1.txt.pgp",
+        RejectReason.UNKNOWN_PARTNER,
+    )
+
+
+async def test_too_large(
+    db: Database, quiet_settings: Settings, crypto: PointsCrypto, pgp: Pgp, tmp_path: Path
+) -> None:
+    await make_partner(db, crypto, pgp, max_file_bytes=200)
+    await make_members(db, ["alice"])
+    records = [rec(f"t{i}", "alice", 1) for i in range(50)]
+    enc = encrypt(pgp, plain_file(tmp_path / "p.txt", "ACME", 1, records))
+    assert enc.stat().st_size > 200
+    await _rejected(
+        db, quiet_settings, pgp, enc, "POINTS_ACME_20250109_1.txt.pgp", RejectReason.TOO_LARGE
+    )
