@@ -92,6 +92,14 @@ def _register_domains() -> None:
 
     register_events(app)
 
+    from incentive.flash_sales.cli import register as register_flash_sales
+
+    register_flash_sales(app)
+
+    from incentive.points_files.cli import register as register_points_files
+
+    register_points_files(app)
+
 
 _register_domains()
 

@@ -28,13 +28,17 @@ Tree (each domain adds its own leaves under these)::
     │   │   ├── CampaignNotEditable (409 campaign-not-editable)
     │   │   └── CampaignVersionConflict (409 campaign-version-conflict)
     │   ├── ConfigVersionConflict (409 config-version-conflict) [config]
-    │   └── StockError (409 stock-conflict)               [stock]
-    │       ├── SoldOut (409 sold-out)
-    │       └── StockPoolMissing (409 stock-pool-missing)
+    │   ├── StockError (409 stock-conflict)               [stock]
+    │   │   ├── SoldOut (409 sold-out)
+    │   │   └── StockPoolMissing (409 stock-pool-missing)
+    │   └── FlashSaleError (409 flash-sale-conflict)      [flash_sales]
+    │       ├── NotOnSale (409 not-on-sale: not active, not split, or outside the window)
+    │       └── LimitExceeded (409 limit-exceeded: the per-user limit)
     ├── TooManyRequests (429 too-many-requests, Retry-After)
     │   └── LoginThrottled (429 login-throttled)          [auth]
     └── ServiceUnavailable (503 unavailable, Retry-After)
-        └── TransportError (503 points-transport-unavailable) [points_files]
+        ├── TransportError (503 points-transport-unavailable) [points_files]
+        └── FlowClosed (503 flow-closed: the sale's flow-control switch is off) [flash_sales]
 
 Ledger leaves also derive from the marker ``ledger.errors.LedgerError``; config leaves from
 ``ConfigError`` below (``except ConfigError`` catches every refusal of the config centre);

@@ -11,7 +11,9 @@ from incentive.auth.api import router as auth_router
 from incentive.campaigns.api import router as campaigns_router
 from incentive.config.api import router as config_router
 from incentive.errors import PROBLEM_CONTENT_TYPE
+from incentive.flash_sales.api import router as flash_sales_router
 from incentive.ledger.api import router as ledger_router
+from incentive.points_files.api import router as points_files_router
 
 
 class Problem(BaseModel):
@@ -47,5 +49,12 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def include_routers(app: FastAPI) -> None:
-    for router in (auth_router, config_router, ledger_router, campaigns_router):
+    for router in (
+        auth_router,
+        config_router,
+        ledger_router,
+        campaigns_router,
+        points_files_router,
+        flash_sales_router,
+    ):
         app.include_router(router, prefix="/api/v1", responses=PROBLEM_RESPONSES)

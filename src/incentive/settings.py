@@ -20,6 +20,11 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy async URL; default: SQLite file in data_dir"
     )
     redis_url: str | None = Field(default=None, description="unset = embedded backends")
+    stock_url: str | None = Field(
+        default=None,
+        description="stock store: redis://… or redis+cluster://…; default: redis_url, else "
+        "the embedded in-process engine",
+    )
     signing_key_file: Path | None = Field(
         default=None, description="PEM Ed25519 private key; default: generated in data_dir/keys"
     )
@@ -32,6 +37,15 @@ class Settings(BaseSettings):
     log_json: bool = True
     embedded_worker: bool = True
     config_refresh_seconds: float = 1.0
+    points_poll_seconds: float = Field(
+        default=5.0, description="how often the worker polls partner inboxes (seconds)"
+    )
+    points_lease_seconds: float = Field(
+        default=60.0, description="a crashed worker's points-file claim is taken over after this"
+    )
+    points_stage_chunk: int = Field(
+        default=20_000, ge=100, description="records staged per transaction (points files)"
+    )
 
     @property
     def resolved_database_url(self) -> str:

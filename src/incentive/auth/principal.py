@@ -16,7 +16,7 @@ from incentive.auth.keys import KeyRing
 from incentive.auth.metrics import REJECTED_CREDENTIALS
 from incentive.auth.models import Partner, RevokedToken, User
 from incentive.auth.tokens import decode_access_token
-from incentive.deps import Session
+from incentive.deps import Session, database
 from incentive.errors import Forbidden, Unauthorized
 
 
@@ -118,7 +118,31 @@ def require_roles(*roles: str) -> object:
     return Depends(_check)
 
 
+def require_roles_outside_transaction(*roles: str) -> object:
+    """Like :func:`require_roles`, but the caller is looked up in a transaction of its own
+    that ends at once.
+
+    For endpoints that wait on other work while they run (group commit, a drain pause):
+    holding the request transaction meanwhile would keep a connection busy and, on SQLite,
+    the write lock that the other work needs.
+    """
+
+    async def _check(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Principal:
+        async with database(request).unit_of_work() as session:
+            principal = await current_user(request, session, credentials)
+        if principal.role not in roles:
+            raise Forbidden(f"role {principal.role!r} may not do this; needs one of {list(roles)}")
+        return principal
+
+    return Depends(_check)
+
+
 CurrentUser = Annotated[Principal, Depends(current_user)]
+CustomerOutsideTransaction = Annotated[Principal, require_roles_outside_transaction("customer")]
+OperatorOutsideTransaction = Annotated[Principal, require_roles_outside_transaction("operator")]
 CurrentPartner = Annotated[Principal, Depends(current_partner)]
 Operator = Annotated[Principal, require_roles("operator")]
 Customer = Annotated[Principal, require_roles("customer")]

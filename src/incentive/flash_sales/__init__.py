@@ -1,0 +1,1 @@
+"""Flash sales: sharded stock bought by many at once, never oversold, never lost."""

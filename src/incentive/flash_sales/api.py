@@ -1,0 +1,152 @@
+"""Flash sales over HTTP. Purchases carry their own idempotency (the purchase row holds the
+``Idempotency-Key``) because they are group-committed outside the request transaction."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Request
+from fastapi.responses import JSONResponse
+
+from incentive.auth.principal import (
+    CurrentUser,
+    CustomerOutsideTransaction,
+    MerchantStaff,
+    OperatorOutsideTransaction,
+)
+from incentive.campaigns import service as campaigns
+from incentive.config.keys import flash_sale_flow_open
+from incentive.deps import Session
+from incentive.flash_sales import service
+from incentive.flash_sales.models import FlashSale, Purchase
+from incentive.flash_sales.schemas import (
+    FlashSaleIn,
+    FlashSaleOut,
+    PurchaseIn,
+    PurchaseOut,
+    ReconcileOut,
+    TakeOut,
+)
+from incentive.kit.idempotency import HEADER, KEY_PATTERN, REPLAYED_HEADER
+from incentive.stock import StockEngine
+
+router = APIRouter(prefix="/flash-sales", tags=["flash sales"])
+
+SaleId = Annotated[str, Path(min_length=32, max_length=32, pattern=r"^[0-9a-f]{32}$")]
+PurchaseKey = Annotated[
+    str,
+    Header(
+        alias=HEADER,
+        min_length=1,
+        max_length=200,
+        pattern=KEY_PATTERN,
+        description="Unique per intended purchase: a retry with the same key never buys twice.",
+    ),
+]
+
+
+def _engine(request: Request) -> StockEngine:
+    engine: StockEngine = request.app.state.stock
+    return engine
+
+
+def _purchases(request: Request) -> service.Purchases:
+    purchases: service.Purchases = request.app.state.flash_sales
+    return purchases
+
+
+async def _out(session: Any, engine: StockEngine, sale: FlashSale) -> FlashSaleOut:
+    campaign = await campaigns.get_campaign(session, sale.campaign_id)
+    levels = await service.bucket_levels(engine, sale)
+    return FlashSaleOut(
+        id=sale.campaign_id,
+        status=campaign.status,
+        sku=sale.sku,
+        item_name=sale.item_name,
+        price_fen=sale.price_fen,
+        total=sale.total_stock,
+        sold=await service.sold(session, sale.campaign_id),
+        remaining=sum(levels) if levels is not None else None,
+        buckets=levels or [],
+        per_user_limit=sale.per_user_limit,
+        starts_at=sale.starts_at,
+        ends_at=sale.ends_at,
+        activated_at=sale.activated_at,
+        split=sale.split_at is not None,
+        flow_open=flash_sale_flow_open(sale.campaign_id),
+    )
+
+
+def _purchase_out(p: Purchase) -> PurchaseOut:
+    takes = [TakeOut(bucket=int(b), quantity=int(q)) for b, q in p.takes]
+    return PurchaseOut(
+        id=p.id,
+        flash_sale_id=p.flash_sale_id,
+        quantity=p.quantity,
+        bucket=takes[0].bucket,
+        takes=takes,
+        created_at=p.created_at,
+    )
+
+
+@router.post("", response_model=FlashSaleOut, status_code=201)
+async def create(
+    body: FlashSaleIn, principal: MerchantStaff, session: Session, request: Request
+) -> FlashSaleOut:
+    """Create a flash sale (a draft campaign): submit it for review, approve, then activate."""
+    sale = await service.create(session, principal, body)
+    return await _out(session, _engine(request), sale)
+
+
+@router.get("/{sale_id}", response_model=FlashSaleOut)
+async def get(
+    sale_id: SaleId, principal: CurrentUser, session: Session, request: Request
+) -> FlashSaleOut:
+    await campaigns.visible_campaign(session, principal, sale_id)
+    sale = await service.get_sale(session, sale_id)
+    return await _out(session, _engine(request), sale)
+
+
+@router.post("/{sale_id}/activate", response_model=FlashSaleOut)
+async def activate(
+    sale_id: SaleId, principal: MerchantStaff, session: Session, request: Request
+) -> FlashSaleOut:
+    """Approved → active; the stock is split into buckets by the activation event, once."""
+    sale = await service.activate(session, principal, sale_id)
+    return await _out(session, _engine(request), sale)
+
+
+@router.post(
+    "/{sale_id}/purchases",
+    response_model=PurchaseOut,
+    status_code=201,
+    responses={200: {"model": PurchaseOut, "description": "replay of an earlier purchase"}},
+)
+async def purchase(
+    sale_id: SaleId,
+    body: PurchaseIn,
+    principal: CustomerOutsideTransaction,
+    key: PurchaseKey,
+    request: Request,
+) -> JSONResponse:
+    """Buy ``quantity`` units. 201 only once the purchase is committed; a retry with the same
+    `Idempotency-Key` and quantity answers the recorded purchase (200,
+    `Idempotent-Replayed: true`). 409 `sold-out` / `limit-exceeded` / `not-on-sale`; 503
+    `flow-closed` (with `Retry-After`) while flow control is off."""
+    result = await _purchases(request).buy(principal, sale_id, body.quantity, key)
+    content = _purchase_out(result.purchase).model_dump(mode="json")
+    if result.replayed:
+        return JSONResponse(content, status_code=200, headers={REPLAYED_HEADER: "true"})
+    return JSONResponse(content, status_code=201)
+
+
+@router.post("/{sale_id}/reconcile", response_model=ReconcileOut)
+async def reconcile(
+    sale_id: SaleId, principal: OperatorOutsideTransaction, request: Request, force: bool = False
+) -> ReconcileOut:
+    """Reset the stock store to the database's truth when they drift (or always, with
+    `force`, e.g. after the store lost its data). Pauses the sale for
+    `flash_sale.drain_seconds` while it works."""
+    return await service.reconcile(
+        request.app.state.db, _engine(request), sale_id, actor=principal.name, force=force
+    )
