@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from incentive.auth.keys import KeyRing
 from incentive.auth.metrics import REJECTED_CREDENTIALS
@@ -61,7 +61,9 @@ async def current_user(
 
 
 async def _resolve_user(
-    request: Request, session: AsyncSession, credentials: HTTPAuthorizationCredentials | None
+    request: Request,
+    session: AsyncSession | AsyncConnection,
+    credentials: HTTPAuthorizationCredentials | None,
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("missing bearer token")
@@ -119,8 +121,8 @@ def require_roles(*roles: str) -> object:
 
 
 def require_roles_outside_transaction(*roles: str) -> object:
-    """Like :func:`require_roles`, but the caller is looked up in a transaction of its own
-    that ends at once.
+    """Like :func:`require_roles`, but the caller is looked up outside the request
+    transaction (``Database.reader``: autocommit, one round trip on PostgreSQL).
 
     For endpoints that wait on other work while they run (group commit, a drain pause):
     holding the request transaction meanwhile would keep a connection busy and, on SQLite,
@@ -131,8 +133,12 @@ def require_roles_outside_transaction(*roles: str) -> object:
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Principal:
-        async with database(request).unit_of_work() as session:
-            principal = await current_user(request, session, credentials)
+        try:
+            async with database(request).reader() as conn:
+                principal = await _resolve_user(request, conn, credentials)
+        except Unauthorized:
+            REJECTED_CREDENTIALS.labels("bearer").inc()
+            raise
         if principal.role not in roles:
             raise Forbidden(f"role {principal.role!r} may not do this; needs one of {list(roles)}")
         return principal

@@ -3,15 +3,19 @@
 The purchase path holds no database transaction while it talks to the stock store:
 
 1. facts of the sale (cached for ``FACTS_TTL_SECONDS``), window and flow-control switch;
-2. an already recorded purchase under the same ``Idempotency-Key`` is replayed;
-3. the buyer's per-user quota is reserved, then stock is deducted — both atomic in the
+2. the buyer's per-user quota is reserved, then stock is deducted — both atomic in the
    stock engine, so neither can go below zero under any concurrency;
-4. the purchase is handed to the process's ``PurchaseRecorder``, which writes everything
+3. the purchase is handed to the process's ``PurchaseRecorder``, which writes everything
    queued meanwhile in one transaction (group commit) and wakes each request only after
    that commit: a 201 is never sent for a purchase the database does not hold;
-5. if the write definitely failed, the stock and the quota are given back; if the commit's
+4. if the write definitely failed, the stock and the quota are given back; if the commit's
    outcome is unknown (connection lost while committing) nothing is given back — that stock
    stays stranded, never oversold, until ``reconcile`` returns it.
+
+A retry under an ``Idempotency-Key`` already recorded answers the recorded purchase: the same
+key running in this process waits for the first; otherwise the retry surfaces as a refused
+quota, a sold-out or a conflicting insert (its deduction given back), and only then is the
+key looked up — no database read on the hot path.
 
 The database is the source of truth: ``reconcile`` and ``rebuild`` close the sale's
 flow-control switch, wait ``flash_sale.drain_seconds`` for requests in flight to finish, then
@@ -324,9 +328,8 @@ class Purchases:
     async def _buy(
         self, facts: SaleFacts, principal: Principal, quantity: int, key: str
     ) -> PurchaseResult:
-        existing = await self._recorded(facts.id, principal.id, key)
-        if existing is not None:
-            return _replay(PurchaseResult(existing, True), quantity)
+        # No look-up of the key before the engine: a retry of a recorded purchase is rare, and
+        # is caught where it surfaces (limit reached, sold out, or the insert's conflict).
         pool = pool_of(facts.id)
         try:
             reserved = await self.engine.reserve_quota(
@@ -335,6 +338,9 @@ class Purchases:
         except StockPoolMissing as exc:
             raise _rebuilding(facts.id) from exc
         if not reserved:
+            replay = await self._replay_of(facts.id, principal.id, key, quantity)
+            if replay is not None:
+                return replay
             metrics.LIMIT_HITS.inc()
             raise LimitExceeded(
                 f"at most {facts.per_user_limit} per buyer", limit=facts.per_user_limit
@@ -343,6 +349,9 @@ class Purchases:
             deduction = await self.engine.deduct(pool, quantity)
         except SoldOut:
             await self.engine.release_quota(pool, principal.id, quantity)
+            replay = await self._replay_of(facts.id, principal.id, key, quantity)
+            if replay is not None:
+                return replay
             metrics.SOLD_OUT.inc()
             raise
         except StockPoolMissing as exc:
@@ -383,6 +392,13 @@ class Purchases:
         metrics.COMPENSATIONS.inc()
         await give_back(self.engine, deduction)
         await self.engine.release_quota(deduction.pool, user_id, deduction.quantity)
+
+    async def _replay_of(
+        self, sale_id: str, user_id: str, key: str, quantity: int
+    ) -> PurchaseResult | None:
+        """A refusal for a key that already bought is a retry: the recorded purchase."""
+        existing = await self._recorded(sale_id, user_id, key)
+        return None if existing is None else _replay(PurchaseResult(existing, True), quantity)
 
     async def _recorded(self, sale_id: str, user_id: str, key: str) -> Purchase | None:
         async with self.db.unit_of_work() as session:
@@ -438,6 +454,9 @@ async def set_flow(db: Database, sale_id: str, open_: bool, actor: str) -> bool:
         if previous != open_:
             current[sale_id] = open_
             await config.set_value(session, FLASH_SALE_FLOW_CONTROL.name, current, actor=actor)
+    if previous != open_ and live_config.current.db is not None:
+        # This process sees its own change at once; the others within the refresh interval.
+        await live_config.current.refresh()
     return previous
 
 
