@@ -1,18 +1,26 @@
-"""Stock deduction throughput, every backend side by side, same concurrency, one run.
+"""Flash sales, side by side in one run: the stock engine's backends, then HTTP purchases.
 
-    python bench/stock_engine.py [--concurrency 200] [--buckets 16]
+    python bench/flash_sale.py [--concurrency 200] [--buckets 16] [--parts engine,http]
 
-Each case splits a stock, then ``concurrency`` tasks deduct 1 unit in a loop until sold
-out; the figure is units sold per second. Every case then checks that exactly the stock was
-sold (oversold = undersold = 0) and no bucket/row is below zero.
+**engine**: each case splits a stock, then ``concurrency`` tasks deduct 1 unit in a loop until
+sold out; the figure is units sold per second. Every case then checks that exactly the stock
+was sold (oversold = undersold = 0) and no bucket/row is below zero. Cases: embedded engine;
+Redis with N buckets and with one key (N=1); Redis Cluster (3 masters) with N buckets;
+PostgreSQL one hot row (``UPDATE ... SET n = n - q WHERE id = 1 AND n >= q``) and N rows.
 
-Cases: embedded engine; Redis with N buckets and with one key (N=1); Redis Cluster (3
-masters) with N buckets; PostgreSQL one hot row (``UPDATE ... SET n = n - q WHERE id = 1 AND
-n >= q``) and N rows. Redis servers and the cluster are started here on free loopback ports
-(``redis-server`` must be on PATH) unless ``INCENTIVE_BENCH_REDIS_URL`` names a server;
-PostgreSQL comes from ``INCENTIVE_BENCH_DATABASE_URL`` (default
-postgresql://postgres@127.0.0.1/postgres), in a table of this run's own, dropped at the end.
-Prints JSON.
+**http**: a real ``incentive serve`` (one uvicorn worker) on PostgreSQL with the Redis stock
+engine; ``wrk`` (``apt-get install wrk``) with ``--concurrency`` connections posts purchases
+of quantity 1 (a different customer token and Idempotency-Key per request) for
+``--seconds``, then hits the same server's bare JSON endpoint (``GET /healthz``) the same way.
+Reports requests/s and p50/p99 latency of both and their ratio. Then a second sale of
+``--soldout-stock`` units is bought out by the same load: every run checks oversold = 0 and
+acknowledged (201s wrk saw) = committed (purchases in the database) = stock.
+
+Redis servers and the cluster are started here on free loopback ports (``redis-server`` must
+be on PATH) unless ``INCENTIVE_BENCH_REDIS_URL`` names a server; PostgreSQL comes from
+``INCENTIVE_BENCH_DATABASE_URL`` (default postgresql://postgres@127.0.0.1/postgres): the engine
+cases use a table of their own, the HTTP part a database ``incentive_bench_flash_<pid>`` created and
+dropped here. Prints JSON.
 """
 
 from __future__ import annotations
@@ -33,13 +41,23 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import redis
+from sqlalchemy import func, insert, select
 
+from incentive import migrations
+from incentive.auth.keys import KeyRing
+from incentive.auth.models import User
+from incentive.auth.tokens import issue_access_token
+from incentive.db import Database, new_id, utcnow
 from incentive.errors import SoldOut
+from incentive.flash_sales.models import Purchase
+from incentive.kit.pgadmin import drop_database, recreate_database
 from incentive.stock.engine import StockEngine, stock_engine_from_url
 
 PG_URL = os.environ.get("INCENTIVE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1/postgres")
 REDIS_URL = os.environ.get("INCENTIVE_BENCH_REDIS_URL")
+DB_NAME = f"incentive_bench_flash_{os.getpid()}"
 
 
 # --- throwaway Redis servers -------------------------------------------------------------
@@ -203,58 +221,37 @@ async def _pg_case(
         await pg.close()
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--concurrency", type=int, default=200)
-    parser.add_argument("--buckets", type=int, default=16)
-    parser.add_argument("--pg-connections", type=int, default=50)
-    parser.add_argument("--redis-connections", type=int, default=16)
-    parser.add_argument("--embedded-stock", type=int, default=1_000_000)
-    parser.add_argument("--redis-stock", type=int, default=60_000)
-    parser.add_argument("--pg-stock", type=int, default=10_000)
-    args = parser.parse_args()
+async def engine_part(args: argparse.Namespace, redis_url: str | None) -> dict[str, Any]:
     c, n = args.concurrency, args.buckets
     results: list[dict[str, Any]] = []
     notes: list[str] = []
-
     results.append(
         await _engine_case("embedded", stock_engine_from_url(None), args.embedded_stock, n, c)
     )
-
-    workdir = Path(tempfile.mkdtemp(prefix="stock-bench-"))
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        have_redis = shutil.which("redis-server") is not None
-        redis_url = REDIS_URL
-        if redis_url is None and have_redis:
-            port = _port(set())
-            procs.append(_start_redis(workdir / "single", port, cluster=False))
-            redis_url = f"redis://127.0.0.1:{port}/0"
-        if redis_url is not None:
-            for case, buckets in (("redis", n), ("redis-single-key", 1)):
-                engine = stock_engine_from_url(redis_url, max_connections=args.redis_connections)
-                results.append(await _engine_case(case, engine, args.redis_stock, buckets, c))
-        else:
-            notes.append("Redis cases skipped: no redis-server on PATH")
-        if have_redis:
+    if redis_url is not None:
+        for case, buckets in (("redis", n), ("redis-single-key", 1)):
+            engine = stock_engine_from_url(redis_url, max_connections=args.redis_connections)
+            results.append(await _engine_case(case, engine, args.redis_stock, buckets, c))
+    else:
+        notes.append("Redis cases skipped: no redis-server on PATH")
+    if shutil.which("redis-server") is not None:
+        workdir = Path(tempfile.mkdtemp(prefix="stock-bench-cluster-"))
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
             taken: set[int] = set()
             ports = [_port(taken) for _ in range(3)]
             for i, port in enumerate(ports):
                 procs.append(_start_redis(workdir / f"node{i}", port, cluster=True))
             _create_cluster(ports)
             engine = stock_engine_from_url(
-                f"redis://127.0.0.1:{ports[0]}?cluster=1", max_connections=args.redis_connections
+                f"redis+cluster://127.0.0.1:{ports[0]}", max_connections=args.redis_connections
             )
             results.append(await _engine_case("redis-cluster-3", engine, args.redis_stock, n, c))
-        else:
-            notes.append("Redis Cluster case skipped: no redis-server on PATH")
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=10)
-        shutil.rmtree(workdir, ignore_errors=True)
-
+        finally:
+            _stop(procs)
+            shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        notes.append("Redis Cluster case skipped: no redis-server on PATH")
     try:
         for case, rows in (("postgresql-hot-row", 1), ("postgresql-rows", n)):
             results.append(await _pg_case(case, rows, args.pg_stock, c, args.pg_connections))
@@ -262,7 +259,7 @@ async def main() -> None:
         notes.append(f"PostgreSQL cases skipped: {exc}")
 
     rate = {r["case"]: r["deductions_per_s"] for r in results}
-    summary: dict[str, Any] = {
+    part: dict[str, Any] = {
         "concurrency": c,
         "buckets": n,
         "pg_connections": args.pg_connections,
@@ -275,12 +272,305 @@ async def main() -> None:
     if "postgresql-hot-row" in rate:
         for case in ("redis", "redis-cluster-3"):
             if case in rate:
-                summary[f"{case}_vs_pg_hot_row"] = round(rate[case] / rate["postgresql-hot-row"], 1)
-    summary["targets"] = {
+                part[f"{case}_vs_pg_hot_row"] = round(rate[case] / rate["postgresql-hot-row"], 1)
+    part["targets"] = {
         "embedded_at_least_100000_per_s": rate.get("embedded", 0) >= 100_000,
-        "sharded_redis_at_least_5x_pg_hot_row": summary.get("redis_vs_pg_hot_row", 0) >= 5,
+        "sharded_redis_at_least_5x_pg_hot_row": part.get("redis_vs_pg_hot_row", 0) >= 5,
     }
-    sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    return part
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(timeout=10)
+
+
+# --- HTTP purchases against the bare endpoint ---------------------------------------------
+
+# wrk: one connection per client; each request a customer's token (round robin) and a key of
+# its own; statuses counted per thread, summed with latency percentiles (µs) in done().
+WRK_SCRIPT = """
+local tokens = {%(tokens)s}
+local counter = 0
+local threads = {}
+local next_id = 0
+s2xx, s409, s503, sother = 0, 0, 0, 0
+function setup(thread)
+  thread:set("id", next_id)
+  next_id = next_id + 1
+  table.insert(threads, thread)
+end
+function request()
+  counter = counter + 1
+  if %(purchase)s then
+    local token = tokens[(counter * 7 + id * 131) %% #tokens + 1]
+    return wrk.format("POST", "%(path)s", {
+      ["Authorization"] = "Bearer " .. token,
+      ["Idempotency-Key"] = "b" .. id .. "-" .. counter,
+      ["Content-Type"] = "application/json",
+    }, '{"quantity": 1}')
+  end
+  return wrk.format("GET", "%(path)s")
+end
+function response(status, headers, body)
+  if status < 300 then s2xx = s2xx + 1
+  elseif status == 409 then s409 = s409 + 1
+  elseif status == 503 then s503 = s503 + 1
+  else sother = sother + 1 end
+end
+function done(summary, latency, requests)
+  local t = {s2xx = 0, s409 = 0, s503 = 0, sother = 0}
+  for _, thread in ipairs(threads) do
+    for k, _ in pairs(t) do t[k] = t[k] + thread:get(k) end
+  end
+  io.write(string.format(
+    'WRK {"requests": %%d, "seconds": %%.3f, "errors": %%d, "p50_us": %%d, "p99_us": %%d, ' ..
+    '"ok": %%d, "conflict_409": %%d, "unavailable_503": %%d, "other": %%d}\\n',
+    summary.requests, summary.duration / 1e6,
+    summary.errors.connect + summary.errors.read + summary.errors.write +
+    summary.errors.timeout, latency:percentile(50), latency:percentile(99),
+    t.s2xx, t.s409, t.s503, t.sother))
+end
+"""
+
+
+def _wrk(base: str, path: str, tokens: list[str], seconds: int, connections: int) -> Any:
+    script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    script.write_text(
+        WRK_SCRIPT
+        % {
+            "tokens": ",".join(f'"{t}"' for t in tokens),
+            "purchase": "true" if tokens else "false",
+            "path": path,
+        }
+    )
+    try:
+        out = subprocess.run(
+            [
+                "wrk",
+                "-t2",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "--timeout",
+                "30s",
+                "-s",
+                str(script),
+                base + path,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    finally:
+        script.unlink()
+    line = next(x for x in out.splitlines() if x.startswith("WRK "))
+    figures: dict[str, Any] = json.loads(line[4:])
+    figures["rps"] = round(figures["requests"] / figures["seconds"])
+    figures["p50_ms"] = round(figures.pop("p50_us") / 1000, 1)
+    figures["p99_ms"] = round(figures.pop("p99_us") / 1000, 1)
+    return figures
+
+
+async def _customers(db: Database, keys: Path, n: int) -> list[str]:
+    now = utcnow()
+    rows = [
+        {
+            "id": new_id(),
+            "username": f"buyer{i}",
+            "display_name": "",
+            "password_hash": "-",
+            "role": "customer",
+            "merchant_id": None,
+            "blocked": False,
+            "created_at": now,
+        }
+        for i in range(n)
+    ]
+    rows.append({**rows[0], "id": new_id(), "username": "bench-operator", "role": "operator"})
+    async with db.unit_of_work() as s:
+        await s.execute(insert(User), rows)
+    ring = KeyRing.load(keys)
+    return [
+        issue_access_token(
+            ring,
+            user_id=r["id"],
+            name=r["username"],
+            role=r["role"],
+            merchant_id=None,
+            ttl_seconds=3600,
+        )[0]
+        for r in rows
+    ]
+
+
+async def _sale(client: httpx.AsyncClient, operator: str, total: int) -> str:
+    now = utcnow()
+    h = {"Authorization": f"Bearer {operator}"}
+    body = {
+        "name": "Bench flash sale",
+        "sku": "BENCH-1",
+        "item_name": "Phone",
+        "price_fen": 99_900,
+        "total_stock": total,
+        "per_user_limit": min(total, 1_000_000),
+        "starts_at": (now.replace(microsecond=0)).isoformat(),
+        "ends_at": (now.replace(year=now.year + 1)).isoformat(),
+    }
+    r = await client.post("/api/v1/flash-sales", json=body, headers=h)
+    r.raise_for_status()
+    sale_id = str(r.json()["id"])
+    for to in ("pending_review", "approved"):
+        path = f"/api/v1/campaigns/{sale_id}/transitions"
+        (await client.post(path, json={"to": to}, headers=h)).raise_for_status()
+    (await client.post(f"/api/v1/flash-sales/{sale_id}/activate", headers=h)).raise_for_status()
+    for _ in range(300):
+        r = await client.get(f"/api/v1/flash-sales/{sale_id}", headers=h)
+        if r.json()["split"]:
+            return sale_id
+        await asyncio.sleep(0.1)
+    raise RuntimeError("the sale's stock was never split")
+
+
+async def _committed(db: Database, sale_id: str) -> int:
+    async with db.unit_of_work() as s:
+        total = await s.scalar(
+            select(func.coalesce(func.sum(Purchase.quantity), 0)).where(
+                Purchase.flash_sale_id == sale_id
+            )
+        )
+    return int(total or 0)
+
+
+def _serve(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "incentive.cli", "serve", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def http_part(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        return {"skipped": "wrk is not on PATH (apt-get install wrk)"}
+    url = os.environ.get("INCENTIVE_BENCH_DATABASE_URL", PG_URL)
+    url = await recreate_database(url.replace("postgresql://", "postgresql+asyncpg://", 1), DB_NAME)
+    data_dir = Path(tempfile.mkdtemp(prefix="flash-bench-"))
+    db = Database(url)
+    proc = None
+    try:
+        await migrations.upgrade(db.engine)
+        tokens = await _customers(db, data_dir / "keys", args.customers)
+        operator, buyers = tokens[-1], tokens[:-1]
+        port = _port(set())
+        env = {
+            **os.environ,
+            "INCENTIVE_DATA_DIR": str(data_dir),
+            "INCENTIVE_DATABASE_URL": url,
+            "INCENTIVE_REDIS_URL": redis_url,
+            "INCENTIVE_DEMO_DATA": "false",
+            "INCENTIVE_LOG_LEVEL": "WARNING",
+        }
+        proc = _serve(port, env, data_dir / "server.log")
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            for _ in range(300):
+                try:
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+            big = await _sale(client, operator, 100_000_000)
+            small = await _sale(client, operator, args.soldout_stock)
+        seconds, conns = args.seconds, args.concurrency
+        _wrk(base, "/healthz", [], 2, conns)  # warm-up
+        _wrk(base, f"/api/v1/flash-sales/{big}/purchases", buyers, 2, conns)
+        purchases = _wrk(base, f"/api/v1/flash-sales/{big}/purchases", buyers, seconds, conns)
+        bare = _wrk(base, "/healthz", [], seconds, conns)
+        # Sold out under the same load: stock small enough to run out within the run.
+        soldout = _wrk(base, f"/api/v1/flash-sales/{small}/purchases", buyers, seconds, conns)
+        committed = await _committed(db, small)
+        committed_big = await _committed(db, big)
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            h = {"Authorization": f"Bearer {operator}"}
+            state = (await client.get(f"/api/v1/flash-sales/{small}", headers=h)).json()
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+        log_lines = (data_dir / "server.log").read_text(errors="replace").splitlines()
+        errors_logged = sum('"level": "ERROR"' in line for line in log_lines)
+        await db.dispose()
+        await drop_database(url, DB_NAME)
+        shutil.rmtree(data_dir, ignore_errors=True)
+    ratio = purchases["rps"] / bare["rps"]
+    return {
+        "server": "incentive serve, 1 uvicorn worker, PostgreSQL + Redis stock (16 buckets)",
+        "load": f"wrk -t2 -c{conns} -d{seconds}s",
+        "customers": args.customers,
+        "purchases": purchases,
+        "bare_healthz": bare,
+        "purchases_over_bare": round(ratio, 3),
+        "server_errors_logged": errors_logged,
+        "warmup_and_main_run": {
+            "acknowledged_201": purchases["ok"],
+            "committed_units_incl_warmup": committed_big,
+        },
+        "sold_out_run": {
+            "stock": args.soldout_stock,
+            "acknowledged_201": soldout["ok"],
+            "committed": committed,
+            "remaining": state["remaining"],
+            "sold_out_409": soldout["conflict_409"],
+            "other": soldout["other"] + soldout["unavailable_503"] + soldout["errors"],
+            "oversold": max(committed - args.soldout_stock, 0),
+            "acknowledged_equals_committed": soldout["ok"] == committed,
+            "sold_equals_stock": committed == args.soldout_stock and state["remaining"] == 0,
+        },
+        "targets": {"purchases_at_least_half_of_bare": ratio >= 0.5},
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
+    parser.add_argument("--parts", default="engine,http")
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--buckets", type=int, default=16)
+    parser.add_argument("--pg-connections", type=int, default=50)
+    parser.add_argument("--redis-connections", type=int, default=16)
+    parser.add_argument("--embedded-stock", type=int, default=1_000_000)
+    parser.add_argument("--redis-stock", type=int, default=60_000)
+    parser.add_argument("--pg-stock", type=int, default=10_000)
+    parser.add_argument("--customers", type=int, default=2_000)
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--soldout-stock", type=int, default=5_000)
+    args = parser.parse_args()
+    parts = {p.strip() for p in args.parts.split(",")}
+    report: dict[str, Any] = {"bench": "flash_sale", "cpus": os.cpu_count()}
+    workdir = Path(tempfile.mkdtemp(prefix="flash-bench-redis-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        redis_url = REDIS_URL
+        if redis_url is None and shutil.which("redis-server") is not None:
+            port = _port(set())
+            procs.append(_start_redis(workdir / "single", port, cluster=False))
+            redis_url = f"redis://127.0.0.1:{port}/0"
+        if "engine" in parts:
+            report["engine"] = await engine_part(args, redis_url)
+        if "http" in parts:
+            if redis_url is None:
+                report["http"] = {"skipped": "no redis-server on PATH"}
+            else:
+                redis.Redis.from_url(redis_url).flushdb()
+                report["http"] = await http_part(args, redis_url)
+    finally:
+        _stop(procs)
+        shutil.rmtree(workdir, ignore_errors=True)
+    sys.stdout.write(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
