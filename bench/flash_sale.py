@@ -28,6 +28,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import multiprocessing
 import os
 import random
 import shutil
@@ -161,13 +163,89 @@ def _result(
     }
 
 
-async def _engine_case(
-    case: str, engine: StockEngine, stock: int, buckets: int, concurrency: int
-) -> dict[str, Any]:
-    pool = f"bench-{os.getpid()}-{case}"
-    await engine.drop(pool)
-    await engine.split(pool, stock, buckets)
+# A case's load runs in ``processes`` client processes (one Python process is the ceiling
+# long before Redis is; the API tier is many processes too). Each sets up its connections,
+# waits for the common start, drains with its share of the tasks and reports
+# (sold, refusals, started, ended) in wall-clock time; the case takes first start to last end.
 
+
+async def _engine_deducter(url: str, pool: str, connections: int) -> Any:
+    return await _engine_deducter_for(stock_engine_from_url(url, max_connections=connections), pool)
+
+
+async def _pg_deducter(table: str, rows: int, connections: int) -> Any:
+    pg = await asyncpg.create_pool(PG_URL, min_size=connections, max_size=connections)
+    update = f"UPDATE {table} SET n = n - $2 WHERE id = $1 AND n >= $2 RETURNING n"
+    empty: set[int] = set()
+
+    async def deduct() -> bool:
+        # Like the engine: a random row believed to have stock; sold out only when a fresh
+        # look at every row finds none.
+        while True:
+            able = [i for i in range(1, rows + 1) if i not in empty]
+            while able:
+                row = able.pop(random.randrange(len(able)))
+                if await pg.fetchval(update, row, 1) is not None:
+                    return True
+                empty.add(row)
+            left = await pg.fetch(f"SELECT id FROM {table} WHERE n >= 1")
+            if not left:
+                return False
+            empty.difference_update(r["id"] for r in left)
+
+    return deduct, pg.close
+
+
+def _client(
+    kind: str, spec: tuple[Any, ...], concurrency: int, ready: Any, go: Any, out: Any
+) -> None:
+    async def run() -> None:
+        if kind == "engine":
+            deduct, close = await _engine_deducter(*spec)
+        else:
+            deduct, close = await _pg_deducter(*spec)
+        ready.release()
+        await asyncio.get_running_loop().run_in_executor(None, go.wait)
+        started = time.time()
+        sold, refusals, _ = await _drain(deduct, concurrency)
+        out.put((sold, refusals, started, time.time()))
+        await close()
+
+    asyncio.run(run())
+
+
+def _load(
+    kind: str, spec: tuple[Any, ...], concurrency: int, processes: int
+) -> tuple[int, int, float]:
+    ctx = multiprocessing.get_context("spawn")
+    ready, go, out = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
+    share = max(concurrency // processes, 1)
+    procs = [
+        ctx.Process(target=_client, args=(kind, spec, share, ready, go, out))
+        for _ in range(processes)
+    ]
+    for proc in procs:
+        proc.start()
+    for _ in procs:
+        ready.acquire()
+    go.set()
+    reports = [out.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    seconds = max(r[3] for r in reports) - min(r[2] for r in reports)
+    return sum(r[0] for r in reports), sum(r[1] for r in reports), seconds
+
+
+async def _embedded_case(stock: int, buckets: int, concurrency: int) -> dict[str, Any]:
+    engine = stock_engine_from_url(None)
+    await engine.split("bench", stock, buckets)
+    deduct, _ = await _engine_deducter_for(engine, "bench")
+    drained = await _drain(deduct, concurrency)
+    levels = await engine.remaining("bench")
+    return _result("embedded", buckets, stock, drained, levels)
+
+
+async def _engine_deducter_for(engine: StockEngine, pool: str) -> Any:
     async def deduct() -> bool:
         try:
             await engine.deduct(pool, 1)
@@ -175,18 +253,29 @@ async def _engine_case(
             return False
         return True
 
-    drained = await _drain(deduct, concurrency)
+    return deduct, engine.aclose
+
+
+async def _engine_case(
+    case: str, url: str, stock: int, buckets: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    engine = stock_engine_from_url(url)
+    pool = f"bench-{os.getpid()}-{case}"
+    await engine.drop(pool)
+    await engine.split(pool, stock, buckets)
+    connections = max(args.redis_connections // args.client_processes, 1)
+    drained = await asyncio.to_thread(
+        _load, "engine", (url, pool, connections), args.concurrency, args.client_processes
+    )
     levels = await engine.remaining(pool)
     await engine.drop(pool)
     await engine.aclose()
     return _result(case, buckets, stock, drained, levels)
 
 
-async def _pg_case(
-    case: str, rows: int, stock: int, concurrency: int, connections: int
-) -> dict[str, Any]:
+async def _pg_case(case: str, rows: int, stock: int, args: argparse.Namespace) -> dict[str, Any]:
     table = f"stock_engine_bench_{os.getpid()}"
-    pg = await asyncpg.create_pool(PG_URL, min_size=connections, max_size=connections)
+    pg = await asyncpg.connect(PG_URL)
     try:
         await pg.execute(f"DROP TABLE IF EXISTS {table}")
         await pg.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, n bigint NOT NULL)")
@@ -195,25 +284,10 @@ async def _pg_case(
             f"INSERT INTO {table} (id, n) VALUES ($1, $2)",
             [(i + 1, base + (1 if i < rest else 0)) for i in range(rows)],
         )
-        update = f"UPDATE {table} SET n = n - $2 WHERE id = $1 AND n >= $2 RETURNING n"
-        empty: set[int] = set()
-
-        async def deduct() -> bool:
-            # Like the engine: a random row believed to have stock; sold out only when a
-            # fresh look at every row finds none.
-            while True:
-                able = [i for i in range(1, rows + 1) if i not in empty]
-                while able:
-                    row = able.pop(random.randrange(len(able)))
-                    if await pg.fetchval(update, row, 1) is not None:
-                        return True
-                    empty.add(row)
-                left = await pg.fetch(f"SELECT id FROM {table} WHERE n >= 1")
-                if not left:
-                    return False
-                empty.difference_update(r["id"] for r in left)
-
-        drained = await _drain(deduct, concurrency)
+        connections = max(args.pg_connections // args.client_processes, 1)
+        drained = await asyncio.to_thread(
+            _load, "pg", (table, rows, connections), args.concurrency, args.client_processes
+        )
         levels = [r["n"] for r in await pg.fetch(f"SELECT n FROM {table} ORDER BY id")]
         return _result(case, rows, stock, drained, levels)
     finally:
@@ -225,13 +299,10 @@ async def engine_part(args: argparse.Namespace, redis_url: str | None) -> dict[s
     c, n = args.concurrency, args.buckets
     results: list[dict[str, Any]] = []
     notes: list[str] = []
-    results.append(
-        await _engine_case("embedded", stock_engine_from_url(None), args.embedded_stock, n, c)
-    )
+    results.append(await _embedded_case(args.embedded_stock, n, c))
     if redis_url is not None:
         for case, buckets in (("redis", n), ("redis-single-key", 1)):
-            engine = stock_engine_from_url(redis_url, max_connections=args.redis_connections)
-            results.append(await _engine_case(case, engine, args.redis_stock, buckets, c))
+            results.append(await _engine_case(case, redis_url, args.redis_stock, buckets, args))
     else:
         notes.append("Redis cases skipped: no redis-server on PATH")
     if shutil.which("redis-server") is not None:
@@ -243,10 +314,8 @@ async def engine_part(args: argparse.Namespace, redis_url: str | None) -> dict[s
             for i, port in enumerate(ports):
                 procs.append(_start_redis(workdir / f"node{i}", port, cluster=True))
             _create_cluster(ports)
-            engine = stock_engine_from_url(
-                f"redis+cluster://127.0.0.1:{ports[0]}", max_connections=args.redis_connections
-            )
-            results.append(await _engine_case("redis-cluster-3", engine, args.redis_stock, n, c))
+            url = f"redis+cluster://127.0.0.1:{ports[0]}"
+            results.append(await _engine_case("redis-cluster-3", url, args.redis_stock, n, args))
         finally:
             _stop(procs)
             shutil.rmtree(workdir, ignore_errors=True)
@@ -254,13 +323,14 @@ async def engine_part(args: argparse.Namespace, redis_url: str | None) -> dict[s
         notes.append("Redis Cluster case skipped: no redis-server on PATH")
     try:
         for case, rows in (("postgresql-hot-row", 1), ("postgresql-rows", n)):
-            results.append(await _pg_case(case, rows, args.pg_stock, c, args.pg_connections))
+            results.append(await _pg_case(case, rows, args.pg_stock, args))
     except (OSError, asyncpg.PostgresError) as exc:
         notes.append(f"PostgreSQL cases skipped: {exc}")
 
     rate = {r["case"]: r["deductions_per_s"] for r in results}
     part: dict[str, Any] = {
         "concurrency": c,
+        "client_processes": args.client_processes,
         "buckets": n,
         "pg_connections": args.pg_connections,
         "redis_connections": args.redis_connections,
@@ -492,7 +562,13 @@ async def http_part(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
         purchases = _wrk(base, f"/api/v1/flash-sales/{big}/purchases", buyers, seconds, conns)
         bare = _wrk(base, "/healthz", [], seconds, conns)
         # Sold out under the same load: stock small enough to run out within the run.
-        soldout = _wrk(base, f"/api/v1/flash-sales/{small}/purchases", buyers, seconds, conns)
+        # Long enough to sell out well before the end: requests cut off by wrk's stop (their
+        # 201 never read) would make acknowledged < committed without anything being wrong.
+        soldout_seconds = max(seconds, math.ceil(1.5 * args.soldout_stock / purchases["rps"]) + 5)
+        soldout = _wrk(
+            base, f"/api/v1/flash-sales/{small}/purchases", buyers, soldout_seconds, conns
+        )
+        await asyncio.sleep(1)
         committed = await _committed(db, small)
         committed_big = await _committed(db, big)
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
@@ -521,6 +597,7 @@ async def http_part(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
             "committed_units_incl_warmup": committed_big,
         },
         "sold_out_run": {
+            "seconds": soldout_seconds,
             "stock": args.soldout_stock,
             "acknowledged_201": soldout["ok"],
             "committed": committed,
@@ -540,6 +617,7 @@ async def main() -> None:
     parser.add_argument("--parts", default="engine,http")
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--buckets", type=int, default=16)
+    parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--pg-connections", type=int, default=50)
     parser.add_argument("--redis-connections", type=int, default=16)
     parser.add_argument("--embedded-stock", type=int, default=1_000_000)

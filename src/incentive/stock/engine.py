@@ -158,7 +158,7 @@ def stock_engine_from_url(url: str | None, *, max_connections: int = 16) -> Stoc
     ``max_connections`` caps the connections (per node on a cluster) one engine opens;
     callers beyond it wait for a free connection instead of failing. A few connections
     shared by many callers beat one per caller: the Python client, not Redis, is the limit
-    (``bench/stock_engine.py``).
+    (``bench/flash_sale.py``).
     """
     if url is None:
         from incentive.stock.backends.embedded import EmbeddedStockEngine
