@@ -14,12 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
+import redis as sync_redis
 
 from incentive.app import create_app
 from incentive.db import Database
 from incentive.events import Event
 from incentive.flash_sales import service
 from incentive.settings import Settings
+from tests.factories import make_user
 from tests.flash_sales.conftest import Sales, make_customers
 from tests.flash_sales.test_purchases import _committed, _gather
 from tests.servers import free_port
@@ -121,7 +123,7 @@ async def test_reconcile_returns_stock_deducted_without_a_purchase(
 
 @pytest.mark.redis
 async def test_redis_lost_mid_sale_rebuild_and_finish(
-    db: Database, data_dir: Path, tmp_path: Path
+    db: Database, data_dir: Path, tmp_path: Path, database_url: str
 ) -> None:
     store = RedisServer(free_port(), tmp_path / "redis")
     store.start()
@@ -133,8 +135,6 @@ async def test_redis_lost_mid_sale_rebuild_and_finish(
         async with application.router.lifespan_context(application):
             transport = httpx.ASGITransport(app=application)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                from tests.factories import make_user
-
                 operator = await make_user(db, application, username="op", role="operator")
                 sales = Sales(client, operator, db, application)
                 await client.put(
@@ -147,8 +147,6 @@ async def test_redis_lost_mid_sale_rebuild_and_finish(
                 first = await _gather(30, [sales.buy(b, sale) for b in buyers for _ in range(4)])
                 acknowledged = {r.json()["id"] for r in first if r.status_code == 201}
                 assert len(acknowledged) == 120
-                import redis as sync_redis
-
                 sync_redis.Redis(port=store.port).shutdown(nosave=True)
                 store.wait_stopped()
                 during = await sales.buy(buyers[0], sale)
@@ -156,12 +154,29 @@ async def test_redis_lost_mid_sale_rebuild_and_finish(
                 store.start()  # empty: no persistence
                 lost = await sales.buy(buyers[0], sale)
                 assert lost.status_code == 503
-                r = await client.post(
-                    f"/api/v1/flash-sales/{sale}/reconcile?force=true", headers=operator.headers
+                # The operator's command, from another process.
+                cli = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "incentive.cli",
+                    "flash-sales",
+                    "rebuild",
+                    sale,
+                    env={
+                        **os.environ,
+                        "INCENTIVE_DATABASE_URL": database_url,
+                        "INCENTIVE_DATA_DIR": str(data_dir),
+                        "INCENTIVE_STOCK_URL": store.url,
+                        "INCENTIVE_LOG_LEVEL": "WARNING",
+                    },
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
                 )
-                assert r.status_code == 200, r.text
-                assert r.json()["before"] is None
-                assert sum(r.json()["after"]) == 180
+                out, err = await cli.communicate()
+                assert cli.returncode == 0, err.decode()
+                report = json.loads(out)
+                assert report["before"] is None
+                assert sum(report["after"]) == 180
                 rest = await _gather(30, [sales.buy(b, sale) for b in buyers for _ in range(8)])
                 codes = Counter(x.status_code for x in rest)
                 assert codes[201] == 180, codes
