@@ -217,16 +217,17 @@ def show(file_id: str) -> None:
 def list_files(
     partner: str | None = typer.Option(None, "--partner"),
     state: str | None = typer.Option(None, "--state"),
-    limit: int = typer.Option(50, "--limit"),
+    limit: int = typer.Option(50, "--limit", min=1, max=500),
+    cursor: str | None = typer.Option(None, "--cursor", help="next_cursor of the previous page"),
 ) -> None:
-    """Newest files first (JSON lines)."""
+    """Newest files first (JSON: items and next_cursor; pass --cursor for the next page)."""
 
     async def work(session: AsyncSession) -> dict[str, Any]:
         partner_id = (
             None if partner is None else (await service.partner_by_code(session, partner)).id
         )
         rows, next_cursor = await service.list_files(
-            session, partner_id=partner_id, state=state, cursor=None, limit=limit
+            session, partner_id=partner_id, state=state, cursor=cursor, limit=limit
         )
         return {
             "items": [
