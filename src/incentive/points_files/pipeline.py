@@ -31,7 +31,9 @@ it passes ``<point>`` (see ``CRASH_POINTS``); the crash-safety tests use it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import logging
 import os
@@ -40,7 +42,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -1230,6 +1232,39 @@ class PointsPipeline:
         return stored
 
     async def _poll_inbox(self, code: str, ps: PartnerPointsSettings) -> int:
+        async with self._inbox_lock(code) as mine:
+            # Another worker is polling this inbox: it takes the files (two takers would
+            # both store the same file, the second one as a DUPLICATE_FILE).
+            return await self._take_from_inbox(code, ps) if mine else 0
+
+    @contextlib.asynccontextmanager
+    async def _inbox_lock(self, code: str) -> AsyncIterator[bool]:
+        """One poller per partner inbox: a PostgreSQL advisory lock (workers on several
+        machines), or a file lock in the data directory (SQLite: one machine)."""
+        if self.db.is_sqlite:
+            path = svc.work_root(self.settings) / f"inbox-{code}.lock"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    yield False
+                    return
+                try:
+                    yield True
+                finally:
+                    fcntl.flock(f, fcntl.LOCK_UN)
+            return
+        key = {"k": f"points-inbox:{code}"}
+        async with self.db.reader() as conn:
+            mine = bool(await conn.scalar(text("SELECT pg_try_advisory_lock(hashtext(:k))"), key))
+            try:
+                yield mine
+            finally:
+                if mine:
+                    await conn.scalar(text("SELECT pg_advisory_unlock(hashtext(:k))"), key)
+
+    async def _take_from_inbox(self, code: str, ps: PartnerPointsSettings) -> int:
         assert ps.inbox_url is not None
         options = transport_options(ps.transport_key_file, ps.known_hosts_file, archive="archive")
         incoming = svc.work_root(self.settings) / "incoming"
