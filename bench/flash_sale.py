@@ -465,9 +465,9 @@ async def _customers(db: Database, keys: Path, n: int) -> list[str]:
     return [
         issue_access_token(
             ring,
-            user_id=r["id"],
-            name=r["username"],
-            role=r["role"],
+            user_id=str(r["id"]),
+            name=str(r["username"]),
+            role=str(r["role"]),
             merchant_id=None,
             ttl_seconds=3600,
         )[0]

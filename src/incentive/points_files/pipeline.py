@@ -56,7 +56,7 @@ from incentive.auth import service as auth_service
 from incentive.auth.models import Partner
 from incentive.config.keys import POINTS_FILE_BATCH_SIZE, POINTS_FILE_WORKERS
 from incentive.config.live import live_config
-from incentive.db import Database, utcnow
+from incentive.db import Database, one_of, utcnow
 from incentive.points_files import metrics
 from incentive.points_files import service as svc
 from incentive.points_files.crypto import PointsCrypto, default_gnupg_home, init_platform_key
@@ -640,7 +640,7 @@ class PointsPipeline:
             rows = await session.execute(
                 select(PointsCreditedRecord.record_id).where(
                     PointsCreditedRecord.partner_id == partner_id,
-                    PointsCreditedRecord.record_id.in_(ids[start : start + 5000]),
+                    one_of(session, PointsCreditedRecord.record_id, ids[start : start + 5000]),
                 )
             )
             found.update(str(r) for r in rows.scalars())
