@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from incentive.points_files.crypto import PointsCrypto
+from incentive.points_files.transports import TransportOptions
 from incentive.settings import Settings
-from tests.points_files.kit import Pgp, install_platform_key, pgp_world, stop_agents
+from tests.points_files.kit import (
+    Pgp,
+    ServerLog,
+    SftpWorld,
+    install_platform_key,
+    pgp_world,
+    sftp_factory,
+    stop_agents,
+)
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +46,33 @@ def crypto(pgp: Pgp, quiet_settings: Settings) -> Iterator[PointsCrypto]:
     c = install_platform_key(pgp, quiet_settings)
     yield c
     stop_agents(quiet_settings)
+
+
+@pytest.fixture
+async def sftp_world(tmp_path: Path) -> AsyncIterator[SftpWorld]:
+    """A partner's SFTP server (asyncssh, real protocol) on loopback; its ``acme`` home holds
+    ``inbox``; we log in as ``points`` with an ed25519 key it trusts."""
+    root = tmp_path / "sftp-root"
+    (root / "acme" / "inbox").mkdir(parents=True)
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    client_key = asyncssh.generate_private_key("ssh-ed25519")
+    key_file = tmp_path / "id_ed25519"
+    client_key.write_private_key(str(key_file))
+    log = ServerLog()
+    server = await asyncssh.listen(
+        "127.0.0.1",
+        0,
+        server_host_keys=[host_key],
+        authorized_client_keys=asyncssh.import_authorized_keys(
+            client_key.export_public_key().decode()
+        ),
+        sftp_factory=sftp_factory(root, log),
+        allow_scp=False,
+    )
+    port = server.sockets[0].getsockname()[1]
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_bytes(f"[127.0.0.1]:{port} ".encode() + host_key.export_public_key())
+    options = TransportOptions(client_key=key_file, known_hosts=known_hosts)
+    yield SftpWorld(f"sftp://points@127.0.0.1:{port}/acme", root / "acme", options, log, port)
+    server.close()
+    await server.wait_closed()

@@ -4,13 +4,16 @@ files written and encrypted as a partner would, answers read back as a partner w
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import asyncssh
 from sqlalchemy import func, insert, select
 
 from incentive.auth import service as auth_service
@@ -29,6 +32,7 @@ from incentive.points_files.format import (
     write_points_file,
 )
 from incentive.points_files.models import PointsFile
+from incentive.points_files.transports import TransportOptions
 from incentive.settings import Settings
 from tests.points_files.test_crypto import GpgCli, _kill_agent
 
@@ -157,3 +161,40 @@ async def transfer_count(db: Database) -> int:
 
 def gpg_available() -> bool:
     return subprocess.run(["gpg", "--version"], capture_output=True, check=False).returncode == 0
+
+
+# ------------------------------------------------------------------ a partner's SFTP server
+
+
+@dataclass
+class ServerLog:
+    opened_for_write: list[str] = field(default_factory=list)
+    fail_writes_after: int | None = None
+
+
+def sftp_factory(root: Path, log: ServerLog) -> Any:
+    class RecordingSFTPServer(asyncssh.SFTPServer):
+        def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> object:
+            if pflags & asyncssh.FXF_WRITE:
+                log.opened_for_write.append(os.path.basename(path.decode()))
+            return super().open(path, pflags, attrs)
+
+        def write(self, file_obj: object, offset: int, data: bytes) -> int | Awaitable[int]:
+            limit = log.fail_writes_after
+            if limit is not None and offset + len(data) > limit:
+                raise asyncssh.SFTPFailure("disk full")
+            return super().write(file_obj, offset, data)
+
+    def factory(chan: asyncssh.SSHServerChannel[bytes]) -> asyncssh.SFTPServer:
+        return RecordingSFTPServer(chan, chroot=str(root).encode())
+
+    return factory
+
+
+@dataclass
+class SftpWorld:
+    url: str
+    root: Path
+    options: TransportOptions
+    log: ServerLog
+    port: int

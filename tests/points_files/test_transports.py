@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import asyncssh
 import pytest
@@ -22,70 +19,9 @@ from incentive.points_files.transports import (
     connected,
     open_transport,
 )
+from tests.points_files.kit import SftpWorld
 
 NAME = "POINTS_ACME_20250109_1.txt.pgp"
-
-
-@dataclass
-class ServerLog:
-    opened_for_write: list[str] = field(default_factory=list)
-    fail_writes_after: int | None = None
-
-
-def _sftp_factory(root: Path, log: ServerLog) -> Any:
-    class RecordingSFTPServer(asyncssh.SFTPServer):
-        def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> object:
-            if pflags & asyncssh.FXF_WRITE:
-                log.opened_for_write.append(os.path.basename(path.decode()))
-            return super().open(path, pflags, attrs)
-
-        def write(self, file_obj: object, offset: int, data: bytes) -> int | Awaitable[int]:
-            limit = log.fail_writes_after
-            if limit is not None and offset + len(data) > limit:
-                raise asyncssh.SFTPFailure("disk full")
-            return super().write(file_obj, offset, data)
-
-    def factory(chan: asyncssh.SSHServerChannel[bytes]) -> asyncssh.SFTPServer:
-        return RecordingSFTPServer(chan, chroot=str(root).encode())
-
-    return factory
-
-
-@dataclass
-class SftpWorld:
-    url: str
-    root: Path
-    options: TransportOptions
-    log: ServerLog
-    port: int
-
-
-@pytest.fixture
-async def sftp_world(tmp_path: Path) -> AsyncIterator[SftpWorld]:
-    root = tmp_path / "sftp-root"
-    (root / "acme" / "inbox").mkdir(parents=True)
-    host_key = asyncssh.generate_private_key("ssh-ed25519")
-    client_key = asyncssh.generate_private_key("ssh-ed25519")
-    key_file = tmp_path / "id_ed25519"
-    client_key.write_private_key(str(key_file))
-    log = ServerLog()
-    server = await asyncssh.listen(
-        "127.0.0.1",
-        0,
-        server_host_keys=[host_key],
-        authorized_client_keys=asyncssh.import_authorized_keys(
-            client_key.export_public_key().decode()
-        ),
-        sftp_factory=_sftp_factory(root, log),
-        allow_scp=False,
-    )
-    port = server.sockets[0].getsockname()[1]
-    known_hosts = tmp_path / "known_hosts"
-    known_hosts.write_bytes(f"[127.0.0.1]:{port} ".encode() + host_key.export_public_key())
-    options = TransportOptions(client_key=key_file, known_hosts=known_hosts)
-    yield SftpWorld(f"sftp://points@127.0.0.1:{port}/acme", root / "acme", options, log, port)
-    server.close()
-    await server.wait_closed()
 
 
 @pytest.fixture
