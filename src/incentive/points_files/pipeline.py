@@ -798,28 +798,20 @@ class PointsPipeline:
         return batch
 
     async def _load_items(self, file_id: str, batch: ClaimedBatch) -> list[CreditItem]:
+        # Core columns (not ORM attributes): rows come back without the ORM's per-row
+        # loading, which was a sixth of crediting's CPU.
+        r = _RECORDS.c
         async with self.db.unit_of_work() as s:
             rows = await s.execute(
-                select(
-                    PointsRecord.line_no,
-                    PointsRecord.record_id,
-                    PointsRecord.member_id,
-                    PointsRecord.user_id,
-                    PointsRecord.points,
-                    PointsRecord.txn_time,
-                    PointsRecord.memo,
-                )
+                select(r.line_no, r.record_id, r.member_id, r.user_id, r.points, r.txn_time, r.memo)
                 .where(
-                    PointsRecord.file_id == file_id,
-                    PointsRecord.line_no.between(batch.first_line, batch.last_line),
-                    PointsRecord.state == "valid",
+                    r.file_id == file_id,
+                    r.line_no.between(batch.first_line, batch.last_line),
+                    r.state == "valid",
                 )
-                .order_by(PointsRecord.line_no)
+                .order_by(r.line_no)
             )
-            return [
-                CreditItem(int(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4]), r[5], str(r[6]))
-                for r in rows
-            ]
+            return [CreditItem(*row) for row in rows]
 
     async def _run_batch(
         self,
