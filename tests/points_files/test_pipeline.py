@@ -9,12 +9,14 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from incentive.app import create_app
 from incentive.db import Database
 from incentive.points_files import service
 from incentive.points_files.crypto import PointsCrypto
 from incentive.points_files.format import RecordReason, RecordStatus, RejectReason
+from incentive.points_files.models import PointsFile
 from incentive.points_files.pipeline import PointsPipeline
 from incentive.settings import Settings
 from tests.points_files.kit import (
@@ -361,3 +363,90 @@ async def test_too_large(
     await _rejected(
         db, quiet_settings, pgp, enc, "POINTS_ACME_20250109_1.txt.pgp", RejectReason.TOO_LARGE
     )
+
+
+# ------------------------------------------------------------------ listing and delivery
+
+
+async def test_list_pages_filters_and_rules(
+    db: Database,
+    quiet_settings: Settings,
+    crypto: PointsCrypto,
+    pgp: Pgp,
+    api: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    _, key = await make_partner(db, crypto, pgp)
+    await make_members(db, ["alice"])
+    headers = {"X-API-Key": key}
+    ids = []
+    for seq in (1, 2, 3):
+        plain = plain_file(tmp_path / f"p{seq}.txt", "ACME", seq, [rec(f"l{seq}", "alice", 1)])
+        body = encrypt(pgp, plain).read_bytes()
+        ids.append((await _upload(api, key, body, f"POINTS_ACME_20250109_{seq}.txt.pgp"))["id"])
+    await _run(db, quiet_settings)
+    plain = plain_file(tmp_path / "p4.txt", "ACME", 4, [rec("l4", "alice", 1)])
+    body = encrypt(pgp, plain).read_bytes()
+    ids.append((await _upload(api, key, body, "POINTS_ACME_20250109_4.txt.pgp"))["id"])
+
+    first = (await api.get("/api/v1/points-files", params={"limit": 3}, headers=headers)).json()
+    assert [f["id"] for f in first["items"]] == ids[::-1][:3]  # newest first
+    assert first["next_cursor"]
+    rest = (
+        await api.get(
+            "/api/v1/points-files",
+            params={"limit": 3, "cursor": first["next_cursor"]},
+            headers=headers,
+        )
+    ).json()
+    assert [f["id"] for f in rest["items"]] == [ids[0]]
+    assert rest["next_cursor"] is None
+    waiting = (
+        await api.get(
+            "/api/v1/points-files", params={"state": "received", "partner": "ACME"}, headers=headers
+        )
+    ).json()
+    assert [(f["id"], f["state"]) for f in waiting["items"]] == [(ids[3], "received")]
+
+    other = await api.get("/api/v1/points-files", params={"partner": "OTHER"}, headers=headers)
+    assert other.status_code == 403
+    bad = await api.get("/api/v1/points-files", params={"state": "lost"}, headers=headers)
+    assert bad.status_code == 422
+    assert bad.headers["content-type"].startswith("application/problem+json")
+    assert "state" in bad.text
+
+
+async def test_delivery_is_retried_until_the_outbox_takes_it(
+    db: Database, quiet_settings: Settings, crypto: PointsCrypto, pgp: Pgp, tmp_path: Path
+) -> None:
+    await make_partner(db, crypto, pgp)
+    await make_members(db, ["alice"])
+    root = tmp_path / "acme"
+    (root / "in").mkdir(parents=True)
+    (root / "out").write_bytes(b"")  # the outbox path is a file: delivery fails
+    async with db.unit_of_work() as s:
+        await service.set_partner_transport(
+            s, "ACME", inbox_url=(root / "in").as_uri(), outbox_url=(root / "out").as_uri()
+        )
+    name = "POINTS_ACME_20250109_9.txt.pgp"
+    plain = plain_file(tmp_path / "p.txt", "ACME", 9, [rec("d1", "alice", 10)])
+    encrypt(pgp, plain).rename(root / "in" / name)
+    pipeline = PointsPipeline(db, quiet_settings)
+    try:
+        assert await pipeline.poll_inboxes() == 1
+        while await pipeline.run_once():
+            pass
+        async with db.unit_of_work() as s:
+            row = (await s.execute(select(PointsFile))).scalar_one()
+        assert row.state == "feedback_written"
+        assert row.delivery_attempts == 1
+        assert row.delivery_error
+        (root / "out").unlink()  # the partner fixes its side
+        await pipeline.run_until_done(timeout_s=30)  # retried after the backoff (2 s)
+    finally:
+        await pipeline.aclose()
+    done = await file_row(db, row.id)
+    assert (done.state, done.delivery_attempts, done.delivery_error) == ("delivered", 2, "")
+    assert [p.name for p in (root / "out").iterdir()] == [f"FEEDBACK_{name}"]
+    _, totals = feedback_of(pgp, root / "out" / f"FEEDBACK_{name}")
+    assert totals.ok_count == 1
