@@ -37,7 +37,11 @@ def problem_response(
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(IncentiveError)
     async def _domain(request: Request, exc: IncentiveError) -> JSONResponse:
-        if exc.status >= 500:
+        if exc.status == 503:
+            # An answer by design (flow control closed, a store down, retry later): one line,
+            # no traceback — a paused flash sale would otherwise log thousands of them a second.
+            log.warning("unavailable", extra={"problem": exc.detail, "path": request.url.path})
+        elif exc.status >= 500:
             log.error("domain error", exc_info=exc)
         return problem_response(exc.status, exc.to_problem(request.url.path), exc.headers())
 
