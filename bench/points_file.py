@@ -52,21 +52,12 @@ from incentive.ledger.models import Account
 from incentive.points_files import service
 from incentive.points_files.crypto import default_gnupg_home, init_platform_key
 from incentive.points_files.format import Header, RecordStatus, read_feedback, write_points_file
-from incentive.points_files.models import PartnerPointsSettings, PointsFile
+from incentive.points_files.models import FILE_STATES, PartnerPointsSettings, PointsFile
 from incentive.settings import Settings
 
 DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1/incentive_bench_points"
 CODE = "BENCH"
-STAGES = [
-    "received",
-    "decrypted",
-    "staged",
-    "validated",
-    "crediting",
-    "credited",
-    "feedback_written",
-    "delivered",
-]
+STAGES = [s for s in FILE_STATES if s not in ("rejected", "exception_written")]
 
 
 def gpg(home: Path, *args: str, stdin: bytes | None = None) -> bytes:

@@ -3,10 +3,12 @@ files written and encrypted as a partner would, answers read back as a partner w
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Awaitable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -119,6 +121,44 @@ def encrypt(pgp: Pgp, plain: Path, *, signer: GpgCli | None = None, sign: bool =
     out = plain.with_name(plain.name + ".pgp")
     (signer or pgp.partner).encrypt(plain, out, "points@incentive", sign=sign)
     return out
+
+
+async def local_transport(db: Database, tmp_path: Path) -> Path:
+    """ACME's inbox and outbox as local directories: ``<root>/in`` (created) and ``<root>/out``."""
+    root = tmp_path / "acme"
+    (root / "in").mkdir(parents=True)
+    async with db.unit_of_work() as s:
+        await service.set_partner_transport(
+            s, "ACME", inbox_url=(root / "in").as_uri(), outbox_url=(root / "out").as_uri()
+        )
+    return root
+
+
+def worker_env(settings: Settings, database_url: str) -> dict[str, str]:
+    """The environment of an ``incentive`` subprocess on the test's data dir and database."""
+    env = {
+        **os.environ,
+        "INCENTIVE_DATA_DIR": str(settings.data_dir),
+        "INCENTIVE_DATABASE_URL": database_url,
+        "INCENTIVE_DEMO_DATA": "false",
+        "INCENTIVE_LOG_LEVEL": "ERROR",
+    }
+    env.pop("INCENTIVE_POINTS_CRASH_AT", None)
+    return env
+
+
+async def points_cli(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
+    """Start ``incentive points-files ARGS`` (output: stdout, stderr folded in)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "incentive.cli",
+        "points-files",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
 
 
 def decrypt_answer(pgp: Pgp, path: Path) -> bytes:

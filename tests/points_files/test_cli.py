@@ -6,31 +6,29 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 
 from sqlalchemy import select
 
 from incentive.db import Database
-from incentive.points_files import service
 from incentive.points_files.crypto import PointsCrypto
 from incentive.points_files.models import PointsFile
 from incentive.settings import Settings
-from tests.points_files.kit import Pgp, encrypt, make_members, make_partner, plain_file, rec
+from tests.points_files.kit import (
+    Pgp,
+    encrypt,
+    local_transport,
+    make_members,
+    make_partner,
+    plain_file,
+    points_cli,
+    rec,
+    worker_env,
+)
 
 
 async def _cli(env: dict[str, str], *args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "incentive.cli",
-        "points-files",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    proc = await points_cli(env, *args)
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode is not None
     return proc.returncode, out.decode()
@@ -52,23 +50,11 @@ async def test_watch_show_and_list_follow_another_process(
 ) -> None:
     await make_partner(db, crypto, pgp)
     await make_members(db, ["alice", "bob"])
-    root = tmp_path / "acme"
-    (root / "in").mkdir(parents=True)
-    async with db.unit_of_work() as s:
-        await service.set_partner_transport(
-            s, "ACME", inbox_url=(root / "in").as_uri(), outbox_url=(root / "out").as_uri()
-        )
+    root = await local_transport(db, tmp_path)
     records = [rec(f"w{i}", ["alice", "bob"][i % 2], 1 + i % 9) for i in range(3000)]
     name = "POINTS_ACME_20250113_1.txt.pgp"
     encrypt(pgp, plain_file(tmp_path / "p.txt", "ACME", 1, records)).rename(root / "in" / name)
-    env = {
-        **os.environ,
-        "INCENTIVE_DATA_DIR": str(quiet_settings.data_dir),
-        "INCENTIVE_DATABASE_URL": database_url,
-        "INCENTIVE_DEMO_DATA": "false",
-        "INCENTIVE_LOG_LEVEL": "ERROR",
-        "COLUMNS": "120",
-    }
+    env = {**worker_env(quiet_settings, database_url), "COLUMNS": "120"}
 
     worker = asyncio.create_task(_cli(env, "process", "--timeout", "90"))
     file_id = None

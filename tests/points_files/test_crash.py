@@ -5,9 +5,7 @@ and the ledger agrees with the feedback."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,6 @@ from sqlalchemy import func, select
 from incentive.config import service as config_service
 from incentive.db import Database
 from incentive.ledger.models import Account, Transfer
-from incentive.points_files import service
 from incentive.points_files.crypto import PointsCrypto
 from incentive.points_files.format import RecordStatus
 from incentive.points_files.models import PointsBatch, PointsCreditedRecord, PointsFile
@@ -25,10 +22,13 @@ from tests.points_files.kit import (
     Pgp,
     encrypt,
     feedback_of,
+    local_transport,
     make_members,
     make_partner,
     plain_file,
+    points_cli,
     rec,
+    worker_env,
 )
 
 RECORDS = 1_200
@@ -53,18 +53,7 @@ async def _process(env: dict[str, str], crash: str | None) -> int:
     run_env = dict(env)
     if crash:
         run_env["INCENTIVE_POINTS_CRASH_AT"] = crash
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "incentive.cli",
-        "points-files",
-        "process",
-        "--timeout",
-        "90",
-        env=run_env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    proc = await points_cli(run_env, "process", "--timeout", "90")
     out, _ = await asyncio.wait_for(proc.communicate(), timeout=120)
     assert proc.returncode is not None
     if crash is None:
@@ -86,12 +75,8 @@ async def test_killed_worker_resumes_without_loss_or_double_credit(
     members = [f"m{i}" for i in range(40)]
     await make_members(db, members)
     await make_members(db, ["frozen"], blocked=True)
-    root = tmp_path / "acme"
-    (root / "in").mkdir(parents=True)
+    root = await local_transport(db, tmp_path)
     async with db.unit_of_work() as s:
-        await service.set_partner_transport(
-            s, "ACME", inbox_url=(root / "in").as_uri(), outbox_url=(root / "out").as_uri()
-        )
         await config_service.set_value(s, "points_file.batch_size", 100, actor="test")
     records = []
     for i in range(RECORDS):
@@ -106,15 +91,10 @@ async def test_killed_worker_resumes_without_loss_or_double_credit(
     encrypt(pgp, plain).rename(root / "in" / NAME)
 
     env = {
-        **os.environ,
-        "INCENTIVE_DATA_DIR": str(quiet_settings.data_dir),
-        "INCENTIVE_DATABASE_URL": database_url,
-        "INCENTIVE_DEMO_DATA": "false",
-        "INCENTIVE_LOG_LEVEL": "ERROR",
+        **worker_env(quiet_settings, database_url),
         "INCENTIVE_POINTS_LEASE_SECONDS": "1",
         "INCENTIVE_POINTS_STAGE_CHUNK": "300",
     }
-    env.pop("INCENTIVE_POINTS_CRASH_AT", None)
     assert await _process(env, crash) == -signal.SIGKILL
     await _process(env, None)
 

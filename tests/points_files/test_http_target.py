@@ -32,6 +32,7 @@ from tests.points_files.kit import (
     Pgp,
     encrypt,
     feedback_of,
+    local_transport,
     make_members,
     make_partner,
     plain_file,
@@ -105,12 +106,8 @@ async def _partner_on(
 ) -> Path:
     await make_partner(db, crypto, pgp)
     await make_members(db, members)
-    root = tmp_path / "acme"
-    (root / "in").mkdir(parents=True)
+    root = await local_transport(db, tmp_path)
     async with db.unit_of_work() as s:
-        await service.set_partner_transport(
-            s, "ACME", inbox_url=(root / "in").as_uri(), outbox_url=(root / "out").as_uri()
-        )
         await service.set_partner_limits(s, "ACME", crediting_url=loyalty.url)
     return root
 

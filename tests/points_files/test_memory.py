@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from incentive.db import Database
-from incentive.points_files import service
 from incentive.points_files.crypto import PointsCrypto
 from incentive.points_files.format import RecordStatus
 from incentive.settings import Settings
@@ -25,11 +24,13 @@ from tests.points_files.kit import (
     Pgp,
     decrypt_answer,
     encrypt,
+    local_transport,
     make_members,
     make_partner,
     plain_file,
     points_balance_total,
     rec,
+    worker_env,
 )
 
 RECORDS = 1_000_000
@@ -71,23 +72,12 @@ async def test_million_records_under_300_mb(
     await make_partner(db, crypto, pgp)
     members = [f"m{i}" for i in range(MEMBERS)]
     await make_members(db, members)
-    root = tmp_path / "acme"
-    (root / "in").mkdir(parents=True)
-    async with db.unit_of_work() as s:
-        await service.set_partner_transport(
-            s, "ACME", inbox_url=(root / "in").as_uri(), outbox_url=(root / "out").as_uri()
-        )
+    root = await local_transport(db, tmp_path)
     records = (rec(f"r{i}", members[i % MEMBERS], 1 + i % 7) for i in range(RECORDS))
     plain = plain_file(tmp_path / "p.txt", "ACME", 1, records)
     encrypt(pgp, plain).rename(root / "in" / NAME)
     plain.unlink()
-    env = {
-        **os.environ,
-        "INCENTIVE_DATA_DIR": str(quiet_settings.data_dir),
-        "INCENTIVE_DATABASE_URL": database_url,
-        "INCENTIVE_DEMO_DATA": "false",
-        "INCENTIVE_LOG_LEVEL": "ERROR",
-    }
+    env = worker_env(quiet_settings, database_url)
     code, peak_kib, out = await asyncio.to_thread(_run_worker, env)
     assert code == 0, out
     print(f"peak RSS of the worker: {peak_kib / 1024:.0f} MB")  # noqa: T201 - shown with -s

@@ -25,6 +25,7 @@ from tests.points_files.kit import (
     exception_of,
     feedback_of,
     file_row,
+    local_transport,
     make_members,
     make_partner,
     plain_file,
@@ -116,12 +117,7 @@ async def test_local_inbox_and_outbox(
 ) -> None:
     await make_partner(db, crypto, pgp)
     await make_members(db, ["alice"])
-    root = tmp_path / "acme"
-    (root / "in").mkdir(parents=True)
-    async with db.unit_of_work() as s:
-        await service.set_partner_transport(
-            s, "ACME", inbox_url=(root / "in").as_uri(), outbox_url=(root / "out").as_uri()
-        )
+    root = await local_transport(db, tmp_path)
     plain = plain_file(tmp_path / "p.txt", "ACME", 7, [rec("a1", "alice", 10)])
     encrypt(pgp, plain).rename(root / "in" / "POINTS_ACME_20250109_7.txt.pgp")
     await _run(db, quiet_settings)  # nothing yet: run_until_done does not poll

@@ -5,8 +5,6 @@ feedback agree. Concurrent pollers of one inbox take each file once."""
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,6 @@ from sqlalchemy import func, select
 from incentive.config import service as config_service
 from incentive.db import Database
 from incentive.ledger.models import Account, Transfer
-from incentive.points_files import service
 from incentive.points_files.crypto import PointsCrypto
 from incentive.points_files.format import RecordStatus
 from incentive.points_files.models import PointsBatch, PointsCreditedRecord, PointsFile
@@ -25,10 +22,13 @@ from tests.points_files.kit import (
     Pgp,
     encrypt,
     feedback_of,
+    local_transport,
     make_members,
     make_partner,
     plain_file,
+    points_cli,
     rec,
+    worker_env,
 )
 
 RECORDS = 20_000
@@ -48,37 +48,17 @@ async def test_two_workers_share_one_file(
     partner_id, _ = await make_partner(db, crypto, pgp)
     members = [f"w{i}" for i in range(200)]
     await make_members(db, members)
-    root = tmp_path / "acme"
-    (root / "in").mkdir(parents=True)
+    root = await local_transport(db, tmp_path)
     async with db.unit_of_work() as s:
-        await service.set_partner_transport(
-            s, "ACME", inbox_url=(root / "in").as_uri(), outbox_url=(root / "out").as_uri()
-        )
         await config_service.set_value(s, "points_file.batch_size", 100, actor="test")
         await config_service.set_value(s, "points_file.workers", 1, actor="test")
     records = [rec(f"x{i}", members[i % len(members)], 1 + i % 9) for i in range(RECORDS)]
     encrypt(pgp, plain_file(tmp_path / "p.txt", "ACME", 7, records)).rename(root / "in" / NAME)
 
-    env = {
-        **os.environ,
-        "INCENTIVE_DATA_DIR": str(quiet_settings.data_dir),
-        "INCENTIVE_DATABASE_URL": database_url,
-        "INCENTIVE_DEMO_DATA": "false",
-        "INCENTIVE_LOG_LEVEL": "ERROR",
-    }
-    env.pop("INCENTIVE_POINTS_CRASH_AT", None)
+    env = worker_env(quiet_settings, database_url)
 
     async def cli(*args: str) -> asyncio.subprocess.Process:
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "incentive.cli",
-            "points-files",
-            *args,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
+        return await points_cli(env, *args)
 
     # The file is taken from the inbox first, so that neither worker finds nothing to do.
     taker = await cli("poll")
@@ -125,12 +105,7 @@ async def test_concurrent_polls_take_a_file_once(
 ) -> None:
     await make_partner(db, crypto, pgp)
     await make_members(db, ["p1"])
-    root = tmp_path / "acme"
-    (root / "in").mkdir(parents=True)
-    async with db.unit_of_work() as s:
-        await service.set_partner_transport(
-            s, "ACME", inbox_url=(root / "in").as_uri(), outbox_url=(root / "out").as_uri()
-        )
+    root = await local_transport(db, tmp_path)
     plain = plain_file(tmp_path / "p.txt", "ACME", 8, [rec("only", "p1", 5)])
     encrypt(pgp, plain).rename(root / "in" / "POINTS_ACME_20250110_8.txt.pgp")
     pipelines = [PointsPipeline(db, quiet_settings) for _ in range(3)]
