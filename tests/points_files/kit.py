@@ -34,6 +34,7 @@ from incentive.points_files.format import (
     write_points_file,
 )
 from incentive.points_files.models import PointsFile
+from incentive.points_files.pipeline import PointsPipeline
 from incentive.points_files.transports import TransportOptions
 from incentive.settings import Settings
 from tests.points_files.test_crypto import GpgCli, _kill_agent
@@ -132,6 +133,20 @@ async def local_transport(db: Database, tmp_path: Path) -> Path:
             s, "ACME", inbox_url=(root / "in").as_uri(), outbox_url=(root / "out").as_uri()
         )
     return root
+
+
+async def run_pipeline(
+    db: Database, settings: Settings, *, poll: bool = False, **options: Any
+) -> int:
+    """An in-process pipeline: takes the inboxes' files (``poll``), then works until every
+    file is delivered; returns how many files it took."""
+    pipeline = PointsPipeline(db, settings, **options)
+    try:
+        taken = await pipeline.poll_inboxes() if poll else 0
+        await pipeline.run_until_done(timeout_s=60)
+        return taken
+    finally:
+        await pipeline.aclose()
 
 
 def worker_env(settings: Settings, database_url: str) -> dict[str, str]:

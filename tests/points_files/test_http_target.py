@@ -37,6 +37,7 @@ from tests.points_files.kit import (
     make_partner,
     plain_file,
     rec,
+    run_pipeline,
 )
 from tests.servers import free_port
 
@@ -126,12 +127,7 @@ async def test_http_target_retries_refusals_and_keys(
     encrypt(pgp, plain_file(tmp_path / "p.txt", "ACME", 1, records)).rename(root / "in" / name)
     loyalty.fail_next = 2  # the first two calls fail: retried with backoff
     loyalty.refuse = {"k7"}
-    pipeline = PointsPipeline(db, quiet_settings, retry_base_s=0.01)
-    try:
-        assert await pipeline.poll_inboxes() == 1
-        await pipeline.run_until_done(timeout_s=60)
-    finally:
-        await pipeline.aclose()
+    assert await run_pipeline(db, quiet_settings, poll=True, retry_base_s=0.01) == 1
     results, totals = feedback_of(pgp, root / "out" / f"FEEDBACK_{name}")
     assert [r.record_id for r in results] == [r[0] for r in records]
     failed = [r for r in results if r.status is RecordStatus.FAILED]
@@ -157,12 +153,7 @@ async def test_http_target_down_for_good_is_credit_failed(
     plain = plain_file(tmp_path / "p.txt", "ACME", 2, [rec("z1", "d1", 5), rec("z2", "d1", 6)])
     encrypt(pgp, plain).rename(root / "in" / name)
     loyalty.fail_next = 10**6
-    pipeline = PointsPipeline(db, quiet_settings, retry_base_s=0.01, credit_attempts=3)
-    try:
-        await pipeline.poll_inboxes()
-        await pipeline.run_until_done(timeout_s=60)
-    finally:
-        await pipeline.aclose()
+    await run_pipeline(db, quiet_settings, poll=True, retry_base_s=0.01, credit_attempts=3)
     results, totals = feedback_of(pgp, root / "out" / f"FEEDBACK_{name}")
     assert {(r.status, r.reason_code) for r in results} == {(RecordStatus.FAILED, "CREDIT_FAILED")}
     assert totals.points_credited == 0

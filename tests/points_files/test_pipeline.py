@@ -31,6 +31,7 @@ from tests.points_files.kit import (
     plain_file,
     points_balance_total,
     rec,
+    run_pipeline,
     transfer_count,
 )
 
@@ -53,14 +54,6 @@ async def _upload(api: httpx.AsyncClient, key: str, body: bytes, name: str) -> A
     )
     assert r.status_code == 202, r.text
     return r.json()
-
-
-async def _run(db: Database, settings: Settings) -> None:
-    pipeline = PointsPipeline(db, settings)
-    try:
-        await pipeline.run_until_done(timeout_s=60)
-    finally:
-        await pipeline.aclose()
 
 
 async def test_http_upload_to_feedback_with_gpg_cli(
@@ -87,7 +80,7 @@ async def test_http_upload_to_feedback_with_gpg_cli(
         f"/api/v1/points-files/{accepted['id']}/feedback", headers={"X-API-Key": key}
     )
     assert not_ready.status_code == 409
-    await _run(db, quiet_settings)
+    await run_pipeline(db, quiet_settings)
 
     progress = (
         await api.get(f"/api/v1/points-files/{accepted['id']}", headers={"X-API-Key": key})
@@ -120,7 +113,7 @@ async def test_local_inbox_and_outbox(
     root = await local_transport(db, tmp_path)
     plain = plain_file(tmp_path / "p.txt", "ACME", 7, [rec("a1", "alice", 10)])
     encrypt(pgp, plain).rename(root / "in" / "POINTS_ACME_20250109_7.txt.pgp")
-    await _run(db, quiet_settings)  # nothing yet: run_until_done does not poll
+    await run_pipeline(db, quiet_settings)  # nothing yet: run_until_done does not poll
     pipeline = PointsPipeline(db, quiet_settings)
     assert await pipeline.poll_inboxes() == 1
     assert [p.name for p in (root / "in").iterdir() if p.is_file()] == []
@@ -155,7 +148,7 @@ async def _one_file(
         service.file_chunks(enc),
         source="http",
     )
-    await _run(db, settings)
+    await run_pipeline(db, settings)
     done = await file_row(db, row.id)
     assert done.state == "delivered"
     assert done.answer_name is not None
@@ -225,7 +218,7 @@ async def _rejected(
         who = await service.sender(s, "ACME")
     before = await points_balance_total(db), await transfer_count(db)
     row = await service.receive(db, settings, who, name, service.file_chunks(enc), source="http")
-    await _run(db, settings)
+    await run_pipeline(db, settings)
     done = await file_row(db, row.id)
     assert (done.state, done.reason_code) == ("delivered", str(expected)), done.reason_detail
     assert done.answer_name is not None
@@ -328,7 +321,7 @@ async def test_duplicate_file_by_seq_and_by_content(
         db, quiet_settings, who, name, service.file_chunks(again), source="http"
     )
     assert (row.state, row.reason_code) == ("rejected", "DUPLICATE_FILE")
-    await _run(db, quiet_settings)
+    await run_pipeline(db, quiet_settings)
     assert await points_balance_total(db) == 30
 
 
@@ -380,7 +373,7 @@ async def test_list_pages_filters_and_rules(
         plain = plain_file(tmp_path / f"p{seq}.txt", "ACME", seq, [rec(f"l{seq}", "alice", 1)])
         body = encrypt(pgp, plain).read_bytes()
         ids.append((await _upload(api, key, body, f"POINTS_ACME_20250109_{seq}.txt.pgp"))["id"])
-    await _run(db, quiet_settings)
+    await run_pipeline(db, quiet_settings)
     plain = plain_file(tmp_path / "p4.txt", "ACME", 4, [rec("l4", "alice", 1)])
     body = encrypt(pgp, plain).read_bytes()
     ids.append((await _upload(api, key, body, "POINTS_ACME_20250109_4.txt.pgp"))["id"])

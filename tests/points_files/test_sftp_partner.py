@@ -12,7 +12,6 @@ from incentive.db import Database
 from incentive.points_files import service
 from incentive.points_files.crypto import PointsCrypto
 from incentive.points_files.format import RecordStatus
-from incentive.points_files.pipeline import PointsPipeline
 from incentive.settings import Settings
 from tests.points_files.kit import (
     Pgp,
@@ -24,6 +23,7 @@ from tests.points_files.kit import (
     plain_file,
     points_balance_total,
     rec,
+    run_pipeline,
 )
 
 NAME = "POINTS_ACME_20250112_1.txt.pgp"
@@ -83,12 +83,7 @@ async def test_partner_with_gpg_and_sftp_client(
     sealed = encrypt(pgp, plain_file(tmp_path / "points.txt", "ACME", 1, records))
     await partner_sftp(sftp_world, f"put {sealed} acme/inbox/{NAME}")
 
-    pipeline = PointsPipeline(db, quiet_settings)
-    try:
-        assert await pipeline.poll_inboxes() == 1
-        await pipeline.run_until_done(timeout_s=60)
-    finally:
-        await pipeline.aclose()
+    assert await run_pipeline(db, quiet_settings, poll=True) == 1
 
     listing = await partner_sftp(sftp_world, "ls -1 acme/inbox", "ls -1 acme/outbox")
     assert NAME not in listing.split("ls -1 acme/outbox")[0]  # taken out of the inbox
