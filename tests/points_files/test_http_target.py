@@ -191,18 +191,28 @@ async def test_limiter_backs_off_under_latency_and_recovers(
     loyalty.latency_s = 0.4  # slow from the start
     loyalty.floor_size = 100
 
+    limiter = pipeline.limiter(loyalty.url)  # the one the pipeline uses (same live bounds)
+    finished = asyncio.Event()
+    after_recovery: list[int] = []  # the limiter's concurrency, sampled once latency dropped
+
+    async def run() -> None:
+        await pipeline.run_until_done(timeout_s=120)
+        finished.set()
+
     async def recover() -> None:
         # Slow until the limiter has backed off to the floor, then fast.
         await loyalty.at_floor.wait()
         await asyncio.sleep(0.5)
         loyalty.latency_s = 0.0
+        for _ in range(12_000):
+            if finished.is_set():
+                break
+            after_recovery.append(limiter.concurrency)
+            await asyncio.sleep(0.01)
 
     try:
         await pipeline.poll_inboxes()
-        await asyncio.wait_for(
-            asyncio.gather(pipeline.run_until_done(timeout_s=120), recover()), 150
-        )
-        limits_now = pipeline.limiter(pipeline.target(loyalty.url).name).snapshot()
+        await asyncio.wait_for(asyncio.gather(run(), recover()), 150)
     finally:
         live_config.install(None)
         await pipeline.aclose()
@@ -213,8 +223,8 @@ async def test_limiter_backs_off_under_latency_and_recovers(
     slow_inflight = max(c[2] for c in loyalty.calls[floor : floor + 5])
     assert slow_inflight <= 2  # concurrency came down with the batch size
     assert 400 in sizes[floor:]  # back to the ceiling once latency dropped
-    assert limits_now.increases >= 3  # grew back step by step
-    assert limits_now.concurrency >= 2  # concurrency too, not only the batch size
+    assert limiter.snapshot().increases >= 3  # grew back step by step
+    assert max(after_recovery) >= 2  # concurrency too, not only the batch size
     async with db.unit_of_work() as s:
         batches = (await s.execute(select(PointsBatch))).scalars().all()
     assert sum(b.ok_count for b in batches) == n
