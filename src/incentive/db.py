@@ -15,7 +15,17 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, DateTime, MetaData, any_, bindparam, event
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    DateTime,
+    Integer,
+    MetaData,
+    any_,
+    bindparam,
+    event,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import (
@@ -40,6 +50,11 @@ NAMING_CONVENTION = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+# Surrogate keys that may pass 2^31: BIGINT on PostgreSQL, INTEGER on SQLite (only an
+# INTEGER PRIMARY KEY auto-increments there; SQLite integers are 64-bit anyway).
+BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -74,6 +89,15 @@ def one_of(session: AsyncSession, column: Any, values: list[Any]) -> ColumnEleme
     if session.get_bind().dialect.name == "postgresql":
         return column == any_(bindparam(None, values, type_=ARRAY(column.type)))  # type: ignore[no-any-return]
     return column.in_(values)  # type: ignore[no-any-return]
+
+
+def insert(session: AsyncSession | str, table: Any) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT with ``on_conflict_do_nothing``/``on_conflict_do_update`` in the dialect of
+    ``session`` (or of a dialect name): the two engines spell the same ON CONFLICT clause."""
+    dialect = session if isinstance(session, str) else session.get_bind().dialect.name
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    return postgresql.insert(table)
 
 
 def new_id() -> str:

@@ -23,7 +23,6 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import case, delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.auth.errors import (
@@ -47,6 +46,7 @@ from incentive.auth.models import (
 )
 from incentive.auth.principal import Principal, hash_api_key
 from incentive.auth.tokens import issue_access_token
+from incentive.db import insert as db_insert
 from incentive.db import new_id, utcnow
 from incentive.errors import InvalidField, NotFound
 from incentive.observability import request_id_var
@@ -81,11 +81,6 @@ class TokenPair:
 def _digest(secret: str) -> str:
     # Refresh tokens are 256-bit random strings, so sha256 is enough and allows indexed lookup.
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def _dialect_insert(session: AsyncSession, model: type[Any]) -> Any:
-    insert = sqlite.insert if session.get_bind().dialect.name == "sqlite" else postgresql.insert
-    return insert(model)
 
 
 def _check_name(field: str, value: str) -> str:
@@ -337,7 +332,7 @@ async def _count_failure(
         seconds=settings.login_window_seconds
     )
     for key in sorted(keys):
-        stmt = _dialect_insert(session, LoginFailure).values(key=key, window_start=now, failures=1)
+        stmt = db_insert(session, LoginFailure).values(key=key, window_start=now, failures=1)
         stmt = stmt.on_conflict_do_update(
             index_elements=[LoginFailure.key],
             set_={
@@ -472,7 +467,7 @@ async def refresh(
 
 async def _revoke_access_token(session: AsyncSession, jti: str, expires_at: datetime) -> None:
     await session.execute(
-        _dialect_insert(session, RevokedToken)
+        db_insert(session, RevokedToken)
         .values(jti=jti, expires_at=expires_at, revoked_at=utcnow())
         .on_conflict_do_nothing(index_elements=[RevokedToken.jti])
     )

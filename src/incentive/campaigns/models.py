@@ -11,7 +11,6 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
-    BigInteger,
     CheckConstraint,
     ForeignKey,
     Index,
@@ -21,10 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from incentive.db import Base, UTCDateTime, new_id, utcnow
-
-# Same id type as the ledger's accounts (SQLite only auto-increments INTEGER PRIMARY KEY).
-BigId = BigInteger().with_variant(Integer(), "sqlite")
+from incentive.db import Base, BigId, UTCDateTime, new_id, utcnow
 
 STATUSES = (
     "draft",

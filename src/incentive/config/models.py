@@ -14,9 +14,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from incentive.db import Base, UTCDateTime, utcnow
-
-BigId = BigInteger().with_variant(Integer(), "sqlite")
+from incentive.db import Base, BigId, UTCDateTime, utcnow
 
 REVISION_ROW_ID = 1
 

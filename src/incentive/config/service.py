@@ -12,10 +12,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import event, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session as SyncSession
 
+from incentive import db
 from incentive.config.live import live_config
 from incentive.config.models import REVISION_ROW_ID, ConfigAudit, ConfigEntry, ConfigRevision
 from incentive.config.registry import ConfigKey, get_key, registered_keys
@@ -174,9 +174,7 @@ async def _bump_revision(session: AsyncSession) -> int:
     # One atomic upsert on both engines: creates the counter row on a fresh database and
     # otherwise increments it, holding its row lock until commit so revisions are committed
     # in order (a poller that saw revision N has seen every change up to N).
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    upsert = insert(ConfigRevision).values(id=REVISION_ROW_ID, revision=1)
+    upsert = db.insert(session, ConfigRevision).values(id=REVISION_ROW_ID, revision=1)
     stmt = upsert.on_conflict_do_update(
         index_elements=[ConfigRevision.id],
         set_={"revision": ConfigRevision.revision + 1},

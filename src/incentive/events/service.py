@@ -7,12 +7,12 @@ import weakref
 from typing import Any
 
 from sqlalchemy import event as sa_event
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session as SyncSession
 from sqlalchemy.orm import SessionTransaction
 
 from incentive.db import Database, new_id, utcnow
+from incentive.db import insert as db_insert
 from incentive.events.bus import TOPIC_PATTERN, Event, Subscription
 from incentive.events.metrics import DELIVERED, DUPLICATES, HANDLER_FAILURES, PUBLISHED
 from incentive.events.models import OutboxEvent, ProcessedEvent
@@ -100,10 +100,8 @@ async def handle(db: Database, subscription: Subscription, event: Event) -> bool
     """
     try:
         async with db.unit_of_work() as session:
-            dialect = session.get_bind().dialect.name
-            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
             stmt = (
-                insert(ProcessedEvent)
+                db_insert(session, ProcessedEvent)
                 .values(subscriber=subscription.name, event_id=event.id, processed_at=utcnow())
                 .on_conflict_do_nothing()
                 .returning(ProcessedEvent.event_id)

@@ -34,7 +34,6 @@ from typing import Annotated, Any
 
 from pydantic import Field
 from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive import events
@@ -44,6 +43,7 @@ from incentive.config import live_config, register_key
 from incentive.config import service as config
 from incentive.config.keys import FLASH_SALE_BUCKETS, FLASH_SALE_FLOW_CONTROL, flash_sale_flow_open
 from incentive.db import Database, new_id, utcnow
+from incentive.db import insert as db_insert
 from incentive.errors import (
     IdempotencyConflict,
     NotFound,
@@ -232,9 +232,8 @@ class PurchaseRecorder:
         committing = False
         try:
             async with self.db.unit_of_work() as session:
-                insert = sqlite.insert if self.db.is_sqlite else postgresql.insert
                 stmt = (
-                    insert(Purchase)
+                    db_insert(session, Purchase)
                     .values([row for row, _ in batch])
                     .on_conflict_do_nothing(
                         index_elements=["flash_sale_id", "user_id", "idempotency_key"]

@@ -41,13 +41,13 @@ from fastapi import Depends, Header, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from sqlalchemy import JSON, Integer, String, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from incentive.auth.principal import Principal, current_user
 from incentive.auth.service import record_audit
 from incentive.db import Base, UTCDateTime, utcnow
+from incentive.db import insert as db_insert
 from incentive.deps import Session
 from incentive.errors import IdempotencyConflict
 
@@ -125,10 +125,9 @@ async def claim_key(
 
     Raises ``IdempotencyConflict`` when the key was used for a different request.
     """
-    insert = postgresql.insert if session.get_bind().dialect.name != "sqlite" else sqlite.insert
     claimed = (
         await session.execute(
-            insert(IdempotencyRecord)
+            db_insert(session, IdempotencyRecord)
             .values(
                 scope=scope,
                 key=key,

@@ -29,9 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from incentive.db import Base, UTCDateTime, new_id, utcnow
-
-BigId = BigInteger().with_variant(Integer(), "sqlite")
+from incentive.db import Base, BigId, UTCDateTime, new_id, utcnow
 
 FILE_STATES = (
     "received",
