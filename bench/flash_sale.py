@@ -52,7 +52,7 @@ from incentive.auth.keys import KeyRing
 from incentive.auth.models import User
 from incentive.auth.tokens import issue_access_token
 from incentive.db import Database, new_id, utcnow
-from incentive.errors import SoldOut
+from incentive.stock.errors import SoldOut
 from incentive.flash_sales.models import Purchase
 from incentive.kit.pgadmin import drop_database, recreate_database
 from incentive.stock.engine import StockEngine, stock_engine_from_url

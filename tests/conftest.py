@@ -21,11 +21,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from incentive import migrations
+from incentive import domains, migrations
 from incentive.app import create_app
 from incentive.db import Base, Database
 from incentive.kit.pgadmin import drop_database, recreate_database
 from incentive.settings import Settings
+
+domains.load()  # every table, live-config key and campaign kind, before collection
 
 PG_URL = os.environ.get("INCENTIVE_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("INCENTIVE_TEST_REDIS_URL")

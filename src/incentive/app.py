@@ -6,19 +6,16 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from incentive import __version__
+from incentive import __version__, domains
 from incentive.auth.keys import KeyRing
 from incentive.db import Database, set_database
-from incentive.errors import PROBLEM_CONTENT_TYPE, IncentiveError
+from incentive.errors import install_handlers
 from incentive.observability import RequestContextMiddleware, configure_logging
 from incentive.settings import Settings, get_settings
 
@@ -26,75 +23,6 @@ log = logging.getLogger(__name__)
 
 # A background task gets the app and runs until cancelled (config refresher, outbox relay...).
 BackgroundTask = Callable[[FastAPI], Awaitable[None]]
-
-
-def problem_response(
-    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_CONTENT_TYPE)
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(IncentiveError)
-    async def _domain(request: Request, exc: IncentiveError) -> JSONResponse:
-        if exc.status == 503:
-            # An answer by design (flow control closed, a store down, retry later): one line,
-            # no traceback — a paused flash sale would otherwise log thousands of them a second.
-            log.warning("unavailable", extra={"problem": exc.detail, "path": request.url.path})
-        elif exc.status >= 500:
-            log.error("domain error", exc_info=exc)
-        return problem_response(exc.status, exc.to_problem(request.url.path), exc.headers())
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = []
-        for err in exc.errors():
-            loc = [str(p) for p in err.get("loc", ())]
-            if loc and loc[0] in ("body", "query", "path", "header"):
-                where, field = loc[0], ".".join(loc[1:])
-            else:
-                where, field = "body", ".".join(loc)
-            errors.append(
-                {
-                    "field": field or where,
-                    "in": where,
-                    "rule": err.get("type", "invalid"),
-                    "message": err.get("msg", ""),
-                }
-            )
-        first = errors[0] if errors else {"field": "body", "message": "invalid"}
-        body = {
-            "type": "https://incentive.dev/problems/validation",
-            "title": "Request validation failed",
-            "status": 422,
-            "detail": f"{first['field']}: {first['message']}",
-            "instance": request.url.path,
-            "errors": errors,
-        }
-        return problem_response(422, body)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        body = {
-            "type": "about:blank",
-            "title": str(exc.detail) if exc.detail else "HTTP error",
-            "status": exc.status_code,
-            "detail": str(exc.detail),
-            "instance": request.url.path,
-        }
-        return problem_response(exc.status_code, body, dict(exc.headers or {}))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error", exc_info=exc)
-        body = {
-            "type": "https://incentive.dev/problems/internal",
-            "title": "Internal error",
-            "status": 500,
-            "detail": "internal error; see logs with this request id",
-            "instance": request.url.path,
-        }
-        return problem_response(500, body)
 
 
 def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
@@ -133,11 +61,10 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.background_tasks = []
     configure_logging(settings.log_level, settings.log_json)
     app.add_middleware(RequestContextMiddleware)
-    _install_error_handlers(app)
+    install_handlers(app)
 
-    from incentive.routers import include_routers
-
-    include_routers(app)
+    for router in domains.routers():
+        app.include_router(router, prefix="/api/v1")
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

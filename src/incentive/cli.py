@@ -6,7 +6,7 @@ import asyncio
 
 import typer
 
-from incentive import migrations
+from incentive import domains, migrations
 from incentive.db import Database
 from incentive.settings import get_settings
 
@@ -78,30 +78,8 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
     typer.echo(f"database at {revision}")
 
 
-def _register_domains() -> None:
-    # Each domain's command group; add one line per domain.
-    from incentive.auth.cli import register as register_auth
-
-    register_auth(app)
-
-    from incentive.config.cli import register as register_config
-
-    register_config(app)
-
-    from incentive.events.cli import register as register_events
-
-    register_events(app)
-
-    from incentive.flash_sales.cli import register as register_flash_sales
-
-    register_flash_sales(app)
-
-    from incentive.points_files.cli import register as register_points_files
-
-    register_points_files(app)
-
-
-_register_domains()
+domains.load()  # every live-config key and table, for `config list` and the rest
+domains.register_cli(app)
 
 
 if __name__ == "__main__":

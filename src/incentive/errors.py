@@ -1,55 +1,69 @@
 """Domain errors and their RFC 9457 problem+json rendering.
 
-Tree (each domain adds its own leaves under these)::
+Tree: the HTTP-shaped bases here, and under them each domain's leaves (``[domain]``,
+defined in that domain's ``errors.py``). ``tests/test_architecture.py`` checks this drawing
+against the real subclasses, their statuses and slugs::
 
     IncentiveError (500 internal)
-    ├── PointsCryptoError (500 points-crypto-failed: gpg itself failed) [points_files]
+    ├── PointsCryptoError (500 points-crypto-failed) [points_files]
     ├── BadRequest (400 bad-request)
-    │   ├── FileRejected (422 points-file-rejected: a whole-file reason) [points_files]
-    │   └── InvalidField (422 invalid-field: names the field and the rule)
-    │       ├── InvalidConfigValue (422 invalid-config-value)   [config]
-    │       └── PartnerKeyInvalid (422 partner-key-invalid)     [points_files]
-    ├── Unauthorized (401 unauthorized, WWW-Authenticate: Bearer)
-    │   ├── InvalidCredentials (401 invalid-credentials)  [auth]
+    │   ├── FileRejected (422 points-file-rejected) [points_files]
+    │   └── InvalidField (422 invalid-field)
+    │       ├── InvalidConfigValue (422 invalid-config-value) [config]
+    │       └── PartnerKeyInvalid (422 partner-key-invalid) [points_files]
+    ├── Unauthorized (401 unauthorized)
+    │   ├── InvalidCredentials (401 invalid-credentials) [auth]
     │   └── InvalidRefreshToken (401 invalid-refresh-token) [auth]
-    │       └── RefreshTokenReused (401 refresh-token-reused: the family was revoked)
+    │       └── RefreshTokenReused (401 refresh-token-reused) [auth]
     ├── Forbidden (403 forbidden)
     ├── NotFound (404 not-found)
-    │   ├── AccountNotFound (404 account-not-found)       [ledger]
-    │   └── UnknownConfigKey (404 config-key-unknown)     [config]
+    │   ├── AccountNotFound (404 account-not-found) [ledger]
+    │   ├── UnknownConfigKey (404 config-key-unknown) [config]
+    │   └── PointsFileNotFound (404 points-file-not-found) [points_files]
     ├── Conflict (409 conflict)
-    │   ├── NameTaken (409 name-taken: username, merchant or partner code) [auth]
-    │   ├── IdempotencyConflict (409 idempotency-key-reused)   [kit/idempotency]
+    │   ├── NameTaken (409 name-taken) [auth]
+    │   ├── IdempotencyConflict (409 idempotency-key-reused)
     │   │   └── TransferKeyReused (409 idempotency-key-reused) [ledger]
-    │   ├── InsufficientFunds (409 insufficient-funds)    [ledger]
-    │   ├── AssetMismatch (409 asset-mismatch)            [ledger]
-    │   ├── CampaignError (409 campaign-conflict)         [campaigns]
-    │   │   ├── InvalidTransition (409 invalid-transition: names from and to)
-    │   │   ├── CampaignNotEditable (409 campaign-not-editable)
-    │   │   └── CampaignVersionConflict (409 campaign-version-conflict)
+    │   ├── InsufficientFunds (409 insufficient-funds) [ledger]
+    │   ├── AssetMismatch (409 asset-mismatch) [ledger]
+    │   ├── CampaignClosed (409 campaign-conflict) [campaigns]
+    │   ├── InvalidTransition (409 invalid-transition) [campaigns]
+    │   ├── CampaignNotEditable (409 campaign-not-editable) [campaigns]
+    │   ├── CampaignVersionConflict (409 campaign-version-conflict) [campaigns]
     │   ├── ConfigVersionConflict (409 config-version-conflict) [config]
-    │   ├── StockError (409 stock-conflict)               [stock]
-    │   │   ├── SoldOut (409 sold-out)
-    │   │   └── StockPoolMissing (409 stock-pool-missing)
-    │   └── FlashSaleError (409 flash-sale-conflict)      [flash_sales]
-    │       ├── NotOnSale (409 not-on-sale: not active, not split, or outside the window)
-    │       └── LimitExceeded (409 limit-exceeded: the per-user limit)
-    ├── TooManyRequests (429 too-many-requests, Retry-After)
-    │   └── LoginThrottled (429 login-throttled)          [auth]
-    └── ServiceUnavailable (503 unavailable, Retry-After)
+    │   ├── SoldOut (409 sold-out) [stock]
+    │   ├── StockPoolMissing (409 stock-pool-missing) [stock]
+    │   ├── AlreadyActivated (409 flash-sale-conflict) [flash_sales]
+    │   ├── NotOnSale (409 not-on-sale) [flash_sales]
+    │   ├── LimitExceeded (409 limit-exceeded) [flash_sales]
+    │   ├── PartnerNotConfigured (409 points-partner-not-configured) [points_files]
+    │   └── AnswerNotReady (409 points-answer-not-ready) [points_files]
+    ├── TooManyRequests (429 too-many-requests)
+    │   └── LoginThrottled (429 login-throttled) [auth]
+    └── ServiceUnavailable (503 unavailable)
         ├── TransportError (503 points-transport-unavailable) [points_files]
-        └── FlowClosed (503 flow-closed: the sale's flow-control switch is off) [flash_sales]
+        └── FlowClosed (503 flow-closed) [flash_sales]
 
-Ledger leaves also derive from the marker ``ledger.errors.LedgerError``; config leaves from
-``ConfigError`` below (``except ConfigError`` catches every refusal of the config centre);
-auth leaves from ``auth.errors.AuthError``.
+Each domain's leaves also derive from one marker base of that domain, so ``except
+<Marker>`` catches every refusal of the domain: AuthError [auth], LedgerError [ledger],
+ConfigError [config], CampaignError [campaigns], StockError [stock], FlashSaleError
+[flash_sales].
 
 Only this module knows about HTTP status codes; services raise these and never see HTTP.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import logging
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+log = logging.getLogger(__name__)
 
 PROBLEM_BASE = "https://incentive.dev/problems/"
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -139,61 +153,6 @@ class IdempotencyConflict(Conflict):
     title = "Idempotency key reused with a different request"
 
 
-class CampaignError(Conflict):
-    slug = "campaign-conflict"
-    title = "Campaign refused the change"
-
-
-class InvalidTransition(CampaignError):
-    """The campaign's status cannot move from ``from`` to ``to`` (now, or by this caller)."""
-
-    slug = "invalid-transition"
-    title = "Invalid status transition"
-
-    def __init__(
-        self, from_status: str, to_status: str, detail: str | None = None, **extra: Any
-    ) -> None:
-        super().__init__(
-            detail or f"cannot move a campaign from {from_status} to {to_status}",
-            **{"from": from_status, "to": to_status, **extra},
-        )
-        self.from_status = from_status
-        self.to_status = to_status
-
-
-class CampaignNotEditable(CampaignError):
-    """Only draft and rejected campaigns can be edited."""
-
-    slug = "campaign-not-editable"
-    title = "Campaign cannot be edited in its status"
-
-
-class CampaignVersionConflict(CampaignError):
-    """The caller's ``version`` is not the campaign's current one (someone changed it)."""
-
-    slug = "campaign-version-conflict"
-    title = "Campaign changed since it was read"
-
-
-class StockError(Conflict):
-    slug = "stock-conflict"
-    title = "Stock refused the operation"
-
-
-class SoldOut(StockError):
-    """The whole pool (every bucket together) cannot serve the quantity; nothing was taken."""
-
-    slug = "sold-out"
-    title = "Sold out"
-
-
-class StockPoolMissing(StockError):
-    """The pool was never split, was dropped, or was lost with the stock store (rebuild it)."""
-
-    slug = "stock-pool-missing"
-    title = "Stock pool does not exist"
-
-
 class TooManyRequests(IncentiveError):
     status = 429
     slug = "too-many-requests"
@@ -220,28 +179,115 @@ class ServiceUnavailable(IncentiveError):
         return {"Retry-After": str(self.retry_after)}
 
 
-class ConfigError(IncentiveError):
-    """Marker base of the live config centre's refusals (combined with an HTTP-shaped base)."""
+# --------------------------------------------------------------------------- HTTP rendering
 
 
-class UnknownConfigKey(ConfigError, NotFound):
-    slug = "config-key-unknown"
-    title = "Unknown configuration key"
+class Problem(BaseModel):
+    """RFC 9457 problem details; ``errors`` names each offending field and rule."""
 
-    def __init__(self, key: str) -> None:
-        super().__init__(f"no configuration key {key!r} is registered", key=key)
-        self.key = key
+    model_config = ConfigDict(extra="allow")
 
-
-class InvalidConfigValue(ConfigError, InvalidField):
-    """The value breaks the key's type or constraint; ``field`` is ``value`` (or a sub-path)."""
-
-    slug = "invalid-config-value"
-    title = "Invalid configuration value"
+    type: str
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
 
 
-class ConfigVersionConflict(ConfigError, Conflict):
-    """``expected_version`` did not match: someone else changed the key in between."""
+# What a route with parameters or a body, or behind a bearer token, can always answer.
+VALIDATION: tuple[type[IncentiveError], ...] = (InvalidField,)
+AUTHENTICATED: tuple[type[IncentiveError], ...] = (Unauthorized,)
 
-    slug = "config-version-conflict"
-    title = "Configuration changed concurrently"
+
+def problems(*errors: type[IncentiveError]) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route that can answer ``errors``: one problem+json response per
+    status, its description listing the problem types (slugs) of that status."""
+    by_status: dict[int, list[type[IncentiveError]]] = defaultdict(list)
+    for error in errors:
+        if error not in by_status[error.status]:
+            by_status[error.status].append(error)
+    return {
+        status: {
+            "description": "; ".join(f"{e.slug}: {e.title}" for e in found),
+            "model": Problem,
+            "content": {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status, found in sorted(by_status.items())
+    }
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Every error leaves as ``application/problem+json``: domain errors with their own status,
+    validation as 422 naming each field and rule, anything unexpected as a logged 500."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    def respond(
+        status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> JSONResponse:
+        return JSONResponse(
+            body, status_code=status, headers=headers, media_type=PROBLEM_CONTENT_TYPE
+        )
+
+    @app.exception_handler(IncentiveError)
+    async def _domain(request: Request, exc: IncentiveError) -> JSONResponse:
+        if exc.status == 503:
+            # An answer by design (flow control closed, a store down, retry later): one line,
+            # no traceback — a paused flash sale would otherwise log thousands of them a second.
+            log.warning("unavailable", extra={"problem": exc.detail, "path": request.url.path})
+        elif exc.status >= 500:
+            log.error("domain error", exc_info=exc)
+        return respond(exc.status, exc.to_problem(request.url.path), exc.headers())
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = []
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ())]
+            if loc and loc[0] in ("body", "query", "path", "header"):
+                where, field = loc[0], ".".join(loc[1:])
+            else:
+                where, field = "body", ".".join(loc)
+            errors.append(
+                {
+                    "field": field or where,
+                    "in": where,
+                    "rule": err.get("type", "invalid"),
+                    "message": err.get("msg", ""),
+                }
+            )
+        first = errors[0] if errors else {"field": "body", "message": "invalid"}
+        body = {
+            "type": PROBLEM_BASE + "validation",
+            "title": "Request validation failed",
+            "status": 422,
+            "detail": f"{first['field']}: {first['message']}",
+            "instance": request.url.path,
+            "errors": errors,
+        }
+        return respond(422, body)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        body = {
+            "type": "about:blank",
+            "title": str(exc.detail) if exc.detail else "HTTP error",
+            "status": exc.status_code,
+            "detail": str(exc.detail),
+            "instance": request.url.path,
+        }
+        return respond(exc.status_code, body, dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        body = {
+            "type": PROBLEM_BASE + "internal",
+            "title": "Internal error",
+            "status": 500,
+            "detail": "internal error; see logs with this request id",
+            "instance": request.url.path,
+        }
+        return respond(500, body)

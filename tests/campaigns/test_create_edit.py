@@ -9,13 +9,13 @@ from typing import Any
 import httpx
 import pytest
 
-from incentive.campaigns.schemas import KINDS
+from incentive.campaigns.kinds import kind_names
 from incentive.db import Database
 from incentive.ledger import service as ledger
 from tests.campaigns.conftest import ASSETS, RULES, World, campaign_body, counts, create, walk
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", kind_names())
 async def test_create_each_kind_opens_empty_budget(
     db: Database, client: httpx.AsyncClient, world: World, kind: str
 ) -> None:

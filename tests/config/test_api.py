@@ -73,7 +73,7 @@ async def test_put_changes_value_applies_locally_and_audits(
 
 
 async def test_per_campaign_switches(db: Database, app: Any, client: httpx.AsyncClient) -> None:
-    from incentive.config.keys import flash_sale_flow_open
+    from incentive.flash_sales.keys import flash_sale_flow_open
 
     op = await make_user(db, app, username="op", role="operator")
     r = await client.put(

@@ -11,8 +11,9 @@ from pydantic import Field
 
 from incentive.config import keys, live_config, register_key
 from incentive.config.cli import parse_value
+from incentive.config.errors import InvalidConfigValue, UnknownConfigKey
 from incentive.config.registry import get_key
-from incentive.errors import InvalidConfigValue, UnknownConfigKey
+from incentive.flash_sales.keys import flash_sale_flow_open
 
 
 def test_catalogue_defaults() -> None:
@@ -20,7 +21,7 @@ def test_catalogue_defaults() -> None:
     assert live_config.get(keys.POINTS_FILE_BATCH_SIZE) == 5_000
     assert live_config.get("points_file.workers") == 4
     assert live_config.get("flash_sale.flow_control") == {}
-    assert keys.flash_sale_flow_open("any-campaign") is True
+    assert flash_sale_flow_open("any-campaign") is True
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from incentive.app import create_app
 from incentive.config.live import live_config
 from incentive.db import Database
 from incentive.events import Event
-from incentive.flash_sales import service
+from incentive.flash_sales import kind
 from incentive.settings import Settings
 from tests.factories import make_user
 from tests.flash_sales.conftest import Sales, make_customers
@@ -75,12 +75,12 @@ async def test_activation_delivered_twice_splits_once(sales: Sales, db: Database
     (buyer,) = await make_customers(db, app, 1)
     assert (await sales.buy(buyer, sale, 1)).status_code == 201
     before = (await sales.state(sale))["buckets"]
-    event = Event("again", service.ACTIVATED, sale, {"flash_sale_id": sale}, datetime.now(UTC))
+    event = Event("again", kind.ACTIVATED, sale, {"flash_sale_id": sale}, datetime.now(UTC))
     for _ in range(2):
         async with db.unit_of_work() as s:
-            await service.split_stock(s, event)
+            await kind.split_stock(s, event)
     # Even with the database guard gone, the stock store refuses a second split.
-    assert await app.state.stock.split(service.pool_of(sale), 100, 4) is False
+    assert await app.state.stock.split(kind.pool_of(sale), 100, 4) is False
     assert (await sales.state(sale))["buckets"] == before
     assert sum(before) == 99
 
@@ -99,7 +99,7 @@ async def test_reconcile_returns_stock_deducted_without_a_purchase(
     for b in buyers:
         assert (await sales.buy(b, sale, 2)).status_code == 201
     # A crash between deduction and commit: stock taken, no purchase recorded.
-    await app.state.stock.deduct(service.pool_of(sale), 7)
+    await app.state.stock.deduct(kind.pool_of(sale), 7)
     assert (await sales.state(sale))["remaining"] == 37
     r = await sales.client.post(
         f"/api/v1/flash-sales/{sale}/reconcile", headers=sales.operator.headers

@@ -10,8 +10,9 @@ from collections import Counter
 import pytest
 from prometheus_client import REGISTRY
 
-from incentive.errors import InvalidField, SoldOut, StockPoolMissing
+from incentive.errors import InvalidField
 from incentive.stock.engine import Deduction, StockEngine, even_split, give_back
+from incentive.stock.errors import SoldOut, StockPoolMissing
 
 
 async def _attempt(engine: StockEngine, pool: str, quantity: int) -> Deduction | None:

@@ -12,11 +12,11 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from incentive.errors import StockPoolMissing
 from incentive.stock.backends.cluster import ClusterStockEngine
 from incentive.stock.backends.embedded import EmbeddedStockEngine
 from incentive.stock.backends.redis import RedisStockEngine, bucket_key, meta_key, quota_key
 from incentive.stock.engine import stock_engine_from_url
+from incentive.stock.errors import StockPoolMissing
 from tests.servers import free_port
 from tests.stock.conftest import RedisServer
 

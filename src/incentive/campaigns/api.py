@@ -1,7 +1,7 @@
 """Campaign HTTP API: drafts, review and the status machine, history, budget funding.
 
 Status changes go through one endpoint, ``POST /campaigns/{id}/transitions`` with
-``{"to": status, "reason": ...}``; the machine (``service.TRANSITIONS``)::
+``{"to": status, "reason": ...}``; the machine (``flows.TRANSITIONS``)::
 
     draft -> pending_review | cancelled
     pending_review -> approved | rejected (operators only; reject needs a reason) | draft
@@ -18,7 +18,14 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from incentive.auth.principal import CurrentUser, MerchantStaff, Operator
-from incentive.campaigns import service
+from incentive.campaigns import flows, service
+from incentive.campaigns.errors import (
+    CampaignClosed,
+    CampaignNotEditable,
+    CampaignVersionConflict,
+    InvalidTransition,
+)
+from incentive.campaigns.kinds import KindName
 from incentive.campaigns.models import Campaign
 from incentive.campaigns.schemas import (
     BudgetIn,
@@ -27,15 +34,27 @@ from incentive.campaigns.schemas import (
     CampaignOut,
     CampaignPage,
     CampaignPatch,
-    Kind,
     Status,
     TransitionIn,
     TransitionOut,
 )
 from incentive.deps import Session
+from incentive.errors import (
+    AUTHENTICATED,
+    VALIDATION,
+    Conflict,
+    Forbidden,
+    IdempotencyConflict,
+    NotFound,
+    problems,
+)
 from incentive.kit.idempotency import Claim, idempotent
 
 router = APIRouter(prefix="/campaigns", tags=["campaigns"])
+
+SEEING = (*AUTHENTICATED, *VALIDATION, NotFound)
+MANAGING = (*AUTHENTICATED, *VALIDATION, Forbidden)
+MANAGED = (*SEEING, Forbidden)
 
 CampaignId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="campaign id")]
 
@@ -44,7 +63,9 @@ def _out(campaign: Campaign) -> CampaignOut:
     return CampaignOut.model_validate(campaign)
 
 
-@router.post("", response_model=CampaignOut, status_code=201)
+@router.post(
+    "", response_model=CampaignOut, status_code=201, responses=problems(*MANAGING, NotFound)
+)
 async def create_campaign(
     body: CampaignIn, principal: MerchantStaff, session: Session
 ) -> CampaignOut:
@@ -63,12 +84,12 @@ async def create_campaign(
     return _out(campaign)
 
 
-@router.get("", response_model=CampaignPage)
+@router.get("", response_model=CampaignPage, responses=problems(*AUTHENTICATED, *VALIDATION))
 async def list_campaigns(
     principal: CurrentUser,
     session: Session,
     status: Annotated[Status | None, Query()] = None,
-    kind: Annotated[Kind | None, Query()] = None,
+    kind: Annotated[KindName | None, Query()] = None,
     merchant: Annotated[str | None, Query(min_length=1, max_length=32)] = None,
     cursor: Annotated[str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_-]+$")] = None,
     limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = 50,
@@ -87,14 +108,18 @@ async def list_campaigns(
     return CampaignPage(items=[_out(c) for c in page.items], next_cursor=page.next_cursor)
 
 
-@router.get("/{campaign_id}", response_model=CampaignOut)
+@router.get("/{campaign_id}", response_model=CampaignOut, responses=problems(*SEEING))
 async def get_campaign(
     campaign_id: CampaignId, principal: CurrentUser, session: Session
 ) -> CampaignOut:
     return _out(await service.visible_campaign(session, principal, campaign_id))
 
 
-@router.patch("/{campaign_id}", response_model=CampaignOut)
+@router.patch(
+    "/{campaign_id}",
+    response_model=CampaignOut,
+    responses=problems(*MANAGED, CampaignNotEditable, CampaignVersionConflict),
+)
 async def edit_campaign(
     campaign_id: CampaignId, body: CampaignPatch, principal: MerchantStaff, session: Session
 ) -> CampaignOut:
@@ -107,12 +132,16 @@ async def edit_campaign(
     return _out(campaign)
 
 
-@router.post("/{campaign_id}/transitions", response_model=CampaignOut)
+@router.post(
+    "/{campaign_id}/transitions",
+    response_model=CampaignOut,
+    responses=problems(*MANAGED, InvalidTransition, CampaignVersionConflict, Conflict),
+)
 async def transition(
     campaign_id: CampaignId, body: TransitionIn, principal: MerchantStaff, session: Session
 ) -> CampaignOut:
     """Move the campaign to ``to``; 409 ``invalid-transition`` names ``from`` and ``to``."""
-    campaign = await service.transition(
+    campaign = await flows.transition(
         session,
         principal,
         campaign_id,
@@ -123,32 +152,36 @@ async def transition(
     return _out(campaign)
 
 
-@router.get("/{campaign_id}/history", response_model=list[TransitionOut])
+@router.get(
+    "/{campaign_id}/history", response_model=list[TransitionOut], responses=problems(*MANAGED)
+)
 async def history(
     campaign_id: CampaignId, principal: MerchantStaff, session: Session
 ) -> list[TransitionOut]:
     """Every status change, oldest first (creation included)."""
     campaign = await service.managed_campaign(session, principal, campaign_id)
-    return [TransitionOut.model_validate(t) for t in await service.history(session, campaign.id)]
+    return [TransitionOut.model_validate(t) for t in await flows.history(session, campaign.id)]
 
 
-@router.get("/{campaign_id}/budget", response_model=BudgetOut)
+@router.get("/{campaign_id}/budget", response_model=BudgetOut, responses=problems(*MANAGED))
 async def budget(campaign_id: CampaignId, principal: MerchantStaff, session: Session) -> BudgetOut:
     campaign = await service.managed_campaign(session, principal, campaign_id)
-    account = await service.budget_account(session, campaign)
-    return BudgetOut(
-        campaign_id=campaign.id, account_id=account.id, asset=account.asset, balance=account.balance
-    )
+    return BudgetOut.model_validate(await service.budget(session, campaign))
 
 
-@router.post("/{campaign_id}/budget", response_model=BudgetOut, status_code=201)
+@router.post(
+    "/{campaign_id}/budget",
+    response_model=BudgetOut,
+    status_code=201,
+    responses=problems(*MANAGED, CampaignClosed, IdempotencyConflict, Conflict),
+)
 @idempotent(status_code=201)
 async def fund_budget(
     campaign_id: CampaignId, body: BudgetIn, principal: Operator, session: Session, claim: Claim
 ) -> BudgetOut:
     """Fund the budget from another account of the same asset. Requires `Idempotency-Key`:
     a retry with the same key and body replays the first answer and moves nothing."""
-    account, transfer = await service.fund_budget(
+    funded = await service.fund_budget(
         session,
         principal,
         campaign_id,
@@ -156,10 +189,4 @@ async def fund_budget(
         from_account_id=body.from_account_id,
         idempotency_key=f"campaign.budget:{principal.id}:{claim.key}",
     )
-    return BudgetOut(
-        campaign_id=campaign_id,
-        account_id=account.id,
-        asset=account.asset,
-        balance=account.balance,
-        transfer_id=transfer.id,
-    )
+    return BudgetOut.model_validate(funded)

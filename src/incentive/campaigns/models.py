@@ -1,6 +1,6 @@
 """Campaign tables: the entity every campaign kind shares, and its status history.
 
-A campaign's status changes only through ``campaigns.service.transition`` (one conditional
+A campaign's status changes only through ``campaigns.flows.transition`` (one conditional
 UPDATE per change), which also writes the ``CampaignTransition`` row explaining it.
 """
 

@@ -1,16 +1,13 @@
-"""Campaign core: creation with a ledger budget, guarded status changes, edits, listing.
+"""Campaign core: creation with a ledger budget, edits, access, listing, budget funding.
+Status changes are in ``flows.py``.
 
 Contract:
 
-- A status changes only through ``transition``: one conditional ``UPDATE ... WHERE id = :id
-  AND status = :expected`` per change, so of two concurrent changes from the same status
-  exactly one wins; the loser gets ``InvalidTransition`` naming the status it found. Each
-  change writes a ``CampaignTransition`` row and publishes ``campaign.status_changed``
-  through the outbox in the caller's transaction.
 - Rules are validated against the kind's model (``schemas.CampaignRules``) before anything is
   written; a breach raises ``InvalidField`` naming ``rules.<path>``.
 - Every campaign gets a ledger budget account (owner ``campaign``, name ``budget``) in the
   asset its rules pay in; it is funded only by ledger transfers and never goes below zero.
+- The kind's ``on_create`` / ``on_edit`` hooks run after the write, in the same transaction.
 - Nothing here commits; the caller's unit of work does.
 """
 
@@ -23,91 +20,44 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.auth.principal import Principal
+from incentive.campaigns.errors import CampaignClosed, CampaignNotEditable, CampaignVersionConflict
+from incentive.campaigns.kinds import CampaignFacts, get_kind, parse_rules, stored_rules
 from incentive.campaigns.models import Campaign, CampaignTransition
-from incentive.campaigns.schemas import CampaignRules, rules_adapter
 from incentive.db import utcnow
-from incentive.errors import (
-    CampaignError,
-    CampaignNotEditable,
-    CampaignVersionConflict,
-    Forbidden,
-    InvalidField,
-    InvalidTransition,
-    NotFound,
-)
-from incentive.events import service as events
+from incentive.errors import Forbidden, InvalidField, NotFound
 from incentive.ledger import service as ledger
-from incentive.ledger.models import Account, Transfer
 
-STATUS_CHANGED_TOPIC = "campaign.status_changed"
 BUDGET_ACCOUNT_NAME = "budget"
 EDITABLE = ("draft", "rejected")
 MAX_PAGE = 200
 
-# from status -> statuses it may move to.
-TRANSITIONS: Mapping[str, frozenset[str]] = {
-    "draft": frozenset({"pending_review", "cancelled"}),
-    "pending_review": frozenset({"approved", "rejected", "draft"}),
-    "rejected": frozenset({"draft", "cancelled"}),
-    "approved": frozenset({"active", "cancelled"}),
-    "active": frozenset({"paused", "ended"}),
-    "paused": frozenset({"active", "ended"}),
-    "ended": frozenset(),
-    "cancelled": frozenset(),
-}
-# Review decisions belong to operators; the owning merchant's staff may make every other move.
-OPERATOR_ONLY: frozenset[tuple[str, str]] = frozenset(
-    {("pending_review", "approved"), ("pending_review", "rejected")}
-)
-REASON_REQUIRED: frozenset[tuple[str, str]] = frozenset({("pending_review", "rejected")})
-# Moves that put a campaign in front of customers need its window to be still open.
-OPENING: frozenset[str] = frozenset({"active"})
-
-
-def allowed_targets(status: str) -> frozenset[str]:
-    return TRANSITIONS.get(status, frozenset())
-
-
 # --------------------------------------------------------------------------- rules
 
 
-def parse_rules(kind: str, raw: Mapping[str, Any]) -> CampaignRules:
-    """The typed rules of ``kind``; ``InvalidField`` naming ``rules.<path>`` otherwise."""
-    if "kind" in raw and raw["kind"] != kind:
-        raise InvalidField("rules.kind", "matches-kind", f"rules.kind must be {kind!r}")
-    try:
-        return rules_adapter.validate_python({**raw, "kind": kind})
-    except ValidationError as exc:
-        raise _rules_error(exc) from None
+def facts(campaign: Campaign) -> CampaignFacts:
+    """The snapshot of a campaign that its kind's hooks and other domains see."""
+    return CampaignFacts(
+        id=campaign.id,
+        kind=campaign.kind,
+        status=campaign.status,
+        owner_type=campaign.owner_type,
+        merchant_id=campaign.merchant_id,
+        name=campaign.name,
+        starts_at=campaign.starts_at,
+        ends_at=campaign.ends_at,
+        rules=stored_rules(campaign.rules),
+        budget_account_id=campaign.budget_account_id,
+        version=campaign.version,
+    )
 
 
-def campaign_rules(campaign: Campaign) -> CampaignRules:
-    """The stored rules of a campaign, typed (they were validated when written)."""
-    return rules_adapter.validate_python(campaign.rules)
-
-
-def _rules_error(exc: ValidationError) -> InvalidField:
-    errors = []
-    for err in exc.errors():
-        # The first location element is the union's tag (the kind): not part of the path.
-        loc = [str(p) for p in err["loc"][1:]]
-        errors.append(
-            {
-                "field": ".".join(["rules", *loc]),
-                "rule": err["type"],
-                "message": err["msg"],
-            }
-        )
-    first = errors[0]
-    problem = InvalidField(first["field"], first["rule"], f"{first['field']}: {first['message']}")
-    problem.extra["errors"] = errors
-    return problem
+async def campaign_facts(session: AsyncSession, campaign_id: str) -> CampaignFacts:
+    return facts(await get_campaign(session, campaign_id))
 
 
 def _check_window(starts_at: datetime, ends_at: datetime) -> None:
@@ -187,6 +137,7 @@ async def create_campaign(
     or a merchant's campaign when ``merchant_id`` is given. Invalid input writes nothing.
     """
     typed = parse_rules(kind, rules)
+    strategy = get_kind(kind)
     _check_window(starts_at, ends_at)
     if principal.is_operator:
         owner_type = "merchant" if merchant_id else "operator"
@@ -225,7 +176,7 @@ async def create_campaign(
         session,
         owner_type="campaign",
         owner_id=campaign.id,
-        asset=typed.budget_asset,
+        asset=strategy.budget_asset(typed),
         name=BUDGET_ACCOUNT_NAME,
     )
     campaign.budget_account_id = account.id
@@ -241,6 +192,7 @@ async def create_campaign(
         )
     )
     await session.flush()
+    await strategy.on_create(session, facts(campaign))
     return campaign
 
 
@@ -260,9 +212,10 @@ async def edit_campaign(
         k: v for k, v in changes.items() if k in ("name", "description", "starts_at", "ends_at")
     }
     if "rules" in changes:
+        strategy = get_kind(campaign.kind)
         typed = parse_rules(campaign.kind, changes["rules"])
-        old_asset = campaign_rules(campaign).budget_asset
-        if typed.budget_asset != old_asset:
+        old_asset = strategy.budget_asset(stored_rules(campaign.rules))
+        if strategy.budget_asset(typed) != old_asset:
             raise InvalidField(
                 "rules.budget_asset", "unchanged", f"the budget is held in {old_asset}"
             )
@@ -293,111 +246,9 @@ async def edit_campaign(
         raise CampaignVersionConflict(
             f"campaign is at version {current.version}, not {version}", version=current.version
         )
-    return await get_campaign(session, campaign_id)
-
-
-# --------------------------------------------------------------------------- status
-
-
-async def transition(
-    session: AsyncSession,
-    principal: Principal,
-    campaign_id: str,
-    *,
-    to_status: str,
-    reason: str = "",
-    version: int | None = None,
-) -> Campaign:
-    """Move the campaign to ``to_status`` if the machine and the caller allow it.
-
-    Atomic: one conditional UPDATE on the status read (and ``version`` when given); of
-    concurrent changes from the same status one wins and the others raise
-    ``InvalidTransition`` (or ``CampaignVersionConflict``). The history row and the
-    ``campaign.status_changed`` event are written in the same transaction.
-    """
-    campaign = await managed_campaign(session, principal, campaign_id)
-    from_status = campaign.status
-    if to_status not in allowed_targets(from_status):
-        raise InvalidTransition(
-            from_status, to_status, allowed=sorted(allowed_targets(from_status))
-        )
-    if (from_status, to_status) in OPERATOR_ONLY and not principal.is_operator:
-        raise Forbidden(f"only operators move a campaign from {from_status} to {to_status}")
-    if (from_status, to_status) in REASON_REQUIRED and not reason.strip():
-        raise InvalidField("reason", "required", f"a reason is required to {to_status}")
-    now = utcnow()
-    if to_status in OPENING and campaign.ends_at <= now:
-        raise InvalidTransition(
-            from_status,
-            to_status,
-            f"the campaign ended at {campaign.ends_at.isoformat()}; it cannot be {to_status}",
-        )
-    conditions = [Campaign.id == campaign_id, Campaign.status == from_status]
-    if version is not None:
-        conditions.append(Campaign.version == version)
-    won = (
-        await session.execute(
-            update(Campaign)
-            .where(*conditions)
-            .values(status=to_status, updated_at=now, version=Campaign.version + 1)
-            .returning(Campaign.version)
-            .execution_options(synchronize_session=False)
-        )
-    ).first()
-    if won is None:
-        current = await get_campaign(session, campaign_id)
-        if current.status == from_status and version is not None:
-            raise CampaignVersionConflict(
-                f"campaign is at version {current.version}, not {version}",
-                version=current.version,
-            )
-        raise InvalidTransition(
-            current.status,
-            to_status,
-            f"the campaign moved to {current.status} meanwhile; "
-            f"cannot move it from {current.status} to {to_status}",
-        )
-    session.add(
-        CampaignTransition(
-            campaign_id=campaign_id,
-            from_status=from_status,
-            to_status=to_status,
-            actor=principal.id,
-            actor_role=principal.role,
-            reason=reason,
-            at=now,
-        )
-    )
-    await session.flush()
-    await events.publish(
-        session,
-        STATUS_CHANGED_TOPIC,
-        {
-            "campaign_id": campaign_id,
-            "kind": campaign.kind,
-            "owner_type": campaign.owner_type,
-            "merchant_id": campaign.merchant_id,
-            "from": from_status,
-            "to": to_status,
-            "reason": reason,
-            "actor": principal.id,
-            "version": int(won[0]),
-            "at": now.isoformat(),
-            "rules": campaign.rules,
-            "budget_account_id": campaign.budget_account_id,
-        },
-        key=campaign_id,
-    )
-    return await get_campaign(session, campaign_id)
-
-
-async def history(session: AsyncSession, campaign_id: str) -> list[CampaignTransition]:
-    rows = await session.execute(
-        select(CampaignTransition)
-        .where(CampaignTransition.campaign_id == campaign_id)
-        .order_by(CampaignTransition.id)
-    )
-    return list(rows.scalars())
+    edited = await get_campaign(session, campaign_id)
+    await get_kind(edited.kind).on_edit(session, facts(edited))
+    return edited
 
 
 # --------------------------------------------------------------------------- listing
@@ -479,10 +330,24 @@ async def list_campaigns(
 # --------------------------------------------------------------------------- budget
 
 
-async def budget_account(session: AsyncSession, campaign: Campaign) -> Account:
+@dataclass(frozen=True)
+class Budget:
+    """A campaign's budget account as the ledger holds it (and the transfer that funded it)."""
+
+    campaign_id: str
+    account_id: int
+    asset: str
+    balance: int
+    transfer_id: int | None = None
+
+
+async def budget(
+    session: AsyncSession, campaign: Campaign, transfer_id: int | None = None
+) -> Budget:
     if campaign.budget_account_id is None:
         raise NotFound(f"campaign {campaign.id} has no budget account")
-    return await ledger.get_account(session, campaign.budget_account_id)
+    account = await ledger.get_account(session, campaign.budget_account_id)
+    return Budget(campaign.id, account.id, account.asset, account.balance, transfer_id)
 
 
 async def fund_budget(
@@ -493,7 +358,7 @@ async def fund_budget(
     amount: int,
     from_account_id: int,
     idempotency_key: str,
-) -> tuple[Account, Transfer]:
+) -> Budget:
     """Move ``amount`` from ``from_account_id`` into the campaign's budget, once per key.
 
     The ledger transfer carries ``idempotency_key``: replaying it moves nothing and returns
@@ -503,18 +368,19 @@ async def fund_budget(
     """
     campaign = await managed_campaign(session, principal, campaign_id)
     if campaign.status in ("ended", "cancelled"):
-        raise CampaignError(
+        raise CampaignClosed(
             f"a {campaign.status} campaign takes no more budget", status=campaign.status
         )
-    account = await budget_account(session, campaign)
+    if campaign.budget_account_id is None:
+        raise NotFound(f"campaign {campaign.id} has no budget account")
     transfer = await ledger.transfer(
         session,
         idempotency_key=idempotency_key,
         debit_account_id=from_account_id,
-        credit_account_id=account.id,
+        credit_account_id=campaign.budget_account_id,
         amount=amount,
         kind="campaign.budget",
         reference=f"campaign:{campaign.id}",
         metadata={"campaign_id": campaign.id, "by": principal.id},
     )
-    return await ledger.get_account(session, account.id), transfer
+    return await budget(session, campaign, transfer.id)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query, Request
 
 from incentive.auth.principal import Operator
 from incentive.config import service
+from incentive.config.errors import ConfigVersionConflict, InvalidConfigValue, UnknownConfigKey
 from incentive.config.live import LiveConfig
 from incentive.config.registry import MAX_KEY_LENGTH, get_key
 from incentive.config.schemas import (
@@ -17,6 +18,7 @@ from incentive.config.schemas import (
     ConfigValueOut,
 )
 from incentive.deps import Session
+from incentive.errors import AUTHENTICATED, VALIDATION, Forbidden, problems
 from incentive.observability import request_id_var
 
 router = APIRouter(prefix="/config", tags=["config"])
@@ -24,12 +26,16 @@ router = APIRouter(prefix="/config", tags=["config"])
 KeyPath = Annotated[str, Path(min_length=1, max_length=MAX_KEY_LENGTH, description="dotted key")]
 
 
-@router.get("", response_model=list[ConfigValueOut])
+OPERATOR = (*AUTHENTICATED, Forbidden)
+KEYED = (*OPERATOR, *VALIDATION, UnknownConfigKey)
+
+
+@router.get("", response_model=list[ConfigValueOut], responses=problems(*OPERATOR))
 async def list_config(_: Operator, session: Session) -> list[ConfigValueOut]:
     return [ConfigValueOut.of(v) for v in await service.list_values(session)]
 
 
-@router.get("/{key}", response_model=ConfigValueOut)
+@router.get("/{key}", response_model=ConfigValueOut, responses=problems(*KEYED))
 async def get_config(
     key: KeyPath, _: Operator, session: Session, request: Request
 ) -> ConfigValueOut:
@@ -41,7 +47,11 @@ async def get_config(
     return out
 
 
-@router.put("/{key}", response_model=ConfigValueOut)
+@router.put(
+    "/{key}",
+    response_model=ConfigValueOut,
+    responses=problems(*KEYED, InvalidConfigValue, ConfigVersionConflict),
+)
 async def put_config(
     key: KeyPath, body: ConfigValueIn, principal: Operator, session: Session
 ) -> ConfigValueOut:
@@ -56,7 +66,7 @@ async def put_config(
     return ConfigValueOut.of(value)
 
 
-@router.delete("/{key}", response_model=ConfigValueOut)
+@router.delete("/{key}", response_model=ConfigValueOut, responses=problems(*KEYED))
 async def reset_config(
     key: KeyPath,
     principal: Operator,
@@ -74,7 +84,7 @@ async def reset_config(
     return ConfigValueOut.of(value)
 
 
-@router.get("/{key}/audit", response_model=list[ConfigAuditOut])
+@router.get("/{key}/audit", response_model=list[ConfigAuditOut], responses=problems(*KEYED))
 async def config_audit(
     key: KeyPath,
     _: Operator,

@@ -22,10 +22,10 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 from sqlalchemy import select
 
+from incentive.config.errors import InvalidConfigValue
 from incentive.config.models import REVISION_ROW_ID, ConfigEntry, ConfigRevision
 from incentive.config.registry import ConfigKey, get_key
 from incentive.db import Database
-from incentive.errors import InvalidConfigValue
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from incentive.errors import InvalidConfigValue, UnknownConfigKey
+from incentive.config.errors import InvalidConfigValue, UnknownConfigKey
 
 KEY_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
 MAX_KEY_LENGTH = 200

@@ -16,11 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session as SyncSession
 
 from incentive import db
+from incentive.config.errors import ConfigVersionConflict
 from incentive.config.live import live_config
 from incentive.config.models import REVISION_ROW_ID, ConfigAudit, ConfigEntry, ConfigRevision
 from incentive.config.registry import ConfigKey, get_key, registered_keys
 from incentive.db import utcnow
-from incentive.errors import ConfigVersionConflict
 
 MAX_AUDIT_LIMIT = 500
 

@@ -1,11 +1,14 @@
-"""Wiring of the relay and the subscribers' consumers into a process (API or worker)."""
+"""Wiring of the relay and the subscribers' consumers into a worker process."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+from fastapi import FastAPI
+
 from incentive.db import Database
+from incentive.domains import WorkerJob
 from incentive.events.backends import Transport
 from incentive.events.backends.inprocess import InProcessTransport
 from incentive.events.backends.redis_streams import RedisStreamsTransport, StreamConsumer
@@ -33,13 +36,8 @@ async def run_event_worker(db: Database, redis: Any | None) -> None:
                 group.create_task(StreamConsumer(db, redis, subscription).run())
 
 
-def start(app: Any, run_worker: bool) -> None:
-    """Process start-up: with ``run_worker`` (``settings.embedded_worker``) this process
-    relays the outbox and consumes events; otherwise `incentive worker` does."""
-    if not run_worker:
-        return
+async def _relay(app: FastAPI) -> None:
+    await run_event_worker(app.state.db, getattr(app.state, "redis", None))
 
-    async def _worker(app: Any) -> None:
-        await run_event_worker(app.state.db, getattr(app.state, "redis", None))
 
-    app.state.background_tasks.append(_worker)
+JOBS = (WorkerJob("events.relay", _relay),)

@@ -15,10 +15,22 @@ from incentive.auth.principal import (
     OperatorOutsideTransaction,
 )
 from incentive.campaigns import service as campaigns
-from incentive.config.keys import flash_sale_flow_open
+from incentive.campaigns.errors import InvalidTransition
 from incentive.deps import Session
+from incentive.errors import (
+    AUTHENTICATED,
+    VALIDATION,
+    Forbidden,
+    IdempotencyConflict,
+    NotFound,
+    ServiceUnavailable,
+    problems,
+)
 from incentive.flash_sales import service
-from incentive.flash_sales.models import FlashSale, Purchase
+from incentive.flash_sales.errors import AlreadyActivated, FlowClosed, LimitExceeded, NotOnSale
+from incentive.flash_sales.keys import flash_sale_flow_open
+from incentive.flash_sales.models import Purchase
+from incentive.flash_sales.purchases import Purchases
 from incentive.flash_sales.schemas import (
     FlashSaleIn,
     FlashSaleOut,
@@ -29,8 +41,13 @@ from incentive.flash_sales.schemas import (
 )
 from incentive.kit.idempotency import HEADER, KEY_PATTERN, REPLAYED_HEADER
 from incentive.stock import StockEngine
+from incentive.stock.errors import SoldOut
 
 router = APIRouter(prefix="/flash-sales", tags=["flash sales"])
+
+SEEING = (*AUTHENTICATED, *VALIDATION, NotFound)
+MANAGING = (*AUTHENTICATED, *VALIDATION, Forbidden)
+MANAGED = (*SEEING, Forbidden)
 
 SaleId = Annotated[str, Path(min_length=32, max_length=32, pattern=r"^[0-9a-f]{32}$")]
 PurchaseKey = Annotated[
@@ -50,30 +67,29 @@ def _engine(request: Request) -> StockEngine:
     return engine
 
 
-def _purchases(request: Request) -> service.Purchases:
-    purchases: service.Purchases = request.app.state.flash_sales
+def _purchases(request: Request) -> Purchases:
+    purchases: Purchases = request.app.state.flash_sales
     return purchases
 
 
-async def _out(session: Any, engine: StockEngine, sale: FlashSale) -> FlashSaleOut:
-    campaign = await campaigns.get_campaign(session, sale.campaign_id)
+async def _out(session: Any, engine: StockEngine, sale: service.Sale) -> FlashSaleOut:
     levels = await service.bucket_levels(engine, sale)
     return FlashSaleOut(
-        id=sale.campaign_id,
-        status=campaign.status,
-        sku=sale.sku,
-        item_name=sale.item_name,
-        price_fen=sale.price_fen,
-        total=sale.total_stock,
-        sold=await service.sold(session, sale.campaign_id),
+        id=sale.id,
+        status=sale.campaign.status,
+        sku=sale.rules.sku,
+        item_name=sale.rules.item_name,
+        price_fen=sale.rules.price_fen,
+        total=sale.rules.total_stock,
+        sold=await service.sold(session, sale.id),
         remaining=sum(levels) if levels is not None else None,
         buckets=levels or [],
-        per_user_limit=sale.per_user_limit,
-        starts_at=sale.starts_at,
-        ends_at=sale.ends_at,
-        activated_at=sale.activated_at,
-        split=sale.split_at is not None,
-        flow_open=flash_sale_flow_open(sale.campaign_id),
+        per_user_limit=sale.rules.per_user_limit,
+        starts_at=sale.campaign.starts_at,
+        ends_at=sale.campaign.ends_at,
+        activated_at=sale.stock.activated_at,
+        split=sale.stock.split_at is not None,
+        flow_open=flash_sale_flow_open(sale.id),
     )
 
 
@@ -89,7 +105,9 @@ def _purchase_out(p: Purchase) -> PurchaseOut:
     )
 
 
-@router.post("", response_model=FlashSaleOut, status_code=201)
+@router.post(
+    "", response_model=FlashSaleOut, status_code=201, responses=problems(*MANAGING, NotFound)
+)
 async def create(
     body: FlashSaleIn, principal: MerchantStaff, session: Session, request: Request
 ) -> FlashSaleOut:
@@ -98,7 +116,7 @@ async def create(
     return await _out(session, _engine(request), sale)
 
 
-@router.get("/{sale_id}", response_model=FlashSaleOut)
+@router.get("/{sale_id}", response_model=FlashSaleOut, responses=problems(*SEEING))
 async def get(
     sale_id: SaleId, principal: CurrentUser, session: Session, request: Request
 ) -> FlashSaleOut:
@@ -107,7 +125,11 @@ async def get(
     return await _out(session, _engine(request), sale)
 
 
-@router.post("/{sale_id}/activate", response_model=FlashSaleOut)
+@router.post(
+    "/{sale_id}/activate",
+    response_model=FlashSaleOut,
+    responses=problems(*MANAGED, AlreadyActivated, InvalidTransition),
+)
 async def activate(
     sale_id: SaleId, principal: MerchantStaff, session: Session, request: Request
 ) -> FlashSaleOut:
@@ -120,7 +142,19 @@ async def activate(
     "/{sale_id}/purchases",
     response_model=PurchaseOut,
     status_code=201,
-    responses={200: {"model": PurchaseOut, "description": "replay of an earlier purchase"}},
+    responses={
+        200: {"model": PurchaseOut, "description": "replay of an earlier purchase"},
+        **problems(
+            *SEEING,
+            Forbidden,
+            NotOnSale,
+            LimitExceeded,
+            SoldOut,
+            IdempotencyConflict,
+            FlowClosed,
+            ServiceUnavailable,
+        ),
+    },
 )
 async def purchase(
     sale_id: SaleId,
@@ -140,7 +174,11 @@ async def purchase(
     return JSONResponse(content, status_code=201)
 
 
-@router.post("/{sale_id}/reconcile", response_model=ReconcileOut)
+@router.post(
+    "/{sale_id}/reconcile",
+    response_model=ReconcileOut,
+    responses=problems(*MANAGED, NotOnSale, ServiceUnavailable),
+)
 async def reconcile(
     sale_id: SaleId, principal: OperatorOutsideTransaction, request: Request, force: bool = False
 ) -> ReconcileOut:

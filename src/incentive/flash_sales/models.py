@@ -10,23 +10,16 @@ from incentive.db import Base, UTCDateTime, utcnow
 
 
 class FlashSale(Base):
-    """The stock side of a ``flash_sale`` campaign (the campaign row holds its lifecycle).
-
-    ``split_at`` is set once, in the same transaction that records the activation event as
-    handled, so the stock is split into buckets exactly once.
+    """The stock side of a ``flash_sale`` campaign. The campaign row holds its lifecycle,
+    window and rules (what was approved); this row only what activation decided: ``buckets``,
+    fixed at the first activation, and ``split_at``, set once in the same transaction that
+    records the activation event as handled, so the stock is split into buckets exactly once.
     """
 
     __tablename__ = "flash_sales"
 
     campaign_id: Mapped[str] = mapped_column(ForeignKey("campaigns.id"), primary_key=True)
-    sku: Mapped[str] = mapped_column(String(64))
-    item_name: Mapped[str] = mapped_column(String(200))
-    price_fen: Mapped[int] = mapped_column(Integer)
-    total_stock: Mapped[int] = mapped_column(Integer)
-    per_user_limit: Mapped[int] = mapped_column(Integer)
-    buckets: Mapped[int] = mapped_column(Integer)
-    starts_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    ends_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    buckets: Mapped[int | None] = mapped_column(Integer, nullable=True)
     activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     split_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

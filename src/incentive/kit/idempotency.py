@@ -40,34 +40,20 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 from fastapi import Depends, Header, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
-from sqlalchemy import JSON, Integer, String, delete, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapped, mapped_column
 
 from incentive.auth.principal import Principal, current_user
 from incentive.auth.service import record_audit
-from incentive.db import Base, UTCDateTime, utcnow
 from incentive.db import insert as db_insert
+from incentive.db import utcnow
 from incentive.deps import Session
 from incentive.errors import IdempotencyConflict
+from incentive.kit.models import IdempotencyRecord
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 KEY_PATTERN = r"^[\x20-\x7e]+$"
-
-
-class IdempotencyRecord(Base):
-    """One claimed key of one caller and, once completed, the response to replay."""
-
-    __tablename__ = "idempotency_records"
-
-    scope: Mapped[str] = mapped_column(String(80), primary_key=True)
-    key: Mapped[str] = mapped_column(String(200), primary_key=True)
-    fingerprint: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16))  # in_progress | completed
-    response_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    response_body: Mapped[Any] = mapped_column(JSON, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
 def fingerprint(method: str, path: str, body: bytes) -> str:

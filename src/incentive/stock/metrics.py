@@ -8,8 +8,8 @@ from time import perf_counter
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from incentive.errors import SoldOut
 from incentive.stock.engine import Deduction, Take
+from incentive.stock.errors import SoldOut
 
 ATTEMPTS = Counter(
     "incentive_stock_deduction_attempts_total", "Stock deductions requested", ["backend"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from incentive.errors import SoldOut, StockPoolMissing
 from incentive.stock.engine import (
     Deduction,
     Take,
@@ -20,6 +19,7 @@ from incentive.stock.engine import (
     check_split,
     even_split,
 )
+from incentive.stock.errors import SoldOut, StockPoolMissing
 from incentive.stock.metrics import DeductionMetrics, forget_levels, record_levels
 
 

@@ -27,7 +27,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
-from incentive.errors import ServiceUnavailable, SoldOut, StockPoolMissing
+from incentive.errors import ServiceUnavailable
 from incentive.stock.engine import (
     Deduction,
     Take,
@@ -36,6 +36,7 @@ from incentive.stock.engine import (
     check_quantity,
     check_split,
 )
+from incentive.stock.errors import SoldOut, StockPoolMissing
 from incentive.stock.metrics import DeductionMetrics, forget_levels, record_levels
 
 P = ParamSpec("P")

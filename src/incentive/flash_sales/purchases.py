@@ -1,0 +1,308 @@
+"""The purchase hot path of a flash sale.
+
+The purchase path holds no database transaction while it talks to the stock store:
+
+1. facts of the sale (cached for ``FACTS_TTL_SECONDS``), window and flow-control switch;
+2. the buyer's per-user quota is reserved, then stock is deducted — both atomic in the
+   stock engine, so neither can go below zero under any concurrency;
+3. the purchase is handed to the process's ``PurchaseRecorder``, which writes everything
+   queued meanwhile in one transaction (group commit) and wakes each request only after
+   that commit: a 201 is never sent for a purchase the database does not hold;
+4. if the write definitely failed, the stock and the quota are given back; if the commit's
+   outcome is unknown (connection lost while committing) nothing is given back — that stock
+   stays stranded, never oversold, until ``reconcile`` returns it.
+
+A retry under an ``Idempotency-Key`` already recorded answers the recorded purchase: the same
+key running in this process waits for the first; otherwise the retry surfaces as a refused
+quota, a sold-out or a conflicting insert (its deduction given back), and only then is the
+key looked up — no database read on the hot path.
+
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from incentive.auth.principal import Principal
+from incentive.campaigns import service as campaigns
+from incentive.db import Database, new_id, utcnow
+from incentive.db import insert as db_insert
+from incentive.errors import IdempotencyConflict, NotFound, ServiceUnavailable
+from incentive.flash_sales import metrics
+from incentive.flash_sales.errors import FlowClosed, LimitExceeded, NotOnSale
+from incentive.flash_sales.keys import flash_sale_flow_open
+from incentive.flash_sales.kind import pool_of, sale_rules
+from incentive.flash_sales.models import FlashSale, Purchase
+from incentive.stock import StockEngine, give_back
+from incentive.stock.engine import Deduction
+from incentive.stock.errors import SoldOut, StockPoolMissing
+
+log = logging.getLogger(__name__)
+
+FACTS_TTL_SECONDS = 1.0
+MAX_COMMIT_BATCH = 500
+
+
+@dataclass(frozen=True)
+class SaleFacts:
+    id: str
+    status: str
+    split: bool
+    per_user_limit: int
+    starts_at: datetime
+    ends_at: datetime
+    loaded_at: float
+
+
+@dataclass(frozen=True)
+class PurchaseResult:
+    purchase: Purchase
+    replayed: bool
+
+
+class CommitOutcomeUnknown(Exception):
+    """The connection broke while committing: the batch may or may not be durable."""
+
+
+class PurchaseRecorder:
+    """Group commit: every purchase queued while a batch is being written goes into the next
+    one; each caller wakes after its batch committed (True), found its idempotency key already
+    recorded (False), or failed (exception)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._queue: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[bool]]] = asyncio.Queue()
+
+    async def record(self, row: dict[str, Any]) -> bool:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((row, future))
+        return await future
+
+    async def run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_COMMIT_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._write(batch)
+
+    async def _write(self, batch: list[tuple[dict[str, Any], asyncio.Future[bool]]]) -> None:
+        metrics.BATCH_SIZE.observe(len(batch))
+        committing = False
+        try:
+            async with self.db.unit_of_work() as session:
+                stmt = (
+                    db_insert(session, Purchase)
+                    .values([row for row, _ in batch])
+                    .on_conflict_do_nothing(
+                        index_elements=["flash_sale_id", "user_id", "idempotency_key"]
+                    )
+                    .returning(Purchase.id)
+                )
+                inserted = set((await session.execute(stmt)).scalars())
+                committing = True
+        except BaseException as exc:
+            error: BaseException = CommitOutcomeUnknown(str(exc)) if committing else exc
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for row, future in batch:
+            if not future.done():
+                future.set_result(row["id"] in inserted)
+
+
+class Purchases:
+    """The purchase path of one process: sale facts cache, in-flight duplicates, recorder."""
+
+    def __init__(self, db: Database, engine: StockEngine) -> None:
+        self.db = db
+        self.engine = engine
+        self.recorder = PurchaseRecorder(db)
+        self._facts: dict[str, SaleFacts] = {}
+        self._inflight: dict[tuple[str, str, str], asyncio.Future[PurchaseResult]] = {}
+
+    async def facts(self, sale_id: str) -> SaleFacts:
+        cached = self._facts.get(sale_id)
+        if cached is not None and time.monotonic() - cached.loaded_at < FACTS_TTL_SECONDS:
+            return cached
+        async with self.db.unit_of_work() as session:
+            sale = await session.get(FlashSale, sale_id)
+            if sale is None:
+                raise NotFound(f"flash sale {sale_id} does not exist", flash_sale_id=sale_id)
+            campaign = await campaigns.campaign_facts(session, sale_id)
+            facts = SaleFacts(
+                sale_id,
+                campaign.status,
+                sale.split_at is not None,
+                sale_rules(campaign).per_user_limit,
+                campaign.starts_at,
+                campaign.ends_at,
+                time.monotonic(),
+            )
+        self._facts[sale_id] = facts
+        return facts
+
+    async def buy(
+        self, principal: Principal, sale_id: str, quantity: int, key: str
+    ) -> PurchaseResult:
+        """Buy ``quantity`` units once per (sale, buyer, key); see the module docstring.
+
+        Raises NotOnSale, FlowClosed (503), LimitExceeded, SoldOut, IdempotencyConflict (same
+        key, other quantity) or ServiceUnavailable; none of them leaves stock or quota taken.
+        """
+        metrics.ATTEMPTS.inc()
+        facts = await self.facts(sale_id)
+        now = utcnow()
+        if facts.status != "active" or not facts.split:
+            raise NotOnSale(f"flash sale {sale_id} is {facts.status}", status=facts.status)
+        if not facts.starts_at <= now < facts.ends_at:
+            raise NotOnSale(
+                "outside the sale window",
+                starts_at=facts.starts_at.isoformat(),
+                ends_at=facts.ends_at.isoformat(),
+            )
+        if not flash_sale_flow_open(sale_id):
+            metrics.SWITCH_REJECTIONS.inc()
+            raise FlowClosed("the sale is paused by flow control", retry_after=1)
+        slot = (sale_id, principal.id, key)
+        other = self._inflight.get(slot)
+        if other is not None:  # the same request already running in this process
+            return _replay(await asyncio.shield(other), quantity)
+        future: asyncio.Future[PurchaseResult] = asyncio.get_running_loop().create_future()
+        self._inflight[slot] = future
+        try:
+            result = await self._buy(facts, principal, quantity, key)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning when nobody waits
+            raise
+        else:
+            future.set_result(result)
+            return result
+        finally:
+            del self._inflight[slot]
+
+    async def _buy(
+        self, facts: SaleFacts, principal: Principal, quantity: int, key: str
+    ) -> PurchaseResult:
+        # No look-up of the key before the engine: a retry of a recorded purchase is rare, and
+        # is caught where it surfaces (limit reached, sold out, or the insert's conflict).
+        pool = pool_of(facts.id)
+        try:
+            reserved = await self.engine.reserve_quota(
+                pool, principal.id, quantity, facts.per_user_limit
+            )
+        except StockPoolMissing as exc:
+            raise _rebuilding(facts.id) from exc
+        if not reserved:
+            replay = await self._replay_of(facts.id, principal.id, key, quantity)
+            if replay is not None:
+                return replay
+            metrics.LIMIT_HITS.inc()
+            raise LimitExceeded(
+                f"at most {facts.per_user_limit} per buyer", limit=facts.per_user_limit
+            )
+        try:
+            deduction = await self.engine.deduct(pool, quantity)
+        except SoldOut:
+            await self.engine.release_quota(pool, principal.id, quantity)
+            replay = await self._replay_of(facts.id, principal.id, key, quantity)
+            if replay is not None:
+                return replay
+            metrics.SOLD_OUT.inc()
+            raise
+        except StockPoolMissing as exc:
+            await self.engine.release_quota(pool, principal.id, quantity)
+            raise _rebuilding(facts.id) from exc
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.engine.release_quota(pool, principal.id, quantity)
+            raise
+        purchase = Purchase(
+            id=new_id(),
+            flash_sale_id=facts.id,
+            user_id=principal.id,
+            quantity=quantity,
+            takes=[[t.bucket, t.quantity] for t in deduction.takes],
+            idempotency_key=key,
+            created_at=utcnow(),
+        )
+        try:
+            inserted = await self.recorder.record(_row(purchase))
+        except CommitOutcomeUnknown as exc:
+            # Maybe durable: giving the stock back could oversell. Reconcile returns it.
+            log.error("purchase commit outcome unknown", extra={"purchase_id": purchase.id})
+            raise ServiceUnavailable("purchase outcome unknown; retry with the same key") from exc
+        except BaseException:
+            await self._compensate(deduction, principal.id)
+            raise
+        if not inserted:  # a duplicate of this key in another process was recorded first
+            await self._compensate(deduction, principal.id)
+            existing = await self._recorded(facts.id, principal.id, key)
+            if existing is None:  # pragma: no cover - the conflicting row is committed
+                raise ServiceUnavailable("purchase conflict; retry with the same key")
+            return _replay(PurchaseResult(existing, True), quantity)
+        metrics.SUCCESSES.inc()
+        return PurchaseResult(purchase, False)
+
+    async def _compensate(self, deduction: Deduction, user_id: str) -> None:
+        metrics.COMPENSATIONS.inc()
+        await give_back(self.engine, deduction)
+        await self.engine.release_quota(deduction.pool, user_id, deduction.quantity)
+
+    async def _replay_of(
+        self, sale_id: str, user_id: str, key: str, quantity: int
+    ) -> PurchaseResult | None:
+        """A refusal for a key that already bought is a retry: the recorded purchase."""
+        existing = await self._recorded(sale_id, user_id, key)
+        return None if existing is None else _replay(PurchaseResult(existing, True), quantity)
+
+    async def _recorded(self, sale_id: str, user_id: str, key: str) -> Purchase | None:
+        async with self.db.unit_of_work() as session:
+            return (
+                await session.execute(
+                    select(Purchase).where(
+                        Purchase.flash_sale_id == sale_id,
+                        Purchase.user_id == user_id,
+                        Purchase.idempotency_key == key,
+                    )
+                )
+            ).scalar_one_or_none()
+
+
+def _row(p: Purchase) -> dict[str, Any]:
+    return {
+        "id": p.id,
+        "flash_sale_id": p.flash_sale_id,
+        "user_id": p.user_id,
+        "quantity": p.quantity,
+        "takes": p.takes,
+        "idempotency_key": p.idempotency_key,
+        "created_at": p.created_at,
+    }
+
+
+def _replay(result: PurchaseResult, quantity: int) -> PurchaseResult:
+    if result.purchase.quantity != quantity:
+        raise IdempotencyConflict(
+            "Idempotency-Key was already used for another quantity", header="Idempotency-Key"
+        )
+    return PurchaseResult(result.purchase, True)
+
+
+def _rebuilding(sale_id: str) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        f"stock of flash sale {sale_id} is missing from the stock store; an operator must "
+        "run rebuild",
+        retry_after=5,
+    )

@@ -1,0 +1,1 @@
+"""Referral rebates: a referrer invites, a referee completes the business, both are rewarded."""

@@ -1,0 +1,1 @@
+"""Rewards with live stock and automatic fallback to the next reward when one runs out."""
