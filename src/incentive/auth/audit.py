@@ -7,14 +7,14 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.auth.models import AuditEntry
-from incentive.auth.principal import Principal
 from incentive.db import utcnow
+from incentive.kit.idempotency import Caller, Claim
 from incentive.observability import request_id_var
 
 
 async def record_audit(
     session: AsyncSession,
-    actor: Principal | None,
+    actor: Caller | None,
     action: str,
     target: str = "",
     detail: dict[str, Any] | None = None,
@@ -37,3 +37,17 @@ async def record_audit(
     session.add(entry)
     await session.flush()
     return entry
+
+
+async def record_idempotent_call(claim: Claim, status_code: int) -> None:
+    """Audit one completed value-moving call (``kit.idempotency``'s ``on_complete`` hook): the
+    caller, ``METHOD /path``, the ``Idempotency-Key`` and the status, in the transaction of the
+    work. A replay never completes a claim and a failed call rolls back with its entry, so
+    every call that moved value is audited exactly once."""
+    await record_audit(
+        claim.session,
+        claim.actor,
+        claim.action,
+        target=claim.action.partition(" ")[2],
+        detail={"idempotency_key": claim.key, "status": status_code},
+    )
