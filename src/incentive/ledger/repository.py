@@ -1,9 +1,10 @@
 """The ledger's locking and dialect-specific statements, for ``ledger.service`` only.
 
 Every statement that claims a key, takes a row lock or changes a balance lives here, with its
-PostgreSQL and SQLite forms side by side. The contracts (idempotency, lock order, all or
-nothing) are stated and kept by the service functions; this module only promises to take
-row locks in ascending account id and to change balances with conditional UPDATEs.
+PostgreSQL and SQLite forms side by side, and the account look-ups the service reuses. The
+contracts (idempotency, lock order, all or nothing) are stated and kept by the service
+functions; this module only promises to take row locks in ascending account id and to change
+balances with conditional UPDATEs.
 
 - PostgreSQL: set-based statements over ``unnest(...)`` arrays, a fixed number of round trips
   whatever the batch size; row locks ``FOR NO KEY UPDATE`` in id order before balances move.
@@ -49,7 +50,7 @@ class AccountFacts(NamedTuple):
     allow_negative: bool
 
 
-def is_sqlite(session: AsyncSession) -> bool:
+def _is_sqlite(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "sqlite"
 
 
@@ -99,7 +100,7 @@ async def open_main_accounts(
 ) -> dict[str, int]:
     """Insert the missing ``main`` accounts of ``owner_ids`` (in the given order, which the
     caller sorts) and return owner id -> account id. One insert and one read."""
-    if is_sqlite(session):
+    if _is_sqlite(session):
         await session.execute(
             insert(session, Account).on_conflict_do_nothing(
                 index_elements=["owner_type", "owner_id", "asset", "name"]
@@ -226,7 +227,7 @@ async def move_balance(
 ) -> bool:
     """Debit then credit ``amount``; False, with no balance changed, when the debit account is
     not ``allow_negative`` and holds less. Row locks are taken in ascending account id."""
-    if credit_account_id < debit_account_id and not is_sqlite(session):
+    if credit_account_id < debit_account_id and not _is_sqlite(session):
         # Keep the id order of row locks: take the credit row first, change it after the debit.
         await session.execute(
             select(Account.id)
@@ -269,7 +270,7 @@ async def insert_transfers(
     """Insert the transfers whose key is new; returns the keys that already existed (their
     rows untouched), in the order of ``items``. Callers pass items in key order so that
     concurrent batches sharing keys claim them in one order."""
-    if is_sqlite(session):
+    if _is_sqlite(session):
         return await _sqlite_insert(session, items, metas, assets, now)
     return await _pg_insert(session, items, metas, assets, now)
 
@@ -373,7 +374,7 @@ async def apply_deltas(session: AsyncSession, deltas: dict[int, int]) -> list[in
     are changed: the caller rolls back its savepoint when any was refused). Row locks are
     taken in ascending account id."""
     ids = sorted(deltas)
-    if is_sqlite(session):
+    if _is_sqlite(session):
         updated: set[int] = set()
         for account_id in ids:
             delta = deltas[account_id]
