@@ -8,7 +8,7 @@ import pytest
 from argon2 import PasswordHasher
 from sqlalchemy import select, update
 
-from incentive.auth import service
+from incentive.auth import service, sessions
 from incentive.auth.errors import InvalidCredentials, NameTaken
 from incentive.auth.keys import KeyRing
 from incentive.auth.models import (
@@ -206,19 +206,19 @@ async def test_block_user_revokes_sessions_and_unblock_allows_login(
     ring = KeyRing.load(settings.data_dir / "keys")
     async with db.unit_of_work() as s:
         await service.create_user(s, "alice", GOOD_PASSWORD, "customer")
-        pair = await service.login(s, ring, settings, "alice", GOOD_PASSWORD, "127.0.0.1")
+        pair = await sessions.login(s, ring, settings, "alice", GOOD_PASSWORD, "127.0.0.1")
     async with db.unit_of_work() as s:
-        await service.set_user_blocked(s, "alice", True, settings)
+        await sessions.set_user_blocked(s, "alice", True, settings)
     async with db.unit_of_work() as s:
         assert await s.get(RevokedToken, pair.access_jti) is not None
         tokens = list((await s.execute(select(RefreshToken))).scalars())
         assert all(t.revoked_at is not None for t in tokens)
-        await service.set_user_blocked(s, "alice", False, settings)
+        await sessions.set_user_blocked(s, "alice", False, settings)
     async with db.unit_of_work() as s:
-        await service.login(s, ring, settings, "alice", GOOD_PASSWORD, "127.0.0.1")
+        await sessions.login(s, ring, settings, "alice", GOOD_PASSWORD, "127.0.0.1")
     with pytest.raises(NotFound):
         async with db.unit_of_work() as s:
-            await service.set_user_blocked(s, "nobody", True, settings)
+            await sessions.set_user_blocked(s, "nobody", True, settings)
 
 
 async def test_purge_expired_deletes_only_rows_that_can_no_longer_matter(
@@ -227,13 +227,13 @@ async def test_purge_expired_deletes_only_rows_that_can_no_longer_matter(
     ring = KeyRing.load(settings.data_dir / "keys")
     async with db.unit_of_work() as s:
         await service.create_user(s, "alice", GOOD_PASSWORD, "customer")
-        stale = await service.login(s, ring, settings, "alice", GOOD_PASSWORD, "10.0.0.1")
-        await service.login(s, ring, settings, "alice", GOOD_PASSWORD, "10.0.0.1")
+        stale = await sessions.login(s, ring, settings, "alice", GOOD_PASSWORD, "10.0.0.1")
+        await sessions.login(s, ring, settings, "alice", GOOD_PASSWORD, "10.0.0.1")
     with pytest.raises(InvalidCredentials):
         async with db.unit_of_work() as s:
-            await service.login(s, ring, settings, "alice", "wrong password", "10.0.0.1")
+            await sessions.login(s, ring, settings, "alice", "wrong password", "10.0.0.1")
     async with db.unit_of_work() as s:
-        await service.logout(
+        await sessions.logout(
             s, Principal("x", "alice", "customer", None, stale.access_jti), settings
         )
     long_ago = utcnow() - timedelta(days=365)
@@ -249,8 +249,8 @@ async def test_purge_expired_deletes_only_rows_that_can_no_longer_matter(
         s.add(LoginFailure(key="ip:10.0.0.9", window_start=long_ago, failures=3))
         s.add(LoginFailure(key="ip:10.0.0.8", window_start=utcnow(), failures=3))
     async with db.unit_of_work() as s:
-        counts = await service.purge_expired(s, settings)
-    assert counts == service.PurgeCounts(revoked_tokens=1, refresh_tokens=1, login_failures=1)
+        counts = await sessions.purge_expired(s, settings)
+    assert counts == sessions.PurgeCounts(revoked_tokens=1, refresh_tokens=1, login_failures=1)
     assert await count_rows(RefreshToken) == 1
     assert await count_rows(RevokedToken) == 0
     assert await count_rows(LoginFailure) == 1

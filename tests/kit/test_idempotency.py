@@ -4,30 +4,36 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
+from incentive.auth.audit import record_idempotent_call
 from incentive.auth.models import AuditEntry
-from incentive.auth.principal import CurrentUser
+from incentive.auth.principal import CurrentUser, current_user
 from incentive.db import Database, utcnow
 from incentive.deps import Session
 from incentive.errors import Conflict
+from incentive.kit import idempotency
 from incentive.kit.idempotency import (
     Claim,
-    IdempotencyClaim,
     IdempotencyRecord,
+    claim_dependency,
     fingerprint,
     idempotent,
+    on_complete,
     purge_records,
+    use_default_caller,
 )
 from incentive.ledger import service as ledger
 from incentive.ledger.models import Transfer
 from tests.factories import make_user
+
+IdempotencyClaim = Annotated[Claim, Depends(claim_dependency())]
 
 
 class Payload(BaseModel):
@@ -250,3 +256,94 @@ async def test_duplicate_waits_on_the_first_transaction(db: Database) -> None:
     assert claim.is_replay
     assert claim.replay_body == {"done": True}
     assert claim.replay_status == 201
+
+
+# --------------------------------------------------------------------------- wiring
+# kit imports no domain: auth installs the caller and the audit hook (at import of
+# incentive.auth.principal). Without them nothing may run unaudited.
+
+
+def test_auth_installs_the_caller_and_the_audit_hook() -> None:
+    assert idempotency._default_caller is current_user
+    assert idempotency._completion_hook is record_idempotent_call
+    # Installing the same ones again (a second import path) changes nothing...
+    use_default_caller(current_user)
+    on_complete(record_idempotent_call)
+
+    # ...another one is refused: two audit hooks would audit a call twice.
+    async def other_hook(claim: Claim, status_code: int) -> None:
+        return None
+
+    async def other_caller() -> Any:
+        return None
+
+    with pytest.raises(RuntimeError, match="installed"):
+        on_complete(other_hook)
+    with pytest.raises(RuntimeError, match="installed"):
+        use_default_caller(other_caller)
+    assert idempotency._completion_hook is record_idempotent_call
+
+
+def test_no_route_is_built_without_the_audit_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(idempotency, "_completion_hook", None)
+
+    async def endpoint() -> None:
+        return None
+
+    with pytest.raises(RuntimeError, match="unaudited"):
+        idempotent(status_code=201)(endpoint)
+    with pytest.raises(RuntimeError, match="unaudited"):
+        claim_dependency(current_user)
+
+
+def test_no_route_is_built_without_a_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(idempotency, "_default_caller", None)
+    with pytest.raises(RuntimeError, match="no default caller"):
+        idempotent(status_code=201)
+    # A route naming its caller dependency needs no default.
+    assert callable(idempotent(status_code=201, principal=current_user))
+
+
+async def test_a_value_moving_call_without_the_audit_hook_fails_and_moves_nothing(
+    db: Database, app: Any, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hook gone after start-up: the transfer fails instead of moving value unaudited;
+    the key stays free, and the retry once the hook is back moves value and audits once."""
+    op = await make_user(db, app, username="op", role="operator")
+    async with db.unit_of_work() as s:
+        src = await ledger.open_account(
+            s, owner_type="platform", owner_id="p", asset="POINTS", allow_negative=True
+        )
+        dst = await ledger.open_account(s, owner_type="user", owner_id="u", asset="POINTS")
+    body = {"debit_account_id": src.id, "credit_account_id": dst.id, "amount": 9, "kind": "x"}
+
+    async def counts() -> tuple[int, int, int, int]:
+        async with db.unit_of_work() as s:
+            return (
+                (await ledger.get_account(s, dst.id)).balance,
+                (await s.execute(select(func.count()).select_from(Transfer))).scalar_one(),
+                (await s.execute(select(func.count()).select_from(IdempotencyRecord))).scalar_one(),
+                (await s.execute(select(func.count()).select_from(AuditEntry))).scalar_one(),
+            )
+
+    before = await counts()
+    monkeypatch.setattr(idempotency, "_completion_hook", None)
+    with pytest.raises(RuntimeError, match="unaudited"):
+        await client.post("/api/v1/transfers", json=body, headers=_hk(op.headers, "t"))
+    assert await counts() == before == (0, 0, 0, 0)
+
+    monkeypatch.undo()
+    r1 = await client.post("/api/v1/transfers", json=body, headers=_hk(op.headers, "t"))
+    r2 = await client.post("/api/v1/transfers", json=body, headers=_hk(op.headers, "t"))
+    assert (r1.status_code, r2.status_code) == (201, 201)
+    assert r2.headers["Idempotent-Replayed"] == "true"
+    assert await counts() == (9, 1, 1, 1)
+    async with db.unit_of_work() as s:
+        entry = (await s.execute(select(AuditEntry))).scalar_one()
+    assert (entry.actor_id, entry.actor_role, entry.action, entry.target, entry.detail) == (
+        op.user.id,
+        "operator",
+        "POST /api/v1/transfers",
+        "/api/v1/transfers",
+        {"idempotency_key": "t", "status": 201},
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from incentive.auth import service
+from incentive.auth import sessions
 from incentive.auth.errors import InvalidCredentials, InvalidRefreshToken
 from incentive.auth.principal import CurrentUser, keyring
 from incentive.auth.schemas import LoginIn, MeOut, RefreshIn, TokenPairOut
@@ -33,7 +33,7 @@ def _refusal(request: Request, exc: IncentiveError) -> JSONResponse:
     )
 
 
-def _pair_out(pair: service.TokenPair) -> TokenPairOut:
+def _pair_out(pair: sessions.TokenPair) -> TokenPairOut:
     return TokenPairOut(
         access_token=pair.access_token,
         refresh_token=pair.refresh_token,
@@ -46,7 +46,7 @@ async def login(body: LoginIn, request: Request, session: Session) -> TokenPairO
     """Exchange username and password for an access token and a rotating refresh token."""
     client_address = request.client.host if request.client else None
     try:
-        pair = await service.login(
+        pair = await sessions.login(
             session,
             keyring(request),
             _settings(request),
@@ -63,7 +63,7 @@ async def login(body: LoginIn, request: Request, session: Session) -> TokenPairO
 async def refresh(body: RefreshIn, request: Request, session: Session) -> TokenPairOut | Response:
     """Exchange a refresh token (once) for a new pair; a reused token ends the session."""
     try:
-        pair = await service.refresh(
+        pair = await sessions.refresh(
             session, keyring(request), _settings(request), body.refresh_token
         )
     except InvalidRefreshToken as exc:
@@ -74,7 +74,7 @@ async def refresh(body: RefreshIn, request: Request, session: Session) -> TokenP
 @router.post("/auth/logout", status_code=204, response_class=Response)
 async def logout(principal: CurrentUser, request: Request, session: Session) -> Response:
     """Revoke this access token and every token of its session."""
-    await service.logout(session, principal, _settings(request))
+    await sessions.logout(session, principal, _settings(request))
     return Response(status_code=204)
 
 

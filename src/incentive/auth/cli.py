@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive import migrations
-from incentive.auth import keys, service
+from incentive.auth import keys, passwords, service, sessions
 from incentive.auth.models import ROLES, Merchant, Partner, User
 from incentive.db import Database
 from incentive.errors import BadRequest, IncentiveError
@@ -128,7 +128,7 @@ def create_user(
     """Create a login; the password is read from stdin (prompted, hidden, on a terminal)."""
     password = _read_password()
     try:
-        service.check_password(password)
+        passwords.check_password(password)
     except BadRequest as exc:
         _fail(exc.detail, 2)
 
@@ -148,7 +148,7 @@ def create_user(
 
 def _set_blocked(username: str, blocked: bool) -> None:
     async def work(session: AsyncSession) -> dict[str, Any]:
-        user = await service.set_user_blocked(session, username, blocked, get_settings())
+        user = await sessions.set_user_blocked(session, username, blocked, get_settings())
         merchant = await session.get(Merchant, user.merchant_id) if user.merchant_id else None
         return _user_json(user, merchant.code if merchant else None)
 
@@ -217,7 +217,7 @@ def purge_expired() -> None:
     """Delete expired revoked/refresh tokens and ended login-failure windows."""
 
     async def work(session: AsyncSession) -> dict[str, Any]:
-        counts = await service.purge_expired(session, get_settings())
+        counts = await sessions.purge_expired(session, get_settings())
         return {
             "revoked_tokens": counts.revoked_tokens,
             "refresh_tokens": counts.refresh_tokens,

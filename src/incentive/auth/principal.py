@@ -12,12 +12,14 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from incentive.auth.audit import record_idempotent_call
 from incentive.auth.keys import KeyRing
 from incentive.auth.metrics import REJECTED_CREDENTIALS
 from incentive.auth.models import Partner, RevokedToken, User
 from incentive.auth.tokens import decode_access_token
 from incentive.deps import Session, database
 from incentive.errors import Forbidden, Unauthorized
+from incentive.kit import idempotency
 
 
 @dataclass(frozen=True)
@@ -153,3 +155,10 @@ CurrentPartner = Annotated[Principal, Depends(current_partner)]
 Operator = Annotated[Principal, require_roles("operator")]
 Customer = Annotated[Principal, require_roles("customer")]
 MerchantStaff = Annotated[Principal, require_roles("merchant", "operator")]
+
+# kit/idempotency knows no domain: auth plugs in who calls (a key is scoped by the caller's
+# role:id) and the audit entry of every completed value-moving call. Here, because every
+# router with an idempotent route imports this module to name its callers, so both are in
+# place before such a route is built (building one without them raises).
+idempotency.use_default_caller(current_user)
+idempotency.on_complete(record_idempotent_call)

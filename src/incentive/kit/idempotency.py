@@ -7,8 +7,21 @@ Usage in a router (the endpoint keeps its ordinary signature)::
     async def create_thing(body: ThingIn, session: Session, caller: CurrentUser) -> ThingOut:
         ...
 
-or, for full control, take the claim as a dependency (``claim: IdempotencyClaim``) and call
+or, for full control, take the claim as a dependency
+(``claim: Annotated[Claim, Depends(claim_dependency())]``) and call
 ``claim.replayed_response()`` / ``await claim.complete(status, body)`` yourself.
+
+This module knows no domain. Who calls, and what completing a call records, are plugged in:
+
+- ``use_default_caller(dependency)``: the FastAPI dependency resolving the caller (any object
+  with ``id`` and ``role``, see ``Caller``), used unless a route passes ``principal=``.
+- ``on_complete(hook)``: awaited with the claim and the status each time a claim completes,
+  in the transaction of the work (the audit entry).
+
+``incentive.auth.principal`` installs both when it is imported (``current_user`` and the
+audit entry), which every router using ``@idempotent`` does first. Without them nothing runs
+unaudited: building an idempotent route raises ``RuntimeError`` (at import, i.e. start-up),
+and so does completing a claim (before anything is stored; the request fails and rolls back).
 
 Rules:
 
@@ -20,8 +33,9 @@ Rules:
 - The record is claimed (inserted) before the work and completed with the response in the
   same transaction as the work. A failed request (any error) rolls back with its record, so
   the key stays free and a retry runs again; only 2xx responses are stored and replayed.
-- Completing a claim also appends an audit entry (actor, method and path, key, status) in
-  the same transaction: every value-moving call is audited once, replays and failures never.
+- Completing a claim also runs the ``on_complete`` hook (auth appends an audit entry: actor,
+  method and path, key, status) in the same transaction: every value-moving call is audited
+  once, replays and failures never.
 - Concurrent duplicates never both run: on PostgreSQL the second claim blocks on the unique
   index until the first transaction ends, then replays its response (or runs if the first
   rolled back). SQLite runs one writing transaction at a time, which gives the same result.
@@ -35,7 +49,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, Protocol, TypeVar
 
 from fastapi import Depends, Header, Request
 from fastapi.encoders import jsonable_encoder
@@ -43,8 +57,6 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from incentive.auth.principal import Principal, current_user
-from incentive.auth.service import record_audit
 from incentive.db import insert as db_insert
 from incentive.db import utcnow
 from incentive.deps import Session
@@ -54,6 +66,19 @@ from incentive.kit.models import IdempotencyRecord
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 KEY_PATTERN = r"^[\x20-\x7e]+$"
+
+
+class Caller(Protocol):
+    """Who calls, as far as keys and audit care (``auth.principal.Principal`` is one)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def role(self) -> str: ...
+
+
+CallerDependency = Callable[..., Awaitable[Caller]]
 
 
 def fingerprint(method: str, path: str, body: bytes) -> str:
@@ -74,7 +99,7 @@ class Claim:
     fingerprint: str
     replay_status: int | None = None
     replay_body: Any = None
-    actor: Principal | None = None
+    actor: Caller | None = None
     action: str = ""
 
     @property
@@ -88,20 +113,62 @@ class Claim:
         )
 
     async def complete(self, status_code: int, body: Any) -> None:
-        """Store the response in the record (same transaction as the work)."""
+        """Store the response in the record and run the ``on_complete`` hook (the audit
+        entry), both in the transaction of the work. ``RuntimeError`` before anything is
+        written when no hook is installed: a value-moving call is never left unaudited."""
+        hook = _installed_hook()
         await self.session.execute(
             update(IdempotencyRecord)
             .where(IdempotencyRecord.scope == self.scope, IdempotencyRecord.key == self.key)
             .values(status="completed", response_status=status_code, response_body=body)
             .execution_options(synchronize_session=False)
         )
-        await record_audit(
-            self.session,
-            self.actor,
-            self.action,
-            target=self.action.partition(" ")[2],
-            detail={"idempotency_key": self.key, "status": status_code},
+        await hook(self, status_code)
+
+
+CompletionHook = Callable[[Claim, int], Awaitable[None]]
+
+_default_caller: CallerDependency | None = None
+_completion_hook: CompletionHook | None = None
+
+
+def use_default_caller(dependency: CallerDependency) -> None:
+    """Install the caller dependency of routes that pass no ``principal=``. Once per process:
+    installing the same one again does nothing, another one raises ``RuntimeError``."""
+    global _default_caller
+    if _default_caller is not None and _default_caller is not dependency:
+        raise RuntimeError(f"kit.idempotency: a default caller is installed: {_default_caller}")
+    _default_caller = dependency
+
+
+def on_complete(hook: CompletionHook) -> None:
+    """Install the hook awaited, in the work's transaction, each time a claim completes (the
+    audit entry). Once per process, so each call is audited once: installing the same hook
+    again does nothing, another one raises ``RuntimeError``."""
+    global _completion_hook
+    if _completion_hook is not None and _completion_hook is not hook:
+        raise RuntimeError(f"kit.idempotency: an on_complete hook is installed: {_completion_hook}")
+    _completion_hook = hook
+
+
+def _installed_hook() -> CompletionHook:
+    if _completion_hook is None:
+        raise RuntimeError(
+            "kit.idempotency: no on_complete hook installed, so this call would go unaudited; "
+            "import incentive.auth.principal (it installs the audit entry) before serving"
         )
+    return _completion_hook
+
+
+def _installed_caller(principal: CallerDependency | None) -> CallerDependency:
+    if principal is not None:
+        return principal
+    if _default_caller is None:
+        raise RuntimeError(
+            "kit.idempotency: no default caller installed; import incentive.auth.principal "
+            "(it installs current_user) before building the route, or pass principal="
+        )
+    return _default_caller
 
 
 async def claim_key(
@@ -157,16 +224,17 @@ async def purge_records(session: AsyncSession, *, older_than: datetime) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-PrincipalDependency = Callable[..., Awaitable[Principal]]
-
-
-def claim_dependency(principal: PrincipalDependency = current_user) -> Callable[..., Any]:
-    """Build the FastAPI dependency resolving to a ``Claim`` for the calling ``principal``."""
+def claim_dependency(principal: CallerDependency | None = None) -> Callable[..., Any]:
+    """Build the FastAPI dependency resolving to a ``Claim`` for the calling ``principal``
+    (default: the installed default caller). Raises ``RuntimeError`` unless a caller and the
+    ``on_complete`` hook are installed, so a route can never be built to run unaudited."""
+    caller_dependency = _installed_caller(principal)
+    _installed_hook()
 
     async def _claim(
         request: Request,
         session: Session,
-        caller: Annotated[Principal, Depends(principal)],
+        caller: Annotated[Caller, Depends(caller_dependency)],
         key: Annotated[
             str,
             Header(
@@ -194,17 +262,16 @@ def claim_dependency(principal: PrincipalDependency = current_user) -> Callable[
     return _claim
 
 
-IdempotencyClaim = Annotated[Claim, Depends(claim_dependency())]
-
 P = ParamSpec("P")
 R = TypeVar("R")
 _CLAIM_PARAM = "idempotency_claim__"
 
 
 def idempotent(
-    *, status_code: int = 200, principal: PrincipalDependency = current_user
+    *, status_code: int = 200, principal: CallerDependency | None = None
 ) -> Callable[[Callable[P, Awaitable[Any]]], Callable[P, Awaitable[Any]]]:
-    """Decorator making a POST endpoint idempotent (see the module docstring).
+    """Decorator making a POST endpoint idempotent (see the module docstring); ``principal``
+    is the caller dependency (default: the installed one, ``auth``'s ``current_user``).
 
     The endpoint's return value is serialised once (``jsonable_encoder``), stored with the
     claim and sent; the route's ``response_model`` still documents the shape.

@@ -24,15 +24,14 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, cast
+from typing import Any
 
-from sqlalchemy import Select, Table, and_, delete, literal, or_, select, text, union, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Select, and_, delete, or_, select, union
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
 
 from incentive.db import one_of, utcnow
 from incentive.errors import InvalidField
+from incentive.ledger import repository
 from incentive.ledger.errors import (
     AccountNotFound,
     AssetMismatch,
@@ -41,6 +40,7 @@ from incentive.ledger.errors import (
 )
 from incentive.ledger.metrics import REFUSALS, TRANSFERS
 from incentive.ledger.models import Account, Transfer
+from incentive.ledger.repository import AccountFacts
 
 OWNER_TYPES = ("user", "merchant", "campaign", "partner", "platform")
 # One transfer is capped so that sums over a batch stay far inside a signed 64-bit integer.
@@ -87,24 +87,7 @@ async def open_account(
         "allow_negative": allow_negative,
         "created_at": utcnow(),
     }
-    stmt = (
-        _dialect_insert(session, Account)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["owner_type", "owner_id", "asset", "name"])
-    )
-    await session.execute(stmt)
-    return (
-        await session.execute(
-            select(Account)
-            .where(
-                Account.owner_type == owner_type,
-                Account.owner_id == owner_id,
-                Account.asset == asset,
-                Account.name == name,
-            )
-            .execution_options(populate_existing=True)
-        )
-    ).scalar_one()
+    return await repository.insert_account(session, values)
 
 
 async def open_accounts(
@@ -127,60 +110,8 @@ async def open_accounts(
     now = utcnow()
     for start in range(0, len(wanted), 5000):
         chunk = wanted[start : start + 5000]
-        if _is_sqlite(session):
-            await session.execute(
-                sqlite.insert(Account).on_conflict_do_nothing(
-                    index_elements=["owner_type", "owner_id", "asset", "name"]
-                ),
-                [
-                    {
-                        "owner_type": owner_type,
-                        "owner_id": o,
-                        "asset": asset,
-                        "name": "main",
-                        "balance": 0,
-                        "allow_negative": False,
-                        "created_at": now,
-                    }
-                    for o in chunk
-                ],
-            )
-            rows = await session.execute(
-                select(Account.owner_id, Account.id).where(
-                    Account.owner_type == owner_type,
-                    Account.asset == asset,
-                    Account.name == "main",
-                    Account.owner_id.in_(chunk),
-                )
-            )
-        else:
-            params = {"owner_type": owner_type, "owners": chunk, "asset": asset}
-            await session.execute(_PG_OPEN_ACCOUNTS, {**params, "now": now})
-            rows = await session.execute(_PG_FIND_ACCOUNTS, params)
-        found.update({str(r[0]): int(r[1]) for r in rows})
+        found.update(await repository.open_main_accounts(session, owner_type, chunk, asset, now))
     return found
-
-
-_PG_OPEN_ACCOUNTS = text(
-    """
-    INSERT INTO accounts (owner_type, owner_id, asset, name, balance, allow_negative, created_at)
-    SELECT :owner_type, o, :asset, 'main', 0, false, :now
-    FROM unnest(CAST(:owners AS varchar[])) WITH ORDINALITY AS u(o, n) ORDER BY n
-    ON CONFLICT (owner_type, owner_id, asset, name) DO NOTHING
-    """
-)
-
-# One unique-index probe per owner, whatever the planner believes: the plain form
-# ``owner_id = ANY(:owners)`` became a filter over every user account when the table's
-# statistics were stale (a fresh table, autovacuum off), 100x slower at 30,000 accounts.
-_PG_FIND_ACCOUNTS = text(
-    """
-    SELECT u.o, (SELECT a.id FROM accounts AS a
-                 WHERE a.owner_type = :owner_type AND a.owner_id = u.o
-                   AND a.asset = :asset AND a.name = 'main')
-    FROM unnest(CAST(:owners AS varchar[])) AS u(o)
-    """
-)
 
 
 async def get_account(session: AsyncSession, account_id: int) -> Account:
@@ -201,18 +132,7 @@ async def find_account(
     session: AsyncSession, *, owner_type: str, owner_id: str, asset: str, name: str = "main"
 ) -> Account | None:
     """The account if it exists; unlike ``open_account`` this never creates one."""
-    return (
-        await session.execute(
-            select(Account)
-            .where(
-                Account.owner_type == owner_type,
-                Account.owner_id == owner_id,
-                Account.asset == asset,
-                Account.name == name,
-            )
-            .execution_options(populate_existing=True)
-        )
-    ).scalar_one_or_none()
+    return await repository.account_by_owner(session, owner_type, owner_id, asset, name)
 
 
 async def accounts_of(session: AsyncSession, owners: Iterable[tuple[str, str]]) -> list[Account]:
@@ -281,69 +201,12 @@ async def transfer(
         idempotency_key, debit_account_id, credit_account_id, amount, kind, reference, metadata
     )
     meta = _check_item(item, "")
-    debit = aliased(Account)
-    credit = aliased(Account)
     now = utcnow()
-    # One statement validates both accounts (exist, same asset) and claims the key.
-    source = select(
-        literal(idempotency_key, Transfer.idempotency_key.type),
-        debit.id,
-        credit.id,
-        literal(amount, Transfer.amount.type),
-        debit.asset,
-        literal(kind, Transfer.kind.type),
-        literal(reference, Transfer.reference.type),
-        literal(meta, Transfer.meta.type),
-        literal(now, Transfer.created_at.type),
-    ).where(
-        debit.id == debit_account_id,
-        credit.id == credit_account_id,
-        debit.asset == credit.asset,
-    )
-    stmt = (
-        _dialect_insert(session, Transfer)
-        .from_select(
-            [
-                "idempotency_key",
-                "debit_account_id",
-                "credit_account_id",
-                "amount",
-                "asset",
-                "kind",
-                "reference",
-                "metadata",
-                "created_at",
-            ],
-            source,
-        )
-        .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(Transfer.id, Transfer.asset)
-    )
-    inserted = (await session.execute(stmt)).first()
-    if inserted is None:
+    claimed = await repository.claim_transfer(session, item, meta, now)
+    if claimed is None:
         return await _replay_or_explain(session, item, meta)
-    transfer_id, asset = int(inserted[0]), str(inserted[1])
-
-    if credit_account_id < debit_account_id and not _is_sqlite(session):
-        # Keep the id order of row locks: take the credit row first, change it after the debit.
-        await session.execute(
-            select(Account.id)
-            .where(Account.id == credit_account_id)
-            .with_for_update(key_share=True)
-        )
-    debited = (
-        await session.execute(
-            update(Account)
-            .where(
-                Account.id == debit_account_id,
-                or_(Account.allow_negative, Account.balance >= amount),
-            )
-            .values(balance=Account.balance - amount)
-            .returning(Account.balance)
-            .execution_options(synchronize_session=False)
-        )
-    ).first()
-    if debited is None:
+    transfer_id, asset = claimed
+    if not await repository.move_balance(session, debit_account_id, credit_account_id, amount):
         # Nothing else changed yet: removing our own uncommitted row leaves no trace.
         await session.execute(delete(Transfer).where(Transfer.id == transfer_id))
         REFUSALS.labels("insufficient_funds").inc()
@@ -352,12 +215,6 @@ async def transfer(
             account_id=debit_account_id,
             amount=amount,
         )
-    await session.execute(
-        update(Account)
-        .where(Account.id == credit_account_id)
-        .values(balance=Account.balance + amount)
-        .execution_options(synchronize_session=False)
-    )
     TRANSFERS.labels(asset, "single").inc()
     return Transfer(
         id=transfer_id,
@@ -435,10 +292,11 @@ async def batch_transfer(session: AsyncSession, items: Sequence[TransferItem]) -
     ordered_metas = [metas[i] for i in order]
     assets = [accounts[i.debit_account_id].asset for i in ordered]
     async with session.begin_nested():
-        if _is_sqlite(session):
-            skipped = await _sqlite_insert(session, ordered, ordered_metas, assets)
-        else:
-            skipped = await _pg_insert(session, ordered, ordered_metas, assets)
+        skipped = await repository.insert_transfers(
+            session, ordered, ordered_metas, assets, utcnow()
+        )
+        if skipped:
+            await _check_replayed(session, ordered, ordered_metas, skipped)
         skipped_set = set(skipped)
         applied = [i for i in ordered if i.idempotency_key not in skipped_set]
         deltas = aggregate_deltas(applied)
@@ -446,7 +304,12 @@ async def batch_transfer(session: AsyncSession, items: Sequence[TransferItem]) -
             if abs(delta) > MAX_BATCH_DELTA:
                 raise InvalidField("items", "net-change-limit", f"account {account_id} net change")
         if deltas:
-            await _apply_deltas(session, deltas)
+            short = await repository.apply_deltas(session, deltas)
+            if short:
+                raise InsufficientFunds(
+                    f"the batch would take account(s) {short[:20]} below zero; nothing was written",
+                    account_ids=short[:100],
+                )
     for asset, count in collections.Counter(
         accounts[i.debit_account_id].asset for i in applied
     ).items():
@@ -464,103 +327,6 @@ def aggregate_deltas(items: Iterable[TransferItem]) -> dict[int, int]:
         deltas[item.debit_account_id] = deltas.get(item.debit_account_id, 0) - item.amount
         deltas[item.credit_account_id] = deltas.get(item.credit_account_id, 0) + item.amount
     return deltas
-
-
-_PG_BATCH_INSERT = text(
-    """
-    WITH input AS (
-        SELECT * FROM unnest(
-            CAST(:keys AS varchar[]), CAST(:debits AS bigint[]), CAST(:credits AS bigint[]),
-            CAST(:amounts AS bigint[]), CAST(:assets AS varchar[]), CAST(:kinds AS varchar[]),
-            CAST(:refs AS varchar[]), CAST(:metas AS text[])
-        ) AS i(k, debit, credit, amount, asset, kind, ref, meta)
-    ), ins AS (
-        INSERT INTO transfers (idempotency_key, debit_account_id, credit_account_id, amount,
-                               asset, kind, reference, metadata, created_at)
-        SELECT k, debit, credit, amount, asset, kind, ref, CAST(meta AS json), :now FROM input
-        ON CONFLICT (idempotency_key) DO NOTHING
-        RETURNING idempotency_key
-    )
-    SELECT k FROM input WHERE (SELECT count(*) FROM ins) < :n
-        AND k NOT IN (SELECT idempotency_key FROM ins)
-    """
-)
-
-_PG_APPLY_DELTAS = text(
-    """
-    UPDATE accounts AS a SET balance = a.balance + d.delta
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:deltas AS bigint[])) AS d(id, delta)
-    WHERE a.id = d.id AND (a.allow_negative OR a.balance + d.delta >= 0)
-    RETURNING a.id
-    """
-)
-
-
-async def _pg_insert(
-    session: AsyncSession,
-    items: list[TransferItem],
-    metas: list[dict[str, Any]],
-    assets: list[str],
-) -> list[str]:
-    rows = await session.execute(
-        _PG_BATCH_INSERT,
-        {
-            "keys": [i.idempotency_key for i in items],
-            "debits": [i.debit_account_id for i in items],
-            "credits": [i.credit_account_id for i in items],
-            "amounts": [i.amount for i in items],
-            "assets": assets,
-            "kinds": [i.kind for i in items],
-            "refs": [i.reference for i in items],
-            "metas": [json.dumps(m) for m in metas],
-            "now": utcnow(),
-            "n": len(items),
-        },
-    )
-    skipped = [str(r[0]) for r in rows]
-    if skipped:
-        await _check_replayed(session, items, metas, skipped)
-    return skipped
-
-
-async def _sqlite_insert(
-    session: AsyncSession,
-    items: list[TransferItem],
-    metas: list[dict[str, Any]],
-    assets: list[str],
-) -> list[str]:
-    # SQLite runs one writer at a time (BEGIN IMMEDIATE), so no other transaction can insert
-    # one of these keys between the look-up and the insert.
-    keys = [i.idempotency_key for i in items]
-    existing: set[str] = set()
-    for start in range(0, len(keys), 500):
-        chunk = keys[start : start + 500]
-        found = await session.execute(
-            select(Transfer.idempotency_key).where(Transfer.idempotency_key.in_(chunk))
-        )
-        existing.update(str(k) for k in found.scalars())
-    skipped = [k for k in keys if k in existing]
-    if skipped:
-        await _check_replayed(session, items, metas, skipped)
-    now = utcnow()
-    rows = [
-        {
-            "idempotency_key": i.idempotency_key,
-            "debit_account_id": i.debit_account_id,
-            "credit_account_id": i.credit_account_id,
-            "amount": i.amount,
-            "asset": asset,
-            "kind": i.kind,
-            "reference": i.reference,
-            "metadata": meta,
-            "created_at": now,
-        }
-        for i, meta, asset in zip(items, metas, assets, strict=True)
-        if i.idempotency_key not in existing
-    ]
-    if rows:
-        await session.execute(cast(Table, Transfer.__table__).insert(), rows)
-    return skipped
 
 
 async def _check_replayed(
@@ -583,46 +349,6 @@ async def _check_replayed(
                     "transfer; nothing of the batch was written",
                     transfer_id=existing.id,
                 )
-
-
-async def _apply_deltas(session: AsyncSession, deltas: dict[int, int]) -> None:
-    ids = sorted(deltas)
-    if _is_sqlite(session):
-        updated: set[int] = set()
-        for account_id in ids:
-            delta = deltas[account_id]
-            row = (
-                await session.execute(
-                    update(Account)
-                    .where(
-                        Account.id == account_id,
-                        or_(Account.allow_negative, Account.balance + delta >= 0),
-                    )
-                    .values(balance=Account.balance + delta)
-                    .returning(Account.id)
-                    .execution_options(synchronize_session=False)
-                )
-            ).first()
-            if row is not None:
-                updated.add(account_id)
-    else:
-        # Row locks in id order first; the UPDATE's own join order is up to the planner.
-        await session.execute(
-            select(Account.id)
-            .where(one_of(session, Account.id, ids))
-            .order_by(Account.id)
-            .with_for_update(key_share=True)
-        )
-        rows = await session.execute(
-            _PG_APPLY_DELTAS, {"ids": ids, "deltas": [deltas[i] for i in ids]}
-        )
-        updated = {int(r[0]) for r in rows}
-    short = [i for i in ids if i not in updated]
-    if short:
-        raise InsufficientFunds(
-            f"the batch would take account(s) {short[:20]} below zero; nothing was written",
-            account_ids=short[:100],
-        )
 
 
 # --------------------------------------------------------------------------- history
@@ -676,34 +402,9 @@ async def history_of_accounts(
 # --------------------------------------------------------------------------- internals
 
 
-def _is_sqlite(session: AsyncSession) -> bool:
-    return session.get_bind().dialect.name == "sqlite"
-
-
-def _dialect_insert(session: AsyncSession, model: type[Any]) -> Any:
-    if _is_sqlite(session):
-        return sqlite.insert(model)
-    return postgresql.insert(model)
-
-
-class _AccountFacts(NamedTuple):
-    id: int
-    asset: str
-    allow_negative: bool
-
-
-async def _load_accounts(session: AsyncSession, ids: set[int]) -> dict[int, _AccountFacts]:
-    found: dict[int, _AccountFacts] = {}
-    wanted = sorted(ids)
-    for start in range(0, len(wanted), 5000):
-        rows = await session.execute(
-            select(Account.id, Account.asset, Account.allow_negative).where(
-                one_of(session, Account.id, wanted[start : start + 5000])
-            )
-        )
-        for r in rows:
-            found[int(r.id)] = _AccountFacts(int(r.id), str(r.asset), bool(r.allow_negative))
-    missing = [i for i in wanted if i not in found]
+async def _load_accounts(session: AsyncSession, ids: set[int]) -> dict[int, AccountFacts]:
+    found = await repository.account_facts(session, ids)
+    missing = sorted(i for i in ids if i not in found)
     if missing:
         raise AccountNotFound(f"account(s) {missing[:20]} do not exist", account_ids=missing[:100])
     return found
