@@ -6,11 +6,22 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from incentive.auth import sessions
-from incentive.auth.errors import InvalidCredentials, InvalidRefreshToken
+from incentive.auth.errors import (
+    InvalidCredentials,
+    InvalidRefreshToken,
+    LoginThrottled,
+    RefreshTokenReused,
+)
 from incentive.auth.principal import CurrentUser, keyring
 from incentive.auth.schemas import LoginIn, MeOut, RefreshIn, TokenPairOut
 from incentive.deps import Session
-from incentive.errors import PROBLEM_CONTENT_TYPE, IncentiveError
+from incentive.errors import (
+    AUTHENTICATED,
+    PROBLEM_CONTENT_TYPE,
+    VALIDATION,
+    IncentiveError,
+    problems,
+)
 from incentive.settings import Settings
 
 router = APIRouter(tags=["auth"])
@@ -41,7 +52,11 @@ def _pair_out(pair: sessions.TokenPair) -> TokenPairOut:
     )
 
 
-@router.post("/auth/token", response_model=TokenPairOut)
+@router.post(
+    "/auth/token",
+    response_model=TokenPairOut,
+    responses=problems(*VALIDATION, InvalidCredentials, LoginThrottled),
+)
 async def login(body: LoginIn, request: Request, session: Session) -> TokenPairOut | Response:
     """Exchange username and password for an access token and a rotating refresh token."""
     client_address = request.client.host if request.client else None
@@ -59,7 +74,11 @@ async def login(body: LoginIn, request: Request, session: Session) -> TokenPairO
     return _pair_out(pair)
 
 
-@router.post("/auth/refresh", response_model=TokenPairOut)
+@router.post(
+    "/auth/refresh",
+    response_model=TokenPairOut,
+    responses=problems(*VALIDATION, InvalidRefreshToken, RefreshTokenReused),
+)
 async def refresh(body: RefreshIn, request: Request, session: Session) -> TokenPairOut | Response:
     """Exchange a refresh token (once) for a new pair; a reused token ends the session."""
     try:
@@ -71,14 +90,19 @@ async def refresh(body: RefreshIn, request: Request, session: Session) -> TokenP
     return _pair_out(pair)
 
 
-@router.post("/auth/logout", status_code=204, response_class=Response)
+@router.post(
+    "/auth/logout",
+    status_code=204,
+    response_class=Response,
+    responses=problems(*AUTHENTICATED),
+)
 async def logout(principal: CurrentUser, request: Request, session: Session) -> Response:
     """Revoke this access token and every token of its session."""
     await sessions.logout(session, principal, _settings(request))
     return Response(status_code=204)
 
 
-@router.get("/me", response_model=MeOut)
+@router.get("/me", response_model=MeOut, responses=problems(*AUTHENTICATED))
 async def me(principal: CurrentUser) -> MeOut:
     return MeOut(
         id=principal.id,

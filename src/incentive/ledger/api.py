@@ -8,9 +8,15 @@ from fastapi import APIRouter, Path, Query
 
 from incentive.auth.principal import CurrentUser, Operator, Principal
 from incentive.deps import Session
-from incentive.errors import Forbidden
+from incentive.errors import AUTHENTICATED, VALIDATION, Forbidden, IdempotencyConflict, problems
 from incentive.kit.idempotency import Claim, idempotent
 from incentive.ledger import service
+from incentive.ledger.errors import (
+    AccountNotFound,
+    AssetMismatch,
+    InsufficientFunds,
+    TransferKeyReused,
+)
 from incentive.ledger.models import Account
 from incentive.ledger.schemas import (
     AccountIn,
@@ -31,6 +37,11 @@ Cursor = Annotated[
     str | None,
     Query(pattern=r"^[0-9]{0,18}$", description="`next_cursor` of the previous page"),
 ]
+
+
+OPERATOR = (*AUTHENTICATED, *VALIDATION, Forbidden)
+OWNED = (*OPERATOR, AccountNotFound)
+MOVING = (*OWNED, InsufficientFunds, AssetMismatch, TransferKeyReused, IdempotencyConflict)
 
 
 def _owners(principal: Principal) -> list[tuple[str, str]]:
@@ -60,13 +71,15 @@ def _cursor(cursor: str | None) -> int | None:
     return int(cursor) if cursor else None
 
 
-@router.get("/me/accounts", response_model=list[AccountOut])
+@router.get("/me/accounts", response_model=list[AccountOut], responses=problems(*AUTHENTICATED))
 async def my_accounts(principal: CurrentUser, session: Session) -> list[AccountOut]:
     accounts = await service.accounts_of(session, _owners(principal))
     return [AccountOut.model_validate(a) for a in accounts]
 
 
-@router.get("/me/transfers", response_model=TransferPage)
+@router.get(
+    "/me/transfers", response_model=TransferPage, responses=problems(*AUTHENTICATED, *VALIDATION)
+)
 async def my_transfers(
     principal: CurrentUser,
     session: Session,
@@ -80,7 +93,7 @@ async def my_transfers(
     return _page(page)
 
 
-@router.post("/accounts", response_model=AccountOut, status_code=200)
+@router.post("/accounts", response_model=AccountOut, status_code=200, responses=problems(*OPERATOR))
 async def open_account(body: AccountIn, principal: Operator, session: Session) -> AccountOut:
     """Get or create an account (idempotent by nature: same owner/asset/name, same account)."""
     account = await service.open_account(
@@ -94,14 +107,16 @@ async def open_account(body: AccountIn, principal: Operator, session: Session) -
     return AccountOut.model_validate(account)
 
 
-@router.get("/accounts/{account_id}", response_model=AccountOut)
+@router.get("/accounts/{account_id}", response_model=AccountOut, responses=problems(*OWNED))
 async def get_account(account_id: PathId, principal: CurrentUser, session: Session) -> AccountOut:
     account = await service.get_account(session, account_id)
     _authorize(principal, account)
     return AccountOut.model_validate(account)
 
 
-@router.get("/accounts/{account_id}/transfers", response_model=TransferPage)
+@router.get(
+    "/accounts/{account_id}/transfers", response_model=TransferPage, responses=problems(*OWNED)
+)
 async def account_transfers(
     account_id: PathId,
     principal: CurrentUser,
@@ -114,7 +129,7 @@ async def account_transfers(
     return _page(await service.history(session, account_id, _cursor(cursor), limit))
 
 
-@router.post("/transfers", response_model=TransferOut, status_code=201)
+@router.post("/transfers", response_model=TransferOut, status_code=201, responses=problems(*MOVING))
 @idempotent(status_code=201)
 async def create_transfer(
     body: TransferIn, principal: Operator, session: Session, claim: Claim
@@ -133,7 +148,9 @@ async def create_transfer(
     return TransferOut.model_validate(transfer)
 
 
-@router.post("/transfers/batch", response_model=BatchOut, status_code=200)
+@router.post(
+    "/transfers/batch", response_model=BatchOut, status_code=200, responses=problems(*MOVING)
+)
 @idempotent(status_code=200)
 async def create_batch(body: BatchIn, principal: Operator, session: Session) -> BatchOut:
     """All items or none; items whose key was applied before are skipped and listed."""
