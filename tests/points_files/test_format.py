@@ -9,11 +9,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from incentive.points_files.errors import FileRejected
 from incentive.points_files.format import (
     INT64_MAX,
     AnswerHeader,
     DetailRecord,
-    FileRejected,
     Header,
     PointsFileReader,
     RecordReason,

@@ -9,11 +9,11 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from incentive.points_files.errors import TransportError
 from incentive.points_files.transports import (
     LocalDirTransport,
     SftpTransport,
     Transport,
-    TransportError,
     TransportOptions,
     check_name,
     connected,

@@ -12,6 +12,7 @@ from incentive.auth.principal import Principal, current_partner, current_user
 from incentive.deps import Session
 from incentive.errors import Forbidden
 from incentive.points_files import service
+from incentive.points_files.errors import PointsFileNotFound
 from incentive.points_files.models import FILE_STATES, PointsFile
 from incentive.points_files.schemas import (
     PointsFileAccepted,
@@ -56,7 +57,7 @@ def _settings(request: Request) -> Settings:
 async def _visible_file(session: Session, viewer: Principal, file_id: str) -> PointsFile:
     row = await service.get_file(session, file_id)
     if viewer.role == "partner" and row.partner_id != viewer.id:
-        raise service.PointsFileNotFound(f"no points file {file_id!r}", id=file_id)
+        raise PointsFileNotFound(f"no points file {file_id!r}", id=file_id)
     return row
 
 

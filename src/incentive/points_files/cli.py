@@ -21,7 +21,8 @@ from incentive.config.live import LiveConfig, live_config
 from incentive.db import Database
 from incentive.errors import IncentiveError
 from incentive.points_files import service
-from incentive.points_files.crypto import PointsCryptoError, default_gnupg_home, init_platform_key
+from incentive.points_files.crypto import default_gnupg_home, init_platform_key
+from incentive.points_files.errors import PointsCryptoError
 from incentive.points_files.pipeline import PointsPipeline
 from incentive.settings import get_settings
 

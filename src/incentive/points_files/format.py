@@ -43,7 +43,7 @@ from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import BinaryIO, NoReturn
 
-from incentive.errors import BadRequest
+from incentive.points_files.errors import FileRejected
 
 FORMAT_VERSION = "1"
 INT64_MAX = 2**63 - 1
@@ -97,36 +97,6 @@ class RecordReason(StrEnum):
 class RecordStatus(StrEnum):
     OK = "OK"
     FAILED = "FAILED"
-
-
-class FileRejected(BadRequest):
-    """The whole file is rejected: nothing in it may be credited; answer with an exception file.
-
-    ``line_no`` is the 1-based line the problem was found on, when there is one.
-    """
-
-    status = 422
-    slug = "points-file-rejected"
-    title = "Points file rejected"
-
-    def __init__(self, reason_code: RejectReason, detail: str, line_no: int | None = None) -> None:
-        super().__init__(
-            f"{reason_code}: {_with_line(detail, line_no)}",
-            reason_code=str(reason_code),
-            line=line_no,
-        )
-        self.reason_code = reason_code
-        self.reason_detail = detail
-        self.line_no = line_no
-
-    @property
-    def exception_detail(self) -> str:
-        """The text for the exception file's ``E`` line (names the line number, if any)."""
-        return _with_line(self.reason_detail, self.line_no)
-
-
-def _with_line(detail: str, line_no: int | None) -> str:
-    return f"line {line_no}: {detail}" if line_no is not None else detail
 
 
 # ---------------------------------------------------------------------------------------------

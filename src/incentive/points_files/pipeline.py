@@ -60,10 +60,10 @@ from incentive.db import Database, one_of, utcnow
 from incentive.points_files import metrics
 from incentive.points_files import service as svc
 from incentive.points_files.crypto import PointsCrypto, default_gnupg_home, init_platform_key
+from incentive.points_files.errors import FileRejected, TransportError
 from incentive.points_files.format import (
     AnswerHeader,
     DetailRecord,
-    FileRejected,
     PointsFileReader,
     RecordReason,
     RecordResult,
@@ -93,7 +93,7 @@ from incentive.points_files.targets import (
     LedgerTarget,
     TargetUnavailable,
 )
-from incentive.points_files.transports import TransportError, TransportOptions, connected
+from incentive.points_files.transports import TransportOptions, connected
 from incentive.settings import Settings
 
 log = logging.getLogger(__name__)

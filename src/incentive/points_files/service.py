@@ -27,9 +27,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from incentive.auth.models import Partner
 from incentive.auth.service import record_audit
 from incentive.db import Database, new_id, utcnow
-from incentive.errors import Conflict, InvalidField, NotFound
+from incentive.errors import InvalidField, NotFound
 from incentive.ledger import service as ledger
 from incentive.points_files.crypto import PointsCrypto, normalize_fingerprint
+from incentive.points_files.errors import AnswerNotReady, PartnerNotConfigured, PointsFileNotFound
 from incentive.points_files.format import RejectReason, parse_points_file_name
 from incentive.points_files.models import (
     FILE_STATES,
@@ -42,25 +43,6 @@ from incentive.settings import Settings
 
 MAX_LIST_LIMIT = 200
 FINAL_STATES = ("delivered",)
-
-
-class PointsFileNotFound(NotFound):
-    slug = "points-file-not-found"
-    title = "Points file not found"
-
-
-class PartnerNotConfigured(Conflict):
-    """The partner cannot exchange points files yet (no OpenPGP key registered)."""
-
-    slug = "points-partner-not-configured"
-    title = "Partner not set up for points files"
-
-
-class AnswerNotReady(Conflict):
-    """The feedback or exception file of a points file is not written yet."""
-
-    slug = "points-answer-not-ready"
-    title = "Answer file not ready"
 
 
 # --------------------------------------------------------------------------- paths
@@ -521,9 +503,6 @@ def retry_delay(attempts: int) -> timedelta:
 
 
 __all__: Sequence[str] = [
-    "AnswerNotReady",
-    "PartnerNotConfigured",
-    "PointsFileNotFound",
     "Progress",
     "Sender",
     "answer_file",

@@ -33,7 +33,7 @@ from urllib.parse import unquote, urlsplit
 
 import asyncssh
 
-from incentive.errors import ServiceUnavailable
+from incentive.points_files.errors import TransportError
 
 _T = TypeVar("_T")
 # File-level refusals leave the SSH connection usable; anything else drops it.
@@ -45,13 +45,6 @@ _FILE_LEVEL_ERRORS = (
     asyncssh.SFTPOpUnsupported,
     asyncssh.SFTPNoSuchPath,
 )
-
-
-class TransportError(ServiceUnavailable):
-    """The partner's inbox or outbox could not be reached or changed (usually transient)."""
-
-    slug = "points-transport-unavailable"
-    title = "Partner file transport unavailable"
 
 
 @dataclass(frozen=True, slots=True)
