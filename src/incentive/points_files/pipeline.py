@@ -59,6 +59,16 @@ from incentive.config.live import live_config
 from incentive.db import Database, one_of, utcnow
 from incentive.points_files import metrics
 from incentive.points_files import service as svc
+from incentive.points_files.backends.targets import (
+    CreditingTarget,
+    CreditItem,
+    CreditPartner,
+    CreditRefusal,
+    HttpTarget,
+    LedgerTarget,
+    TargetUnavailable,
+)
+from incentive.points_files.backends.transports import TransportOptions, connected
 from incentive.points_files.crypto import PointsCrypto, default_gnupg_home, init_platform_key
 from incentive.points_files.errors import FileRejected, TransportError
 from incentive.points_files.format import (
@@ -84,16 +94,6 @@ from incentive.points_files.models import (
     PointsFile,
     PointsRecord,
 )
-from incentive.points_files.targets import (
-    CreditingTarget,
-    CreditItem,
-    CreditPartner,
-    CreditRefusal,
-    HttpTarget,
-    LedgerTarget,
-    TargetUnavailable,
-)
-from incentive.points_files.transports import TransportOptions, connected
 from incentive.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -29,6 +29,7 @@ from incentive.auth.service import record_audit
 from incentive.db import Database, new_id, utcnow
 from incentive.errors import InvalidField, NotFound
 from incentive.ledger import service as ledger
+from incentive.points_files.backends.transports import open_transport
 from incentive.points_files.crypto import PointsCrypto, normalize_fingerprint
 from incentive.points_files.errors import AnswerNotReady, PartnerNotConfigured, PointsFileNotFound
 from incentive.points_files.format import RejectReason, parse_points_file_name
@@ -38,7 +39,6 @@ from incentive.points_files.models import (
     PointsBatch,
     PointsFile,
 )
-from incentive.points_files.transports import open_transport
 from incentive.settings import Settings
 
 MAX_LIST_LIMIT = 200

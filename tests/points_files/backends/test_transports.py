@@ -9,8 +9,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from incentive.points_files.errors import TransportError
-from incentive.points_files.transports import (
+from incentive.points_files.backends.transports import (
     LocalDirTransport,
     SftpTransport,
     Transport,
@@ -19,6 +18,7 @@ from incentive.points_files.transports import (
     connected,
     open_transport,
 )
+from incentive.points_files.errors import TransportError
 from tests.points_files.kit import SftpWorld
 
 NAME = "POINTS_ACME_20250109_1.txt.pgp"
