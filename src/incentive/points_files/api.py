@@ -160,7 +160,7 @@ async def list_points_files(
             raise Forbidden("partners list their own files only")
         partner_id = viewer.id
     elif partner is not None:
-        partner_id = (await service.partner_by_code(session, partner)).id
+        partner_id = await service.partner_id(session, partner)
     rows, next_cursor = await service.list_files(
         session, partner_id=partner_id, state=state, cursor=cursor, limit=limit
     )

@@ -49,14 +49,13 @@ from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, delete, func, insert, or_, select, text, update
-from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.auth import service as auth_service
-from incentive.auth.models import Partner
 from incentive.config.keys import POINTS_FILE_BATCH_SIZE, POINTS_FILE_WORKERS
 from incentive.config.live import live_config
 from incentive.db import Database, one_of, utcnow
+from incentive.db import insert as db_insert
 from incentive.points_files import metrics
 from incentive.points_files import service as svc
 from incentive.points_files.backends.targets import (
@@ -290,8 +289,7 @@ class PointsPipeline:
     async def _context(self, session: AsyncSession, file_id: str) -> FileContext:
         row = (
             await session.execute(
-                select(PointsFile, Partner.code, PartnerPointsSettings)
-                .join(Partner, Partner.id == PointsFile.partner_id)
+                select(PointsFile, PartnerPointsSettings)
                 .join(
                     PartnerPointsSettings,
                     PartnerPointsSettings.partner_id == PointsFile.partner_id,
@@ -300,7 +298,8 @@ class PointsPipeline:
                 .execution_options(populate_existing=True)
             )
         ).one()
-        f, code, ps = row
+        f, ps = row
+        code = (await auth_service.partner_codes(session, [f.partner_id]))[f.partner_id]
         return FileContext(
             f.id,
             f.state,
@@ -973,7 +972,7 @@ class PointsPipeline:
         now = utcnow()
         if self._is_sqlite():
             stmt = (
-                sqlite.insert(PointsCreditedRecord)
+                db_insert(session, PointsCreditedRecord)
                 .on_conflict_do_nothing()
                 .returning(PointsCreditedRecord.record_id)
             )
@@ -1203,18 +1202,20 @@ class PointsPipeline:
 
         A file leaves the inbox only after it is stored and recorded (``receive``)."""
         async with self.db.unit_of_work() as s:
-            partners = (
-                await s.execute(
-                    select(Partner.code, PartnerPointsSettings)
-                    .join(PartnerPointsSettings, PartnerPointsSettings.partner_id == Partner.id)
-                    .where(
-                        PartnerPointsSettings.inbox_url.is_not(None),
-                        PartnerPointsSettings.key_fingerprint.is_not(None),
+            inboxes = list(
+                (
+                    await s.execute(
+                        select(PartnerPointsSettings).where(
+                            PartnerPointsSettings.inbox_url.is_not(None),
+                            PartnerPointsSettings.key_fingerprint.is_not(None),
+                        )
                     )
-                )
-            ).all()
+                ).scalars()
+            )
+            codes = await auth_service.partner_codes(s, [ps.partner_id for ps in inboxes])
         stored = 0
-        for code, ps in partners:
+        for ps in inboxes:
+            code = codes[ps.partner_id]
             try:
                 stored += await self._poll_inbox(str(code), ps)
             except (TransportError, OSError) as exc:

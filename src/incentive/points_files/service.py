@@ -24,8 +24,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from incentive.auth.models import Partner
-from incentive.auth.service import record_audit
+from incentive.auth import service as auth_service
 from incentive.db import Database, new_id, utcnow
 from incentive.errors import InvalidField, NotFound
 from incentive.ledger import service as ledger
@@ -71,31 +70,30 @@ def answer_path(settings: Settings, file_id: str, answer_name: str) -> Path:
 # --------------------------------------------------------------------------- partner settings
 
 
-async def partner_by_code(session: AsyncSession, code: str) -> Partner:
-    partner = (
-        await session.execute(select(Partner).where(Partner.code == code))
-    ).scalar_one_or_none()
-    if partner is None:
+async def partner_id(session: AsyncSession, code: str) -> str:
+    """The id of the partner with this code (``NotFound`` if none)."""
+    found = await auth_service.partner_id_by_code(session, code)
+    if found is None:
         raise NotFound(f"no partner {code!r}", code=code)
-    return partner
+    return found
 
 
-async def points_settings(session: AsyncSession, partner: Partner) -> PartnerPointsSettings:
+async def points_settings(session: AsyncSession, partner_id: str) -> PartnerPointsSettings:
     """The partner's points settings, created with defaults and a funding account if none."""
-    row = await session.get(PartnerPointsSettings, partner.id, populate_existing=True)
+    row = await session.get(PartnerPointsSettings, partner_id, populate_existing=True)
     if row is not None:
         return row
     account = await ledger.open_account(
         session,
         owner_type="partner",
-        owner_id=partner.id,
+        owner_id=partner_id,
         asset="POINTS",
         name="funding",
         allow_negative=True,
     )
     now = utcnow()
     row = PartnerPointsSettings(
-        partner_id=partner.id,
+        partner_id=partner_id,
         funding_account_id=account.id,
         max_points_per_record=1_000_000,
         max_file_bytes=512 * 1024 * 1024,
@@ -112,14 +110,14 @@ async def set_partner_key(
     session: AsyncSession, crypto: PointsCrypto, code: str, armoured: str
 ) -> PartnerPointsSettings:
     """Import the partner's public key into the platform keyring and pin its fingerprint."""
-    partner = await partner_by_code(session, code)
+    pid = await partner_id(session, code)
     fingerprint = crypto.import_partner_key(armoured)
-    row = await points_settings(session, partner)
+    row = await points_settings(session, pid)
     row.key_fingerprint = normalize_fingerprint(fingerprint)
     row.updated_at = utcnow()
     await session.flush()
-    await record_audit(
-        session, None, "partner.points_key", f"partner:{partner.id}", {"fingerprint": fingerprint}
+    await auth_service.record_audit(
+        session, None, "partner.points_key", f"partner:{pid}", {"fingerprint": fingerprint}
     )
     return row
 
@@ -144,19 +142,19 @@ async def set_partner_transport(
     """Set the inbox/outbox URLs (``file://`` or ``sftp://``), or both ``None`` for HTTP only."""
     if (inbox_url is None) != (outbox_url is None):
         raise InvalidField("outbox", "both-or-neither", "give both --inbox and --outbox, or --http")
-    partner = await partner_by_code(session, code)
-    row = await points_settings(session, partner)
+    pid = await partner_id(session, code)
+    row = await points_settings(session, pid)
     row.inbox_url = None if inbox_url is None else _check_url("inbox", inbox_url)
     row.outbox_url = None if outbox_url is None else _check_url("outbox", outbox_url)
     row.transport_key_file = key_file
     row.known_hosts_file = known_hosts
     row.updated_at = utcnow()
     await session.flush()
-    await record_audit(
+    await auth_service.record_audit(
         session,
         None,
         "partner.points_transport",
-        f"partner:{partner.id}",
+        f"partner:{pid}",
         {"inbox": row.inbox_url, "outbox": row.outbox_url},
     )
     return row
@@ -172,8 +170,7 @@ async def set_partner_limits(
     crediting_url: str | None = None,
     use_ledger: bool = False,
 ) -> PartnerPointsSettings:
-    partner = await partner_by_code(session, code)
-    row = await points_settings(session, partner)
+    row = await points_settings(session, await partner_id(session, code))
     for field, value in (
         ("max_points_per_record", max_points_per_record),
         ("max_file_bytes", max_file_bytes),
@@ -194,9 +191,9 @@ async def set_partner_limits(
     return row
 
 
-def settings_json(partner: Partner, row: PartnerPointsSettings) -> dict[str, Any]:
+def settings_json(code: str, row: PartnerPointsSettings) -> dict[str, Any]:
     return {
-        "partner": partner.code,
+        "partner": code,
         "key_fingerprint": row.key_fingerprint,
         "inbox_url": row.inbox_url,
         "outbox_url": row.outbox_url,
@@ -260,13 +257,13 @@ class Sender:
 
 
 async def sender(session: AsyncSession, code: str) -> Sender:
-    partner = await partner_by_code(session, code)
-    row = await points_settings(session, partner)
+    pid = await partner_id(session, code)
+    row = await points_settings(session, pid)
     if row.key_fingerprint is None:
         raise PartnerNotConfigured(
             f"partner {code!r} has no OpenPGP key registered (incentive partners set-key)"
         )
-    return Sender(partner.id, partner.code, row.max_file_bytes)
+    return Sender(pid, code, row.max_file_bytes)
 
 
 async def receive(
@@ -408,9 +405,7 @@ async def get_file(session: AsyncSession, file_id: str) -> PointsFile:
 
 
 async def progress(session: AsyncSession, row: PointsFile) -> Progress:
-    code = (
-        await session.execute(select(Partner.code).where(Partner.id == row.partner_id))
-    ).scalar_one()
+    code = (await auth_service.partner_codes(session, [row.partner_id]))[row.partner_id]
     agg = (
         await session.execute(
             select(
@@ -457,7 +452,7 @@ async def list_files(
         raise InvalidField("limit", "range", f"limit: 1 to {MAX_LIST_LIMIT}")
     if state is not None and state not in FILE_STATES:
         raise InvalidField("state", "enum", f"state: one of {list(FILE_STATES)}")
-    q = select(PointsFile, Partner.code).join(Partner, Partner.id == PointsFile.partner_id)
+    q = select(PointsFile)
     if partner_id is not None:
         q = q.where(PointsFile.partner_id == partner_id)
     if state is not None:
@@ -475,13 +470,14 @@ async def list_files(
             )
         )
     q = q.order_by(PointsFile.received_at.desc(), PointsFile.id.desc()).limit(limit + 1)
-    rows = [(r[0], str(r[1])) for r in await session.execute(q)]
+    files = list((await session.execute(q)).scalars())
     next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        last = rows[-1][0]
+    if len(files) > limit:
+        files = files[:limit]
+        last = files[-1]
         next_cursor = f"{last.received_at.isoformat()}~{last.id}"
-    return rows, next_cursor
+    codes = await auth_service.partner_codes(session, {f.partner_id for f in files})
+    return [(f, codes[f.partner_id]) for f in files], next_cursor
 
 
 def answer_file(settings: Settings, row: PointsFile) -> Path:
