@@ -50,8 +50,9 @@ from incentive.kit.pgadmin import drop_database, recreate_database
 from incentive.ledger import service as ledger
 from incentive.ledger.models import Account
 from incentive.points_files import service
+from incentive.points_files.answer_format import RecordStatus, read_feedback
 from incentive.points_files.crypto import default_gnupg_home, init_platform_key
-from incentive.points_files.format import Header, RecordStatus, read_feedback, write_points_file
+from incentive.points_files.format import Header, write_points_file
 from incentive.points_files.models import FILE_STATES, PartnerPointsSettings, PointsFile
 from incentive.settings import Settings
 

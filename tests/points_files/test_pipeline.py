@@ -14,8 +14,9 @@ from sqlalchemy import select
 from incentive.app import create_app
 from incentive.db import Database
 from incentive.points_files import service
+from incentive.points_files.answer_format import RecordStatus
 from incentive.points_files.crypto import PointsCrypto
-from incentive.points_files.format import RecordReason, RecordStatus, RejectReason
+from incentive.points_files.format import RecordReason, RejectReason
 from incentive.points_files.models import PointsFile
 from incentive.points_files.pipeline import PointsPipeline
 from incentive.settings import Settings

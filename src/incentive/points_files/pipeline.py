@@ -58,6 +58,13 @@ from incentive.db import Database, one_of, utcnow
 from incentive.db import insert as db_insert
 from incentive.points_files import metrics
 from incentive.points_files import service as svc
+from incentive.points_files.answer_format import (
+    AnswerHeader,
+    RecordResult,
+    RecordStatus,
+    write_exception,
+    write_feedback,
+)
 from incentive.points_files.backends.targets import (
     CreditingTarget,
     CreditItem,
@@ -71,19 +78,14 @@ from incentive.points_files.backends.transports import TransportOptions, connect
 from incentive.points_files.crypto import PointsCrypto, default_gnupg_home, init_platform_key
 from incentive.points_files.errors import FileRejected, TransportError
 from incentive.points_files.format import (
-    AnswerHeader,
     DetailRecord,
     PointsFileReader,
     RecordReason,
-    RecordResult,
-    RecordStatus,
     RejectReason,
     exception_name,
     feedback_name,
     parse_points_file_name,
     sanitize_detail,
-    write_exception,
-    write_feedback,
 )
 from incentive.points_files.limiter import AdaptiveLimiter, LimiterSettings
 from incentive.points_files.models import (
