@@ -11,7 +11,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from incentive.auth.principal import Principal, current_partner, current_user
 from incentive.deps import Session
 from incentive.errors import Forbidden
-from incentive.points_files import service
+from incentive.points_files import intake, service
 from incentive.points_files.errors import PointsFileNotFound
 from incentive.points_files.models import FILE_STATES, PointsFile
 from incentive.points_files.schemas import (
@@ -99,8 +99,8 @@ async def upload_points_file(
         partner = await current_partner(request, s, api_key)
         if partner.name != code:
             raise Forbidden("the API key belongs to another partner")
-        who = await service.sender(s, code)
-    row = await service.receive(db, _settings(request), who, name, request.stream(), source="http")
+        who = await intake.sender(s, code)
+    row = await intake.receive(db, _settings(request), who, name, request.stream(), source="http")
     return PointsFileAccepted(
         id=row.id, name=row.name, state=row.state, reason_code=row.reason_code
     )

@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
 import logging
 import os
 import random
@@ -56,8 +55,7 @@ from incentive.config.keys import POINTS_FILE_BATCH_SIZE, POINTS_FILE_WORKERS
 from incentive.config.live import live_config
 from incentive.db import Database, one_of, utcnow
 from incentive.db import insert as db_insert
-from incentive.points_files import metrics
-from incentive.points_files import service as svc
+from incentive.points_files import intake, metrics, storage
 from incentive.points_files.answer_format import (
     AnswerHeader,
     RecordResult,
@@ -197,6 +195,10 @@ class ClaimedBatch:
     id: int
     first_line: int
     last_line: int
+
+
+def retry_delay(attempts: int) -> timedelta:
+    return timedelta(seconds=min(300.0, 2.0 ** min(attempts, 10)))
 
 
 def transport_options(
@@ -375,7 +377,7 @@ class PointsPipeline:
                 points_total=0,
                 failed_count=0,
             )
-        plain = svc.plain_path(self.settings, file_id)
+        plain = storage.plain_path(self.settings, file_id)
         plain.unlink(missing_ok=True)
         log.info("points file rejected", extra={"file_id": file_id, "reason": str(reason)})
 
@@ -490,13 +492,13 @@ class PointsPipeline:
     # ----------------------------------------------------------------------- decrypt
 
     async def _decrypt_to_work(self, ctx: FileContext) -> Path:
-        out = svc.plain_path(self.settings, ctx.id)
+        out = storage.plain_path(self.settings, ctx.id)
         out.parent.mkdir(parents=True, exist_ok=True)
         if ctx.fingerprint is None:
             raise FileRejected(RejectReason.BAD_SIGNATURE, "no OpenPGP key registered for partner")
         await asyncio.to_thread(
             self.crypto().decrypt_and_verify,
-            svc.inbound_path(self.settings, ctx.id),
+            storage.inbound_path(self.settings, ctx.id),
             out,
             ctx.fingerprint,
         )
@@ -525,7 +527,7 @@ class PointsPipeline:
             )
             if leftover is not None:  # a crashed attempt's partial rows
                 await s.execute(delete(PointsRecord).where(PointsRecord.file_id == file_id))
-        plain = svc.plain_path(self.settings, file_id)
+        plain = storage.plain_path(self.settings, file_id)
         if not plain.exists():
             try:
                 await self._decrypt_to_work(ctx)
@@ -1085,7 +1087,7 @@ class PointsPipeline:
             raise RuntimeError("partner key disappeared")
         loop = asyncio.get_running_loop()
         header = AnswerHeader(ctx.code, ctx.file_seq, utcnow())
-        plain = svc.answer_plain_path(self.settings, file_id)
+        plain = storage.answer_plain_path(self.settings, file_id)
         plain.parent.mkdir(parents=True, exist_ok=True)
         self._last_feedback_line = 0
 
@@ -1113,7 +1115,7 @@ class PointsPipeline:
                 f"{ctx.record_count} records"
             )
         name = feedback_name(ctx.base)
-        out_path = svc.answer_path(self.settings, file_id, name)
+        out_path = storage.answer_path(self.settings, file_id, name)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self.crypto().encrypt_and_sign, plain, out_path, ctx.fingerprint)
         self.crash.hit("feedback_encrypted")
@@ -1135,7 +1137,7 @@ class PointsPipeline:
         async with self.db.unit_of_work() as s:
             ctx = await self._context(s, file_id)
             await self._fence_file(s, file_id)
-        plain = svc.answer_plain_path(self.settings, file_id)
+        plain = storage.answer_plain_path(self.settings, file_id)
         plain.parent.mkdir(parents=True, exist_ok=True)
         with plain.open("wb") as out:
             write_exception(
@@ -1146,7 +1148,7 @@ class PointsPipeline:
                 ctx.reason_detail,
             )
         name = exception_name(ctx.base)
-        out_path = svc.answer_path(self.settings, file_id, name)
+        out_path = storage.answer_path(self.settings, file_id, name)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         if ctx.fingerprint is None:
             raise RuntimeError("partner key disappeared")
@@ -1162,7 +1164,7 @@ class PointsPipeline:
         async with self.db.unit_of_work() as s:
             ctx = await self._context(s, file_id)
         if ctx.outbox_url is not None and ctx.answer_name is not None:
-            path = svc.answer_path(self.settings, file_id, ctx.answer_name)
+            path = storage.answer_path(self.settings, file_id, ctx.answer_name)
             options = transport_options(ctx.transport_key_file, ctx.known_hosts_file, archive=None)
             try:
                 async with connected(ctx.outbox_url, options) as transport:
@@ -1176,7 +1178,7 @@ class PointsPipeline:
                         .values(
                             delivery_attempts=attempts,
                             delivery_error=sanitize_detail(str(exc)),
-                            next_attempt_at=utcnow() + svc.retry_delay(attempts),
+                            next_attempt_at=utcnow() + retry_delay(attempts),
                             claimed_by=None,
                             lease_until=None,
                         )
@@ -1237,7 +1239,7 @@ class PointsPipeline:
         """One poller per partner inbox: a PostgreSQL advisory lock (workers on several
         machines), or a file lock in the data directory (SQLite: one machine)."""
         if self.db.is_sqlite:
-            path = svc.work_root(self.settings) / f"inbox-{code}.lock"
+            path = storage.work_root(self.settings) / f"inbox-{code}.lock"
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("a") as f:
                 try:
@@ -1262,7 +1264,7 @@ class PointsPipeline:
     async def _take_from_inbox(self, code: str, ps: PartnerPointsSettings) -> int:
         assert ps.inbox_url is not None
         options = transport_options(ps.transport_key_file, ps.known_hosts_file, archive="archive")
-        incoming = svc.work_root(self.settings) / "incoming"
+        incoming = storage.work_root(self.settings) / "incoming"
         incoming.mkdir(parents=True, exist_ok=True)
         stored = 0
         async with connected(ps.inbox_url, options) as transport:
@@ -1272,17 +1274,17 @@ class PointsPipeline:
                 local = incoming / f"{uuid.uuid4().hex}.pgp"
                 try:
                     await transport.fetch(name, local)
-                    digest = await asyncio.to_thread(_sha256_of, local)
+                    digest = await asyncio.to_thread(storage.sha256_of, local)
                     async with self.db.unit_of_work() as s:
-                        who = await svc.sender(s, code)
-                        leftover = await svc.inbox_leftover(s, who.partner_id, name, digest)
+                        who = await intake.sender(s, code)
+                        leftover = await intake.inbox_leftover(s, who.partner_id, name, digest)
                     if leftover is None:
-                        row = await svc.receive(
+                        row = await intake.receive(
                             self.db,
                             self.settings,
                             who,
                             name,
-                            svc.file_chunks(local),
+                            storage.file_chunks(local),
                             source="inbox",
                         )
                         file_id = row.id
@@ -1292,15 +1294,7 @@ class PointsPipeline:
                     self.crash.hit("received")
                     await transport.remove_from_inbox(name)
                     async with self.db.unit_of_work() as s:
-                        await svc.mark_removed_from_inbox(s, file_id)
+                        await intake.mark_removed_from_inbox(s, file_id)
                 finally:
                     local.unlink(missing_ok=True)
         return stored
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -1,37 +1,27 @@
-"""Partner points settings, intake of files, and the progress of a file.
-
-Intake contract (``receive``): the bytes are written to ``<data_dir>/points_files/inbound/``
-and fsynced, then the file's row is committed; only then does the caller acknowledge (HTTP
-202) or take the file out of the partner's inbox. A file is judged on arrival for what its
-name and size tell: a name naming another partner (``UNKNOWN_PARTNER``), more bytes than the
-partner's limit (``TOO_LARGE``), a sequence number or the exact bytes already accepted for the
-partner (``DUPLICATE_FILE``); every later reason is found by the pipeline. A rejected file is
-stored too and answered with an exception file.
+"""Partner points settings, and the files as operators and partners see them (progress,
+listing, the answer to download). How files get in is ``intake.py``; what happens to them is
+the pipeline (``pipeline.py`` and its stages).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.auth import service as auth_service
-from incentive.db import Database, new_id, utcnow
+from incentive.db import utcnow
 from incentive.errors import InvalidField, NotFound
 from incentive.ledger import service as ledger
+from incentive.points_files import storage
 from incentive.points_files.backends.transports import open_transport
 from incentive.points_files.crypto import PointsCrypto, normalize_fingerprint
-from incentive.points_files.errors import AnswerNotReady, PartnerNotConfigured, PointsFileNotFound
-from incentive.points_files.format import RejectReason, parse_points_file_name
+from incentive.points_files.errors import AnswerNotReady, PointsFileNotFound
 from incentive.points_files.models import (
     FILE_STATES,
     PartnerPointsSettings,
@@ -41,30 +31,6 @@ from incentive.points_files.models import (
 from incentive.settings import Settings
 
 MAX_LIST_LIMIT = 200
-FINAL_STATES = ("delivered",)
-
-
-# --------------------------------------------------------------------------- paths
-
-
-def work_root(settings: Settings) -> Path:
-    return settings.data_dir / "points_files"
-
-
-def inbound_path(settings: Settings, file_id: str) -> Path:
-    return work_root(settings) / "inbound" / f"{file_id}.pgp"
-
-
-def plain_path(settings: Settings, file_id: str) -> Path:
-    return work_root(settings) / "work" / f"{file_id}.txt"
-
-
-def answer_plain_path(settings: Settings, file_id: str) -> Path:
-    return work_root(settings) / "work" / f"{file_id}.answer.txt"
-
-
-def answer_path(settings: Settings, file_id: str, answer_name: str) -> Path:
-    return work_root(settings) / "outbound" / file_id / answer_name
 
 
 # --------------------------------------------------------------------------- partner settings
@@ -207,181 +173,6 @@ def settings_json(code: str, row: PartnerPointsSettings) -> dict[str, Any]:
     }
 
 
-# --------------------------------------------------------------------------- intake
-
-
-@dataclass(frozen=True)
-class StoredBytes:
-    path: Path
-    size: int
-    sha256: str
-    truncated: bool
-
-
-async def store_stream(chunks: AsyncIterator[bytes], target: Path, max_bytes: int) -> StoredBytes:
-    """Write ``chunks`` to ``target`` durably (fsync, then rename); stop after ``max_bytes``+1."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".part")
-    digest = hashlib.sha256()
-    size = 0
-    truncated = False
-    try:
-        with partial.open("wb") as out:
-            async for chunk in chunks:
-                if size + len(chunk) > max_bytes:
-                    truncated = True
-                    break
-                out.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(partial, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            partial.unlink()
-    return StoredBytes(target, size, digest.hexdigest(), truncated)
-
-
-async def file_chunks(path: Path, size: int = 1024 * 1024) -> AsyncIterator[bytes]:
-    with path.open("rb") as f:
-        while chunk := f.read(size):
-            yield chunk
-
-
-@dataclass(frozen=True)
-class Sender:
-    partner_id: str
-    code: str
-    max_file_bytes: int
-
-
-async def sender(session: AsyncSession, code: str) -> Sender:
-    pid = await partner_id(session, code)
-    row = await points_settings(session, pid)
-    if row.key_fingerprint is None:
-        raise PartnerNotConfigured(
-            f"partner {code!r} has no OpenPGP key registered (incentive partners set-key)"
-        )
-    return Sender(pid, code, row.max_file_bytes)
-
-
-async def receive(
-    db: Database,
-    settings: Settings,
-    who: Sender,
-    name: str,
-    chunks: AsyncIterator[bytes],
-    *,
-    source: str,
-) -> PointsFile:
-    """Store one inbound file durably and record it (state ``received`` or ``rejected``).
-
-    Returns once the row is committed: the caller may then acknowledge the file.
-    """
-    parsed = parse_points_file_name(name)
-    if parsed is None:
-        raise InvalidField(
-            "name", "points-file-name", "name: POINTS_<PARTNER>_<YYYYMMDD>_<SEQ>.txt.pgp"
-        )
-    file_id = new_id()
-    stored = await store_stream(chunks, inbound_path(settings, file_id), who.max_file_bytes)
-    reason: tuple[RejectReason, str] | None = None
-    if parsed.partner_code != who.code:
-        reason = (
-            RejectReason.UNKNOWN_PARTNER,
-            f"file name names partner {parsed.partner_code!r}, sent by {who.code!r}",
-        )
-    elif stored.truncated:
-        reason = (RejectReason.TOO_LARGE, f"more than {who.max_file_bytes} bytes")
-        stored.path.unlink(missing_ok=True)
-    now = utcnow()
-    async with db.unit_of_work() as session:
-        values: dict[str, Any] = {
-            "id": file_id,
-            "partner_id": who.partner_id,
-            "name": name,
-            "base": parsed.base,
-            "file_seq": parsed.file_seq,
-            "source": source,
-            "size_bytes": stored.size,
-            "sha256": stored.sha256,
-            "received_at": now,
-            "updated_at": now,
-        }
-        if reason is None:
-            reason = await _duplicate_reason(session, who.partner_id, parsed.file_seq, stored)
-        if reason is None:
-            accepted = PointsFile(
-                **values,
-                state="received",
-                accepted_seq=parsed.file_seq,
-                accepted_sha256=stored.sha256,
-            )
-            try:
-                async with session.begin_nested():
-                    session.add(accepted)
-                    await session.flush()
-                return accepted
-            except IntegrityError:  # a concurrent twin won the unique index
-                reason = (RejectReason.DUPLICATE_FILE, "the same file arrived concurrently")
-        rejected = PointsFile(
-            **values, state="rejected", reason_code=str(reason[0]), reason_detail=reason[1]
-        )
-        session.add(rejected)
-        await session.flush()
-    return rejected
-
-
-async def _duplicate_reason(
-    session: AsyncSession, partner_id: str, file_seq: int, stored: StoredBytes
-) -> tuple[RejectReason, str] | None:
-    hit = (
-        await session.execute(
-            select(PointsFile.id, PointsFile.accepted_seq, PointsFile.name)
-            .where(
-                PointsFile.partner_id == partner_id,
-                or_(
-                    PointsFile.accepted_seq == file_seq,
-                    PointsFile.accepted_sha256 == stored.sha256,
-                ),
-            )
-            .limit(1)
-        )
-    ).first()
-    if hit is None:
-        return None
-    if hit.accepted_seq == file_seq:
-        return (
-            RejectReason.DUPLICATE_FILE,
-            f"file_seq {file_seq} was already received ({hit.name})",
-        )
-    return (RejectReason.DUPLICATE_FILE, f"the same file was already received as {hit.name}")
-
-
-async def inbox_leftover(
-    session: AsyncSession, partner_id: str, name: str, sha256: str
-) -> PointsFile | None:
-    """A stored inbox file with this name and content never taken out of the inbox."""
-    return (
-        await session.execute(
-            select(PointsFile).where(
-                PointsFile.partner_id == partner_id,
-                PointsFile.name == name,
-                PointsFile.sha256 == sha256,
-                PointsFile.source == "inbox",
-                PointsFile.inbox_removed_at.is_(None),
-            )
-        )
-    ).scalar_one_or_none()
-
-
-async def mark_removed_from_inbox(session: AsyncSession, file_id: str) -> None:
-    await session.execute(
-        update(PointsFile).where(PointsFile.id == file_id).values(inbox_removed_at=utcnow())
-    )
-
-
 # --------------------------------------------------------------------------- progress
 
 
@@ -488,26 +279,22 @@ def answer_file(settings: Settings, row: PointsFile) -> Path:
         "delivered",
     ):
         raise AnswerNotReady(f"points file {row.id} is {row.state}; its answer is not ready")
-    path = answer_path(settings, row.id, row.answer_name)
+    path = storage.answer_path(settings, row.id, row.answer_name)
     if not path.exists():
         raise AnswerNotReady(f"answer of points file {row.id} is missing on this node")
     return path
 
 
-def retry_delay(attempts: int) -> timedelta:
-    return timedelta(seconds=min(300.0, 2.0 ** min(attempts, 10)))
-
-
 __all__: Sequence[str] = [
     "Progress",
-    "Sender",
     "answer_file",
     "get_file",
     "list_files",
+    "partner_id",
+    "points_settings",
     "progress",
-    "receive",
-    "sender",
     "set_partner_key",
     "set_partner_limits",
     "set_partner_transport",
+    "settings_json",
 ]
