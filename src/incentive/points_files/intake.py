@@ -7,25 +7,39 @@ name and size tell: a name naming another partner (``UNKNOWN_PARTNER``), more by
 partner's limit (``TOO_LARGE``), a sequence number or the exact bytes already accepted for the
 partner (``DUPLICATE_FILE``); every later reason is found by the pipeline. A rejected file is
 stored too and answered with an exception file.
+
+Inboxes are polled by one worker at a time per partner (``inbox_lock``): a PostgreSQL
+advisory lock, or a file lock in the data directory on SQLite. A file stored but not yet taken
+out of the inbox when a worker died is recognised as our own leftover, not as a resend.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
+import logging
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from incentive.auth import service as auth_service
 from incentive.db import Database, new_id, utcnow
 from incentive.errors import InvalidField
 from incentive.points_files import service, storage
-from incentive.points_files.errors import PartnerNotConfigured
+from incentive.points_files.backends.transports import TransportOptions, connected
+from incentive.points_files.errors import PartnerNotConfigured, TransportError
 from incentive.points_files.format import RejectReason, parse_points_file_name
-from incentive.points_files.models import PointsFile
+from incentive.points_files.models import PartnerPointsSettings, PointsFile
+from incentive.points_files.worker import Worker
 from incentive.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -163,3 +177,105 @@ async def mark_removed_from_inbox(session: AsyncSession, file_id: str) -> None:
     await session.execute(
         update(PointsFile).where(PointsFile.id == file_id).values(inbox_removed_at=utcnow())
     )
+
+
+# --------------------------------------------------------------------------- inboxes
+
+
+async def poll_inboxes(worker: Worker) -> int:
+    """Take every points file out of every partner inbox; returns how many were stored.
+
+    A file leaves the inbox only after it is stored and recorded (``receive``)."""
+    async with worker.db.unit_of_work() as s:
+        inboxes = list(
+            (
+                await s.execute(
+                    select(PartnerPointsSettings).where(
+                        PartnerPointsSettings.inbox_url.is_not(None),
+                        PartnerPointsSettings.key_fingerprint.is_not(None),
+                    )
+                )
+            ).scalars()
+        )
+        codes = await auth_service.partner_codes(s, [ps.partner_id for ps in inboxes])
+    stored = 0
+    for ps in inboxes:
+        code = codes[ps.partner_id]
+        try:
+            async with inbox_lock(worker, code) as mine:
+                # Another worker is polling this inbox: it takes the files (two takers would
+                # both store the same file, the second one as a DUPLICATE_FILE).
+                if mine:
+                    stored += await _take_from_inbox(worker, code, ps)
+        except (TransportError, OSError) as exc:
+            log.warning("partner inbox unavailable", extra={"partner": code, "problem": str(exc)})
+    return stored
+
+
+@contextlib.asynccontextmanager
+async def inbox_lock(worker: Worker, code: str) -> AsyncIterator[bool]:
+    """One poller per partner inbox: a PostgreSQL advisory lock (workers on several
+    machines), or a file lock in the data directory (SQLite: one machine)."""
+    if worker.db.is_sqlite:
+        path = storage.work_root(worker.settings) / f"inbox-{code}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+        return
+    key = {"k": f"points-inbox:{code}"}
+    async with worker.db.reader() as conn:
+        mine = bool(await conn.scalar(text("SELECT pg_try_advisory_lock(hashtext(:k))"), key))
+        try:
+            yield mine
+        finally:
+            if mine:
+                await conn.scalar(text("SELECT pg_advisory_unlock(hashtext(:k))"), key)
+
+
+async def _take_from_inbox(worker: Worker, code: str, ps: PartnerPointsSettings) -> int:
+    assert ps.inbox_url is not None
+    options = TransportOptions.for_partner(
+        ps.transport_key_file, ps.known_hosts_file, archive="archive"
+    )
+    incoming = storage.work_root(worker.settings) / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    stored = 0
+    async with connected(ps.inbox_url, options) as transport:
+        for name in await transport.list_inbox():
+            if parse_points_file_name(name) is None:
+                continue
+            local = incoming / f"{uuid.uuid4().hex}.pgp"
+            try:
+                await transport.fetch(name, local)
+                digest = await asyncio.to_thread(storage.sha256_of, local)
+                async with worker.db.unit_of_work() as s:
+                    who = await sender(s, code)
+                    leftover = await inbox_leftover(s, who.partner_id, name, digest)
+                if leftover is None:
+                    row = await receive(
+                        worker.db,
+                        worker.settings,
+                        who,
+                        name,
+                        storage.file_chunks(local),
+                        source="inbox",
+                    )
+                    file_id = row.id
+                    stored += 1
+                else:
+                    file_id = leftover.id
+                worker.crash.hit("received")
+                await transport.remove_from_inbox(name)
+                async with worker.db.unit_of_work() as s:
+                    await mark_removed_from_inbox(s, file_id)
+            finally:
+                local.unlink(missing_ok=True)
+    return stored

@@ -56,6 +56,20 @@ class TransportOptions:
     known_hosts: Path | None = None
     connect_timeout_s: float = 30.0
 
+    @classmethod
+    def for_partner(
+        cls, key_file: str | None, known_hosts: str | None, *, archive: str | None
+    ) -> TransportOptions:
+        """A partner's inbox and outbox URLs each name the directory itself (``inbox_dir`` and
+        ``outbox_dir`` are ``.``); ``key_file``/``known_hosts`` from its settings."""
+        return cls(
+            inbox_dir=".",
+            outbox_dir=".",
+            archive_dir=archive,
+            client_key=Path(key_file) if key_file else None,
+            known_hosts=Path(known_hosts) if known_hosts else None,
+        )
+
 
 class Transport(Protocol):
     async def list_inbox(self) -> list[str]:
