@@ -48,14 +48,14 @@ import redis
 from sqlalchemy import func, insert, select
 
 from incentive import migrations
-from incentive.auth.keys import KeyRing
+from incentive.auth.keyring import KeyRing
 from incentive.auth.models import User
 from incentive.auth.tokens import issue_access_token
 from incentive.db import Database, new_id, utcnow
-from incentive.stock.errors import SoldOut
 from incentive.flash_sales.models import Purchase
 from incentive.kit.pgadmin import drop_database, recreate_database
 from incentive.stock.engine import StockEngine, stock_engine_from_url
+from incentive.stock.errors import SoldOut
 
 PG_URL = os.environ.get("INCENTIVE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1/postgres")
 REDIS_URL = os.environ.get("INCENTIVE_BENCH_REDIS_URL")

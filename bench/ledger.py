@@ -34,7 +34,7 @@ from argon2 import PasswordHasher
 from sqlalchemy.engine import make_url
 
 from incentive import migrations
-from incentive.auth.keys import KeyRing
+from incentive.auth.keyring import KeyRing
 from incentive.auth.models import User
 from incentive.auth.tokens import issue_access_token
 from incentive.db import Database

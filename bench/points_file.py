@@ -49,9 +49,10 @@ from incentive.db import Database, new_id, utcnow
 from incentive.kit.pgadmin import drop_database, recreate_database
 from incentive.ledger import service as ledger
 from incentive.ledger.models import Account
-from incentive.points_files import service
+from incentive.points_files import service, storage
+from incentive.points_files.answer_format import RecordStatus, read_feedback
 from incentive.points_files.crypto import default_gnupg_home, init_platform_key
-from incentive.points_files.format import Header, RecordStatus, read_feedback, write_points_file
+from incentive.points_files.format import Header, write_points_file
 from incentive.points_files.models import FILE_STATES, PartnerPointsSettings, PointsFile
 from incentive.settings import Settings
 
@@ -216,7 +217,7 @@ async def check(url: str, settings: Settings, n: int, expected_points: int) -> d
     await db.dispose()
     assert row.state == "delivered", row.state
     assert row.answer_name is not None
-    answer = service.answer_path(settings, row.id, row.answer_name)
+    answer = storage.answer_path(settings, row.id, row.answer_name)
     # As the partner would: decrypt with its own key (its home is next to the data dir).
     plain = gpg(settings.data_dir.parent / "partner-gnupg", "--decrypt", str(answer))
     _, results, totals = read_feedback(io.BytesIO(plain))

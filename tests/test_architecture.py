@@ -30,6 +30,10 @@ OWN_TRANSACTIONS = {
     "flash_sales/purchases.py": "the purchase group commit writes a batch per transaction",
     "flash_sales/service.py": "reconcile spans a drain: it reads and repairs in steps",
     "points_files/pipeline.py": "the points-file driver: one transaction per stage step",
+    "points_files/intake.py": "a stored file is durable before it leaves the inbox",
+    "points_files/staging.py": "staging commits chunk by chunk (resumable, bounded memory)",
+    "points_files/crediting.py": "each crediting batch commits on its own (crash-safe)",
+    "points_files/answers.py": "feedback is written and delivered in resumable steps",
 }
 
 

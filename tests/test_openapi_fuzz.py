@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from incentive.auth.keys import KeyRing
+from incentive.auth.keyring import KeyRing
 from incentive.auth.tokens import issue_access_token
 from incentive.db import Database
 from tests.factories import make_user_row

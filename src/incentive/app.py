@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from incentive import __version__, domains
-from incentive.auth.keys import KeyRing
+from incentive.auth.keyring import KeyRing
 from incentive.db import Database, set_database
 from incentive.errors import install_handlers
 from incentive.observability import RequestContextMiddleware, configure_logging

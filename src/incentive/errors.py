@@ -45,9 +45,10 @@ against the real subclasses, their statuses and slugs::
         └── FlowClosed (503 flow-closed) [flash_sales]
 
 Each domain's leaves also derive from one marker base of that domain, so ``except
-<Marker>`` catches every refusal of the domain: AuthError [auth], LedgerError [ledger],
-ConfigError [config], CampaignError [campaigns], StockError [stock], FlashSaleError
-[flash_sales].
+<Marker>`` catches every refusal of the domain:
+
+- AuthError [auth], LedgerError [ledger], ConfigError [config], CampaignError [campaigns],
+- StockError [stock], FlashSaleError [flash_sales], PointsFileError [points_files].
 
 Only this module knows about HTTP status codes; services raise these and never see HTTP.
 """

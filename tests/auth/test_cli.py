@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner, Result
 
 from incentive.auth.cli import register
-from incentive.auth.keys import KeyRing
+from incentive.auth.keyring import KeyRing
 from incentive.auth.models import AuditEntry, Partner, User
 from incentive.auth.principal import hash_api_key
 from incentive.db import Database

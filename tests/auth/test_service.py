@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 
 from incentive.auth import service, sessions
 from incentive.auth.errors import InvalidCredentials, NameTaken
-from incentive.auth.keys import KeyRing
+from incentive.auth.keyring import KeyRing
 from incentive.auth.models import (
     AuditEntry,
     LoginFailure,

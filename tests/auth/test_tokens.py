@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from sqlalchemy import update
 
 from incentive.app import create_app
-from incentive.auth import keys
+from incentive.auth import keyring
 from incentive.auth.models import User
 from incentive.auth.tokens import issue_access_token
 from incentive.db import Database
@@ -258,7 +258,7 @@ async def test_key_rotation_old_tokens_verify_and_new_tokens_use_new_kid(
     async with client_from(app, "127.0.0.1") as old_process:
         before = await login(old_process, "alice")
 
-    new_key = keys.generate(settings.data_dir / "keys")
+    new_key = keyring.generate(settings.data_dir / "keys")
     assert new_key.kid != old_kid
     restarted = create_app(settings, db)
     async with (
@@ -282,15 +282,15 @@ def test_generate_numbers_after_the_newest_file_and_keeps_keys_private(
     settings: Settings,
 ) -> None:
     directory = settings.data_dir / "keys"
-    first = keys.generate(directory)
-    second = keys.generate(directory)
+    first = keyring.generate(directory)
+    second = keyring.generate(directory)
     (directory / "signing-0001.pem").unlink()  # the documented end of a rotation
-    third = keys.generate(directory)
+    third = keyring.generate(directory)
 
     names = sorted(p.name for p in directory.iterdir())
     assert names == ["signing-0002.pem", "signing-0003.pem"]
     assert all((directory / n).stat().st_mode & 0o777 == 0o600 for n in names)
-    ring = keys.KeyRing.load(directory)
+    ring = keyring.KeyRing.load(directory)
     assert ring.active.kid == third.kid
     assert set(ring.by_kid) == {second.kid, third.kid}
     assert first.kid not in ring.by_kid

@@ -10,8 +10,8 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from incentive.points_files.backends.transports import TransportOptions
 from incentive.points_files.crypto import PointsCrypto
-from incentive.points_files.transports import TransportOptions
 from incentive.settings import Settings
 from tests.points_files.kit import (
     Pgp,

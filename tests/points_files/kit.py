@@ -23,19 +23,18 @@ from incentive.auth.models import User
 from incentive.db import Database, new_id, utcnow
 from incentive.ledger.models import Account, Transfer
 from incentive.points_files import service
-from incentive.points_files.crypto import PointsCrypto, default_gnupg_home, init_platform_key
-from incentive.points_files.format import (
+from incentive.points_files.answer_format import (
     ExceptionReport,
     FeedbackTotals,
-    Header,
     RecordResult,
     read_exception,
     read_feedback,
-    write_points_file,
 )
+from incentive.points_files.backends.transports import TransportOptions
+from incentive.points_files.crypto import PointsCrypto, default_gnupg_home, init_platform_key
+from incentive.points_files.format import Header, write_points_file
 from incentive.points_files.models import PointsFile
 from incentive.points_files.pipeline import PointsPipeline
-from incentive.points_files.transports import TransportOptions
 from incentive.settings import Settings
 from tests.points_files.test_crypto import GpgCli, _kill_agent
 

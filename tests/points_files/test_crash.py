@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 from incentive.config import service as config_service
 from incentive.db import Database
 from incentive.ledger.models import Account, Transfer
+from incentive.points_files.answer_format import RecordStatus
 from incentive.points_files.crypto import PointsCrypto
-from incentive.points_files.format import RecordStatus
 from incentive.points_files.models import PointsBatch, PointsCreditedRecord, PointsFile
 from incentive.settings import Settings
 from tests.points_files.kit import (

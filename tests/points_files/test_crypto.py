@@ -10,13 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from incentive.points_files.crypto import (
-    PartnerKeyInvalid,
-    PointsCrypto,
-    init_platform_key,
-    normalize_fingerprint,
-)
-from incentive.points_files.format import FileRejected, RejectReason
+from incentive.points_files.crypto import PointsCrypto, init_platform_key, normalize_fingerprint
+from incentive.points_files.errors import FileRejected, PartnerKeyInvalid, PointsCryptoError
+from incentive.points_files.format import RejectReason
 
 PLAIN = (
     b"H|ACME|1|2025-01-09T18:49:00+08:00|1\nD|r1|alice|100|2025-01-09T10:00:00+08:00|x\nT|1|100\n"
@@ -278,8 +274,6 @@ def test_feedback_reaches_partner_signed_by_platform(
 def test_encrypt_to_unknown_key_fails_and_writes_nothing(
     world: World, plain: Path, tmp_path: Path
 ) -> None:
-    from incentive.points_files.crypto import PointsCryptoError
-
     out = tmp_path / "x.pgp"
     with pytest.raises(PointsCryptoError):
         world.platform.encrypt_and_sign(plain, out, "A" * 40)

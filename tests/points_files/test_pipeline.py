@@ -13,9 +13,10 @@ from sqlalchemy import select
 
 from incentive.app import create_app
 from incentive.db import Database
-from incentive.points_files import service
+from incentive.points_files import intake, service, storage
+from incentive.points_files.answer_format import RecordStatus
 from incentive.points_files.crypto import PointsCrypto
-from incentive.points_files.format import RecordReason, RecordStatus, RejectReason
+from incentive.points_files.format import RecordReason, RejectReason
 from incentive.points_files.models import PointsFile
 from incentive.points_files.pipeline import PointsPipeline
 from incentive.settings import Settings
@@ -139,20 +140,20 @@ async def _one_file(
     plain = plain_file(tmp_path / f"p{seq}.txt", "ACME", seq, records)
     enc = encrypt(pgp, plain)
     async with db.unit_of_work() as s:
-        who = await service.sender(s, "ACME")
-    row = await service.receive(
+        who = await intake.sender(s, "ACME")
+    row = await intake.receive(
         db,
         settings,
         who,
         f"POINTS_ACME_20250109_{seq}.txt.pgp",
-        service.file_chunks(enc),
+        storage.file_chunks(enc),
         source="http",
     )
     await run_pipeline(db, settings)
     done = await file_row(db, row.id)
     assert done.state == "delivered"
     assert done.answer_name is not None
-    return feedback_of(pgp, service.answer_path(settings, row.id, done.answer_name))
+    return feedback_of(pgp, storage.answer_path(settings, row.id, done.answer_name))
 
 
 @pytest.mark.parametrize(
@@ -215,15 +216,15 @@ async def _rejected(
     expected: RejectReason,
 ) -> str:
     async with db.unit_of_work() as s:
-        who = await service.sender(s, "ACME")
+        who = await intake.sender(s, "ACME")
     before = await points_balance_total(db), await transfer_count(db)
-    row = await service.receive(db, settings, who, name, service.file_chunks(enc), source="http")
+    row = await intake.receive(db, settings, who, name, storage.file_chunks(enc), source="http")
     await run_pipeline(db, settings)
     done = await file_row(db, row.id)
     assert (done.state, done.reason_code) == ("delivered", str(expected)), done.reason_detail
     assert done.answer_name is not None
     assert done.answer_name.startswith("EXCEPTION_")
-    report = exception_of(pgp, service.answer_path(settings, row.id, done.answer_name))
+    report = exception_of(pgp, storage.answer_path(settings, row.id, done.answer_name))
     assert report.reason_code is expected
     assert (await points_balance_total(db), await transfer_count(db)) == before
     return report.detail
@@ -315,10 +316,10 @@ async def test_duplicate_file_by_seq_and_by_content(
     # the very same bytes again under another name
     again = tmp_path / "p1.txt.pgp"
     async with db.unit_of_work() as s:
-        who = await service.sender(s, "ACME")
+        who = await intake.sender(s, "ACME")
     name = "POINTS_ACME_20250111_9.txt.pgp"
-    row = await service.receive(
-        db, quiet_settings, who, name, service.file_chunks(again), source="http"
+    row = await intake.receive(
+        db, quiet_settings, who, name, storage.file_chunks(again), source="http"
     )
     assert (row.state, row.reason_code) == ("rejected", "DUPLICATE_FILE")
     await run_pipeline(db, quiet_settings)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from incentive.db import Database
 from incentive.points_files import service
+from incentive.points_files.answer_format import RecordStatus
 from incentive.points_files.crypto import PointsCrypto
-from incentive.points_files.format import RecordStatus
 from incentive.settings import Settings
 from tests.points_files.kit import (
     Pgp,

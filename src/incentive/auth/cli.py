@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive import migrations
-from incentive.auth import keys, passwords, service, sessions
+from incentive.auth import keyring, passwords, service, sessions
 from incentive.auth.models import ROLES, Merchant, Partner, User
 from incentive.db import Database
 from incentive.errors import BadRequest, IncentiveError
@@ -205,8 +205,8 @@ def rotate_signing() -> None:
         _fail("INCENTIVE_SIGNING_KEY_FILE pins one key; rotate by replacing that file instead", 1)
     directory = settings.data_dir / "keys"
     try:
-        key = keys.generate(directory)
-        ring = keys.KeyRing.load(directory)
+        key = keyring.generate(directory)
+        ring = keyring.KeyRing.load(directory)
     except (OSError, ValueError) as exc:
         _fail(f"cannot write a key in {directory}: {exc}", 1)
     _print({"kid": key.kid, "directory": str(directory), "verifying": sorted(ring.by_kid)})

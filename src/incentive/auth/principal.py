@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from incentive.auth.audit import record_idempotent_call
-from incentive.auth.keys import KeyRing
+from incentive.auth.keyring import KeyRing
 from incentive.auth.metrics import REJECTED_CREDENTIALS
 from incentive.auth.models import Partner, RevokedToken, User
 from incentive.auth.tokens import decode_access_token

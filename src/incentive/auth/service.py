@@ -175,6 +175,21 @@ async def create_partner(
     return partner, api_key
 
 
+async def partner_id_by_code(session: AsyncSession, code: str) -> str | None:
+    """The id of the partner with this code; a partner's code never changes once created."""
+    found = await session.scalar(select(Partner.id).where(Partner.code == code))
+    return None if found is None else str(found)
+
+
+async def partner_codes(session: AsyncSession, partner_ids: Iterable[str]) -> dict[str, str]:
+    """``{partner id: code}`` for the partners among ``partner_ids`` (one query)."""
+    wanted = sorted(set(partner_ids))
+    if not wanted:
+        return {}
+    rows = await session.execute(select(Partner.id, Partner.code).where(Partner.id.in_(wanted)))
+    return {str(partner_id): str(code) for partner_id, code in rows}
+
+
 __all__ = [
     "API_KEY_PREFIX",
     "Member",
@@ -183,6 +198,8 @@ __all__ = [
     "create_user",
     "members_by_username",
     "merchant_by_code",
+    "partner_codes",
+    "partner_id_by_code",
     "record_audit",
     "user_by_username",
 ]

@@ -26,7 +26,7 @@ from incentive.auth.errors import (
     LoginThrottled,
     RefreshTokenReused,
 )
-from incentive.auth.keys import KeyRing
+from incentive.auth.keyring import KeyRing
 from incentive.auth.metrics import LOGINS
 from incentive.auth.models import LoginFailure, RefreshToken, RevokedToken, User
 from incentive.auth.passwords import (

@@ -9,7 +9,7 @@ from typing import Any
 
 import jwt
 
-from incentive.auth.keys import KeyRing, SigningKey
+from incentive.auth.keyring import KeyRing, SigningKey
 from incentive.db import new_id, utcnow
 from incentive.errors import Unauthorized
 

@@ -10,8 +10,9 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from incentive.auth.principal import Principal, current_partner, current_user
 from incentive.deps import Session
-from incentive.errors import Forbidden
-from incentive.points_files import service
+from incentive.errors import AUTHENTICATED, VALIDATION, Forbidden, problems
+from incentive.points_files import intake, service
+from incentive.points_files.errors import AnswerNotReady, PartnerNotConfigured, PointsFileNotFound
 from incentive.points_files.models import FILE_STATES, PointsFile
 from incentive.points_files.schemas import (
     PointsFileAccepted,
@@ -28,6 +29,9 @@ _bearer = HTTPBearer(auto_error=False, description="operator access token")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="partner API key")
 
 FileId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
+
+
+VIEWING = (*AUTHENTICATED, *VALIDATION, Forbidden)
 
 
 async def points_viewer(
@@ -56,7 +60,7 @@ def _settings(request: Request) -> Settings:
 async def _visible_file(session: Session, viewer: Principal, file_id: str) -> PointsFile:
     row = await service.get_file(session, file_id)
     if viewer.role == "partner" and row.partner_id != viewer.id:
-        raise service.PointsFileNotFound(f"no points file {file_id!r}", id=file_id)
+        raise PointsFileNotFound(f"no points file {file_id!r}", id=file_id)
     return row
 
 
@@ -64,6 +68,7 @@ async def _visible_file(session: Session, viewer: Principal, file_id: str) -> Po
     "/partners/{code}/points-files",
     status_code=202,
     response_model=PointsFileAccepted,
+    responses=problems(*VIEWING, PartnerNotConfigured),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -98,14 +103,18 @@ async def upload_points_file(
         partner = await current_partner(request, s, api_key)
         if partner.name != code:
             raise Forbidden("the API key belongs to another partner")
-        who = await service.sender(s, code)
-    row = await service.receive(db, _settings(request), who, name, request.stream(), source="http")
+        who = await intake.sender(s, code)
+    row = await intake.receive(db, _settings(request), who, name, request.stream(), source="http")
     return PointsFileAccepted(
         id=row.id, name=row.name, state=row.state, reason_code=row.reason_code
     )
 
 
-@router.get("/points-files/{file_id}", response_model=PointsFileOut)
+@router.get(
+    "/points-files/{file_id}",
+    response_model=PointsFileOut,
+    responses=problems(*VIEWING, PointsFileNotFound),
+)
 async def get_points_file(session: Session, viewer: Viewer, file_id: FileId) -> PointsFileOut:
     """State and live progress: record counts, batches, current batch size and concurrency,
     throughput and ETA."""
@@ -143,7 +152,7 @@ async def get_points_file(session: Session, viewer: Viewer, file_id: FileId) -> 
     )
 
 
-@router.get("/points-files", response_model=PointsFilePage)
+@router.get("/points-files", response_model=PointsFilePage, responses=problems(*VIEWING))
 async def list_points_files(
     session: Session,
     viewer: Viewer,
@@ -159,7 +168,7 @@ async def list_points_files(
             raise Forbidden("partners list their own files only")
         partner_id = viewer.id
     elif partner is not None:
-        partner_id = (await service.partner_by_code(session, partner)).id
+        partner_id = await service.partner_id(session, partner)
     rows, next_cursor = await service.list_files(
         session, partner_id=partner_id, state=state, cursor=cursor, limit=limit
     )
@@ -184,7 +193,10 @@ async def list_points_files(
 @router.get(
     "/points-files/{file_id}/feedback",
     response_class=FileResponse,
-    responses={200: {"content": {"application/pgp-encrypted": {}}}},
+    responses={
+        200: {"content": {"application/pgp-encrypted": {}}},
+        **problems(*VIEWING, PointsFileNotFound, AnswerNotReady),
+    },
 )
 async def get_points_file_answer(
     request: Request, session: Session, viewer: Viewer, file_id: FileId

@@ -1,35 +1,79 @@
 """CLI: partner points settings (``incentive partners set-key|set-transport|set-points``), the
 platform OpenPGP key (``incentive keys init|export``) and ``incentive points-files``.
 
-The partner and key commands join the existing ``partners`` and ``keys`` groups of
-``auth/cli.py``; output is one JSON object on stdout, refusals ``error: ...`` on stderr.
+The partner and key commands join the ``partners`` and ``keys`` command groups that
+``auth/cli.py`` publishes. Every command runs in one unit of work on the configured database
+(on SQLite the schema is upgraded first); output is one JSON object on stdout, a refusal prints
+``error: ...`` on stderr and exits 2 for invalid input, 1 otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import typer
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive import migrations
-from incentive.auth.cli import _fail, _print, _run, keys_app, partners_app
+from incentive.auth.cli import keys_app, partners_app
 from incentive.config.live import LiveConfig, live_config
 from incentive.db import Database
-from incentive.errors import IncentiveError
+from incentive.errors import BadRequest, IncentiveError
 from incentive.points_files import service
-from incentive.points_files.crypto import PointsCryptoError, default_gnupg_home, init_platform_key
+from incentive.points_files.crypto import default_gnupg_home, init_platform_key
+from incentive.points_files.errors import PointsCryptoError
 from incentive.points_files.pipeline import PointsPipeline
 from incentive.settings import get_settings
 
 points_app = typer.Typer(no_args_is_help=True, help="Partner points files: intake and progress")
 
 
+T = TypeVar("T")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(points_app, name="points-files")
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _print(payload: dict[str, Any]) -> None:
+    typer.echo(json.dumps(payload, default=str))
+
+
+async def _in_unit_of_work(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    settings = get_settings()
+    db = Database(settings.resolved_database_url)
+    try:
+        if db.is_sqlite:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            await migrations.upgrade(db.engine)
+        async with db.unit_of_work() as session:
+            return await work(session)
+    finally:
+        await db.dispose()
+
+
+def _run(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    try:
+        return asyncio.run(_in_unit_of_work(work))
+    except BadRequest as exc:
+        _fail(exc.detail, 2)
+    except IncentiveError as exc:
+        _fail(exc.detail, 1)
+    except IntegrityError:
+        _fail("the change conflicts with existing data (created concurrently?)", 1)
+    except (DBAPIError, OSError) as exc:
+        _fail(f"database unavailable: {type(exc).__name__}: {exc}".splitlines()[0], 1)
 
 
 def _crypto() -> Any:
@@ -68,7 +112,7 @@ def set_key(
 
     async def work(session: AsyncSession) -> dict[str, Any]:
         row = await service.set_partner_key(session, crypto, code, armoured)
-        return service.settings_json(await service.partner_by_code(session, code), row)
+        return service.settings_json(code, row)
 
     _print(_run(work))
 
@@ -101,7 +145,7 @@ def set_transport(
             key_file=key_file,
             known_hosts=known_hosts,
         )
-        return service.settings_json(await service.partner_by_code(session, code), row)
+        return service.settings_json(code, row)
 
     _print(_run(work))
 
@@ -129,7 +173,7 @@ def set_points(
             crediting_url=crediting_url,
             use_ledger=ledger,
         )
-        return service.settings_json(await service.partner_by_code(session, code), row)
+        return service.settings_json(code, row)
 
     _print(_run(work))
 
@@ -223,9 +267,7 @@ def list_files(
     """Newest files first (JSON: items and next_cursor; pass --cursor for the next page)."""
 
     async def work(session: AsyncSession) -> dict[str, Any]:
-        partner_id = (
-            None if partner is None else (await service.partner_by_code(session, partner)).id
-        )
+        partner_id = None if partner is None else await service.partner_id(session, partner)
         rows, next_cursor = await service.list_files(
             session, partner_id=partner_id, state=state, cursor=cursor, limit=limit
         )

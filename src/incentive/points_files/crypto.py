@@ -26,29 +26,12 @@ from typing import Any
 
 import gnupg
 
-from incentive.errors import IncentiveError, InvalidField
-from incentive.points_files.format import FileRejected, RejectReason
+from incentive.points_files.errors import FileRejected, PartnerKeyInvalid, PointsCryptoError
+from incentive.points_files.format import RejectReason
 from incentive.settings import Settings
 
 _FINGERPRINT = re.compile(r"[0-9A-F]{40}|[0-9A-F]{64}")
 _PLATFORM_FPR_FILE = "platform-fingerprint"
-
-
-class PartnerKeyInvalid(InvalidField):
-    """The text given as a partner's public key is not exactly one usable OpenPGP public key."""
-
-    slug = "partner-key-invalid"
-    title = "Partner public key invalid"
-
-    def __init__(self, detail: str) -> None:
-        super().__init__("public_key", "one OpenPGP public key that can sign and encrypt", detail)
-
-
-class PointsCryptoError(IncentiveError):
-    """gpg could not do what the platform itself asked (encrypt to a partner, make a key)."""
-
-    slug = "points-crypto-failed"
-    title = "OpenPGP operation failed"
 
 
 @dataclass(frozen=True, slots=True)

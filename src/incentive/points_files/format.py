@@ -1,4 +1,6 @@
-"""Partner points file, version 1 (``shared/formats/points-file-v1.md``): streaming reader, writers.
+"""Partner points file, version 1 (``shared/formats/points-file-v1.md``): the streaming
+reader, the writer partners use, and file names; the feedback and exception files we answer
+with are in ``answer_format.py``.
 
 Everything here works line by line on binary file objects, so a file of a million records is
 never held in memory (the only state that grows with the file is the set of record ids used to
@@ -39,18 +41,18 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import BinaryIO, NoReturn
 
-from incentive.errors import BadRequest
+from incentive.points_files.errors import FileRejected
 
 FORMAT_VERSION = "1"
 INT64_MAX = 2**63 - 1
 MAX_LINE_BYTES = 64 * 1024
 RECORD_ID_MAX = 64
 
-_RECORD_ID = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
+RECORD_ID = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
 _DIGITS = re.compile(r"[0-9]{1,30}", re.ASCII)
 _ISO_WITH_OFFSET = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]{1,9})?)?"
@@ -58,7 +60,7 @@ _ISO_WITH_OFFSET = re.compile(
     re.ASCII,
 )
 # Line breaks as str.splitlines sees them, plus the other C0 controls and DEL (tab is allowed).
-_FORBIDDEN_CHARS = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
+FORBIDDEN_CHARS = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
 _DETAIL_UNSAFE = re.compile("[|\x00-\x1f\x7f\x85\u2028\u2029]+")
 _SPACES = re.compile(" {2,}")
 _PARTNER_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", re.ASCII)
@@ -94,41 +96,6 @@ class RecordReason(StrEnum):
     CREDIT_FAILED = "CREDIT_FAILED"
 
 
-class RecordStatus(StrEnum):
-    OK = "OK"
-    FAILED = "FAILED"
-
-
-class FileRejected(BadRequest):
-    """The whole file is rejected: nothing in it may be credited; answer with an exception file.
-
-    ``line_no`` is the 1-based line the problem was found on, when there is one.
-    """
-
-    status = 422
-    slug = "points-file-rejected"
-    title = "Points file rejected"
-
-    def __init__(self, reason_code: RejectReason, detail: str, line_no: int | None = None) -> None:
-        super().__init__(
-            f"{reason_code}: {_with_line(detail, line_no)}",
-            reason_code=str(reason_code),
-            line=line_no,
-        )
-        self.reason_code = reason_code
-        self.reason_detail = detail
-        self.line_no = line_no
-
-    @property
-    def exception_detail(self) -> str:
-        """The text for the exception file's ``E`` line (names the line number, if any)."""
-        return _with_line(self.reason_detail, self.line_no)
-
-
-def _with_line(detail: str, line_no: int | None) -> str:
-    return f"line {line_no}: {detail}" if line_no is not None else detail
-
-
 # ---------------------------------------------------------------------------------------------
 # Values
 
@@ -159,55 +126,19 @@ class Trailer:
     points_sum: int
 
 
-@dataclass(frozen=True, slots=True)
-class AnswerHeader:
-    """Header of a feedback or exception file; ``processed_at`` is written in UTC."""
-
-    partner_code: str
-    file_seq: int
-    processed_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class RecordResult:
-    """One ``R`` line: the outcome of one ``D`` line, echoed in input order."""
-
-    record_id: str
-    member_id: str
-    points: int
-    status: RecordStatus
-    reason_code: RecordReason | None = None
-    detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class FeedbackTotals:
-    record_count: int
-    ok_count: int
-    failed_count: int
-    points_credited: int
-
-
-@dataclass(frozen=True, slots=True)
-class ExceptionReport:
-    header: AnswerHeader
-    reason_code: RejectReason
-    detail: str
-
-
 # ---------------------------------------------------------------------------------------------
 # Field rules
 
 
-def _parse_uint(text: str) -> int | None:
+def parse_uint(text: str) -> int | None:
     """ASCII digits only (``int()`` would also take signs, spaces, ``_`` and other scripts)."""
     if not _DIGITS.fullmatch(text):
         return None
     return int(text)
 
 
-def _parse_positive_int64(text: str) -> int | None:
-    value = _parse_uint(text)
+def parse_positive_int64(text: str) -> int | None:
+    value = parse_uint(text)
     if value is None or value < 1 or value > INT64_MAX:
         return None
     return value
@@ -222,12 +153,6 @@ def parse_iso_with_offset(text: str) -> datetime | None:
     except ValueError:
         return None
     return value if value.tzinfo is not None else None
-
-
-def format_utc(value: datetime) -> str:
-    if value.tzinfo is None:
-        raise ValueError("processed_at must be timezone-aware")
-    return value.astimezone(UTC).isoformat(timespec="seconds")
 
 
 def sanitize_detail(text: str, limit: int = 500) -> str:
@@ -325,7 +250,7 @@ class PointsFileReader:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             self._bad("not valid UTF-8", reason)
-        if _FORBIDDEN_CHARS.search(text):
+        if FORBIDDEN_CHARS.search(text):
             self._bad("a field contains a line break or control character", reason)
         return text
 
@@ -346,7 +271,7 @@ class PointsFileReader:
         _, partner_code, seq_text, created_text, version = fields
         if partner_code != expected_partner:
             self._bad(f"partner_code {partner_code!r} is not the sender {expected_partner!r}", bad)
-        file_seq = _parse_positive_int64(seq_text)
+        file_seq = parse_positive_int64(seq_text)
         if file_seq is None:
             self._bad("file_seq must be a positive integer", bad)
         if expected_seq is not None and file_seq != expected_seq:
@@ -363,11 +288,11 @@ class PointsFileReader:
         if len(fields) != 6:
             self._bad(f"D line has {len(fields)} fields, expected 6")
         _, record_id, member_id, points_text, txn_text, memo = fields
-        if not _RECORD_ID.fullmatch(record_id):
+        if not RECORD_ID.fullmatch(record_id):
             self._bad("record_id must be 1-64 characters of A-Z a-z 0-9 _ -")
         if not member_id.strip():
             self._bad("member_id is empty")
-        points = _parse_positive_int64(points_text)
+        points = parse_positive_int64(points_text)
         if points is None:
             self._bad("points must be a positive integer (digits only, at most 2^63-1)")
         txn_time = parse_iso_with_offset(txn_text)
@@ -390,8 +315,8 @@ class PointsFileReader:
         fields = text.split("|")
         if len(fields) != 3:
             self._bad(f"T line has {len(fields)} fields, expected 3")
-        count = _parse_uint(fields[1])
-        total = _parse_uint(fields[2])
+        count = parse_uint(fields[1])
+        total = parse_uint(fields[2])
         if count is None or total is None:
             self._bad("trailer count and sum must be non-negative integers")
         if count != self.record_count or total != self.points_sum:
@@ -405,73 +330,7 @@ class PointsFileReader:
 
 
 # ---------------------------------------------------------------------------------------------
-# Writers
-
-
-def _check_echo_field(name: str, value: str) -> None:
-    if not value or "|" in value or _FORBIDDEN_CHARS.search(value):
-        raise ValueError(f"{name} cannot be written: empty, '|' or a line break")
-
-
-def _answer_header_line(header: AnswerHeader) -> bytes:
-    _check_echo_field("partner_code", header.partner_code)
-    if header.file_seq < 1:
-        raise ValueError("file_seq must be positive")
-    processed = format_utc(header.processed_at)
-    return f"H|{header.partner_code}|{header.file_seq}|{processed}|{FORMAT_VERSION}\n".encode()
-
-
-def write_feedback(
-    out: BinaryIO, header: AnswerHeader, results: Iterable[RecordResult]
-) -> FeedbackTotals:
-    """Write a feedback file line by line; ``results`` in input order, one per ``D`` line.
-
-    ``OK`` lines have empty reason fields (a detail given with ``OK`` is dropped); ``FAILED``
-    lines need a reason code. Details are sanitised; record and member ids must already be
-    valid (they come from a parsed file) and raise ``ValueError`` otherwise.
-    """
-    out.write(_answer_header_line(header))
-    count = ok = failed = credited = 0
-    for result in results:
-        if not _RECORD_ID.fullmatch(result.record_id):
-            raise ValueError(f"invalid record_id {result.record_id!r}")
-        _check_echo_field("member_id", result.member_id)
-        if result.points < 1:
-            raise ValueError("points must be positive")
-        if result.status is RecordStatus.OK:
-            if result.reason_code is not None:
-                raise ValueError("an OK result has no reason code")
-            reason, detail = "", ""
-            ok += 1
-            credited += result.points
-        else:
-            if result.reason_code is None:
-                raise ValueError("a FAILED result needs a reason code")
-            reason, detail = str(result.reason_code), sanitize_detail(result.detail)
-            failed += 1
-        count += 1
-        out.write(
-            f"R|{result.record_id}|{result.member_id}|{result.points}|{result.status}"
-            f"|{reason}|{detail}\n".encode()
-        )
-    out.write(f"T|{count}|{ok}|{failed}|{credited}\n".encode())
-    return FeedbackTotals(count, ok, failed, credited)
-
-
-def write_exception(
-    out: BinaryIO,
-    partner_code: str,
-    file_seq: int,
-    reason_code: RejectReason,
-    detail: str,
-    *,
-    processed_at: datetime | None = None,
-) -> None:
-    """Write an exception file (whole file rejected); ``detail`` is sanitised."""
-    header = AnswerHeader(partner_code, file_seq, processed_at or datetime.now(UTC))
-    out.write(_answer_header_line(header))
-    out.write(f"E|{RejectReason(reason_code)}|{sanitize_detail(detail)}\n".encode())
-    out.write(b"T|0|0\n")
+# Writer
 
 
 def write_points_file(
@@ -489,106 +348,6 @@ def write_points_file(
         total += points
     out.write(f"T|{count}|{total}\n".encode())
     return Trailer(count + 2, count, total)
-
-
-# ---------------------------------------------------------------------------------------------
-# Answer readers (what a partner does with our files; used by tests and partner simulators)
-
-
-class AnswerFormatError(ValueError):
-    """A feedback or exception file does not follow the format."""
-
-
-def _answer_lines(stream: BinaryIO) -> Iterator[tuple[int, list[str]]]:
-    line_no = 0
-    while raw := stream.readline(MAX_LINE_BYTES + 2):
-        line_no += 1
-        if not raw.endswith(b"\n"):
-            raise AnswerFormatError(f"line {line_no}: no line end")
-        try:
-            text = raw[:-1].removesuffix(b"\r").decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise AnswerFormatError(f"line {line_no}: not UTF-8") from exc
-        if _FORBIDDEN_CHARS.search(text):
-            raise AnswerFormatError(f"line {line_no}: control character")
-        yield line_no, text.split("|")
-
-
-def _read_answer_header(fields: list[str]) -> AnswerHeader:
-    if len(fields) != 5 or fields[0] != "H" or fields[4] != FORMAT_VERSION:
-        raise AnswerFormatError("bad header")
-    seq = _parse_positive_int64(fields[2])
-    processed = parse_iso_with_offset(fields[3])
-    if seq is None or processed is None or processed.utcoffset():
-        raise AnswerFormatError("bad header fields")
-    return AnswerHeader(fields[1], seq, processed)
-
-
-def read_feedback(stream: BinaryIO) -> tuple[AnswerHeader, list[RecordResult], FeedbackTotals]:
-    """Parse a feedback file and check its trailer against its ``R`` lines."""
-    lines = _answer_lines(stream)
-    first = next(lines, None)
-    if first is None:
-        raise AnswerFormatError("empty")
-    header = _read_answer_header(first[1])
-    results: list[RecordResult] = []
-    totals: FeedbackTotals | None = None
-    for line_no, fields in lines:
-        if totals is not None:
-            raise AnswerFormatError(f"line {line_no}: after the trailer")
-        if fields[0] == "R" and len(fields) == 7:
-            _, record_id, member_id, points_text, status_text, reason, detail = fields
-            points = _parse_positive_int64(points_text)
-            if points is None or status_text not in RecordStatus.__members__:
-                raise AnswerFormatError(f"line {line_no}: bad R line")
-            status = RecordStatus(status_text)
-            if status is RecordStatus.OK and (reason or detail):
-                raise AnswerFormatError(f"line {line_no}: OK with a reason")
-            if status is RecordStatus.FAILED and reason not in RecordReason.__members__:
-                raise AnswerFormatError(f"line {line_no}: unknown reason {reason!r}")
-            results.append(
-                RecordResult(
-                    record_id,
-                    member_id,
-                    points,
-                    status,
-                    RecordReason(reason) if reason else None,
-                    detail,
-                )
-            )
-        elif fields[0] == "T" and len(fields) == 5:
-            numbers = [_parse_uint(f) for f in fields[1:]]
-            if any(n is None for n in numbers):
-                raise AnswerFormatError(f"line {line_no}: bad trailer")
-            totals = FeedbackTotals(*(n for n in numbers if n is not None))
-        else:
-            raise AnswerFormatError(f"line {line_no}: unexpected line")
-    if totals is None:
-        raise AnswerFormatError("no trailer")
-    ok_results = [r for r in results if r.status is RecordStatus.OK]
-    expected = FeedbackTotals(
-        len(results),
-        len(ok_results),
-        len(results) - len(ok_results),
-        sum(r.points for r in ok_results),
-    )
-    if totals != expected:
-        raise AnswerFormatError(f"trailer {totals} does not match the lines {expected}")
-    return header, results, totals
-
-
-def read_exception(stream: BinaryIO) -> ExceptionReport:
-    """Parse an exception file (``H``, one ``E``, ``T|0|0``)."""
-    lines = list(_answer_lines(stream))
-    if len(lines) != 3:
-        raise AnswerFormatError("an exception file has exactly 3 lines")
-    header = _read_answer_header(lines[0][1])
-    e_fields, t_fields = lines[1][1], lines[2][1]
-    if len(e_fields) != 3 or e_fields[0] != "E" or e_fields[1] not in RejectReason.__members__:
-        raise AnswerFormatError("bad E line")
-    if t_fields != ["T", "0", "0"]:
-        raise AnswerFormatError("bad trailer")
-    return ExceptionReport(header, RejectReason(e_fields[1]), e_fields[2])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -624,7 +383,7 @@ def parse_points_file_name(name: str) -> PointsFileName | None:
         file_date = date(int(date_text[:4]), int(date_text[4:6]), int(date_text[6:]))
     except ValueError:
         return None
-    seq = _parse_positive_int64(match["seq"])
+    seq = parse_positive_int64(match["seq"])
     if seq is None:
         return None
     return PointsFileName(name, match["base"], match["partner"], file_date, seq)

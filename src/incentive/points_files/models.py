@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
 from sqlalchemy import (
     BigInteger,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -149,6 +151,11 @@ class PointsRecord(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
 
 
+# The Core table, for the bulk paths (COPY or executemany when staging, loading a batch's
+# records), which skip the ORM's per-row work.
+RECORDS = cast(Table, PointsRecord.__table__)
+
+
 class PointsBatch(Base):
     __tablename__ = "points_batches"
     __table_args__ = (
@@ -192,4 +199,5 @@ __all__ = [
     "PointsCreditedRecord",
     "PointsFile",
     "PointsRecord",
+    "RECORDS",
 ]

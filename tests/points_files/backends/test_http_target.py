@@ -22,8 +22,8 @@ from incentive.config import service as config_service
 from incentive.config.live import LiveConfig, live_config
 from incentive.db import Database
 from incentive.points_files import service
+from incentive.points_files.answer_format import RecordStatus
 from incentive.points_files.crypto import PointsCrypto
-from incentive.points_files.format import RecordStatus
 from incentive.points_files.limiter import LimiterSettings
 from incentive.points_files.models import PointsBatch
 from incentive.points_files.pipeline import PointsPipeline

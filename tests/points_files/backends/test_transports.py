@@ -9,16 +9,16 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from incentive.points_files.transports import (
+from incentive.points_files.backends.transports import (
     LocalDirTransport,
     SftpTransport,
     Transport,
-    TransportError,
     TransportOptions,
     check_name,
     connected,
     open_transport,
 )
+from incentive.points_files.errors import TransportError
 from tests.points_files.kit import SftpWorld
 
 NAME = "POINTS_ACME_20250109_1.txt.pgp"

@@ -33,7 +33,7 @@ from urllib.parse import unquote, urlsplit
 
 import asyncssh
 
-from incentive.errors import ServiceUnavailable
+from incentive.points_files.errors import TransportError
 
 _T = TypeVar("_T")
 # File-level refusals leave the SSH connection usable; anything else drops it.
@@ -47,13 +47,6 @@ _FILE_LEVEL_ERRORS = (
 )
 
 
-class TransportError(ServiceUnavailable):
-    """The partner's inbox or outbox could not be reached or changed (usually transient)."""
-
-    slug = "points-transport-unavailable"
-    title = "Partner file transport unavailable"
-
-
 @dataclass(frozen=True, slots=True)
 class TransportOptions:
     inbox_dir: str = "inbox"
@@ -62,6 +55,20 @@ class TransportOptions:
     client_key: Path | None = None
     known_hosts: Path | None = None
     connect_timeout_s: float = 30.0
+
+    @classmethod
+    def for_partner(
+        cls, key_file: str | None, known_hosts: str | None, *, archive: str | None
+    ) -> TransportOptions:
+        """A partner's inbox and outbox URLs each name the directory itself (``inbox_dir`` and
+        ``outbox_dir`` are ``.``); ``key_file``/``known_hosts`` from its settings."""
+        return cls(
+            inbox_dir=".",
+            outbox_dir=".",
+            archive_dir=archive,
+            client_key=Path(key_file) if key_file else None,
+            known_hosts=Path(known_hosts) if known_hosts else None,
+        )
 
 
 class Transport(Protocol):

@@ -1,0 +1,224 @@
+"""Answering a file: write its feedback (``credited`` -> ``feedback_written``) or exception
+file (``rejected`` -> ``exception_written``), then deliver it (-> ``delivered``).
+
+The feedback file is written from the database in line order (one ``R`` per ``D``), streamed
+(never whole in memory), encrypted and signed. Delivery puts the answer in the partner's
+outbox, retried with backoff until the transport acknowledges; a partner without an outbox
+downloads its answer over HTTP, so its file is delivered at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Iterator
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from incentive.db import utcnow
+from incentive.points_files import metrics, repository, storage
+from incentive.points_files.answer_format import (
+    AnswerHeader,
+    FeedbackTotals,
+    RecordResult,
+    RecordStatus,
+    write_exception,
+    write_feedback,
+)
+from incentive.points_files.backends.transports import TransportOptions, connected
+from incentive.points_files.errors import TransportError
+from incentive.points_files.format import (
+    RecordReason,
+    RejectReason,
+    exception_name,
+    feedback_name,
+    sanitize_detail,
+)
+from incentive.points_files.models import PointsRecord
+from incentive.points_files.worker import Worker
+
+log = logging.getLogger(__name__)
+
+FEEDBACK_CHUNK = 10_000
+
+
+def retry_delay(attempts: int) -> timedelta:
+    return timedelta(seconds=min(300.0, 2.0 ** min(attempts, 10)))
+
+
+async def _feedback_chunk(
+    worker: Worker, file_id: str, after: int
+) -> tuple[list[RecordResult], int]:
+    """The results of the records after line ``after`` (at most ``FEEDBACK_CHUNK``) and the
+    last line among them."""
+    async with worker.db.unit_of_work() as s:
+        rows = await s.execute(
+            select(
+                PointsRecord.line_no,
+                PointsRecord.record_id,
+                PointsRecord.member_id,
+                PointsRecord.points,
+                PointsRecord.state,
+                PointsRecord.reason,
+                PointsRecord.detail,
+            )
+            .where(PointsRecord.file_id == file_id, PointsRecord.line_no > after)
+            .order_by(PointsRecord.line_no)
+            .limit(FEEDBACK_CHUNK)
+        )
+        out: list[RecordResult] = []
+        last_line = after
+        for line_no, record_id, member_id, points, state, reason, detail in rows:
+            if state == "credited":
+                out.append(RecordResult(record_id, member_id, points, RecordStatus.OK))
+            elif state == "failed":
+                out.append(
+                    RecordResult(
+                        record_id,
+                        member_id,
+                        points,
+                        RecordStatus.FAILED,
+                        RecordReason(str(reason)),
+                        detail,
+                    )
+                )
+            else:
+                raise RuntimeError(f"record {file_id}:{line_no} still {state} at feedback")
+            last_line = int(line_no)
+        return out, last_line
+
+
+async def write_feedback_file(worker: Worker, file_id: str) -> None:
+    """``credited`` -> ``feedback_written``."""
+    async with worker.db.unit_of_work() as s:
+        ctx = await repository.file_context(s, file_id)
+        await repository.fence_file(s, worker.id, file_id, worker.lease_until())
+    if ctx.fingerprint is None:
+        raise RuntimeError("partner key disappeared")
+    loop = asyncio.get_running_loop()
+    header = AnswerHeader(ctx.code, ctx.file_seq, utcnow())
+    plain = storage.answer_plain_path(worker.settings, file_id)
+    plain.parent.mkdir(parents=True, exist_ok=True)
+
+    def results() -> Iterator[RecordResult]:
+        # Runs in the writer's thread; each chunk is read on the event loop.
+        after = 0
+        while True:
+            chunk, after = asyncio.run_coroutine_threadsafe(
+                _feedback_chunk(worker, file_id, after), loop
+            ).result()
+            if not chunk:
+                return
+            yield from chunk
+            worker.crash.hit("feedback_line")
+
+    def write() -> FeedbackTotals:
+        with plain.open("wb") as out:
+            totals = write_feedback(out, header, results())
+            out.flush()
+            os.fsync(out.fileno())
+        return totals
+
+    totals = await asyncio.to_thread(write)
+    if totals.record_count != ctx.record_count:
+        raise RuntimeError(
+            f"feedback of {file_id} has {totals.record_count} lines for {ctx.record_count} records"
+        )
+    name = feedback_name(ctx.base)
+    out_path = storage.answer_path(worker.settings, file_id, name)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(worker.crypto().encrypt_and_sign, plain, out_path, ctx.fingerprint)
+    worker.crash.hit("feedback_encrypted")
+    async with worker.db.unit_of_work() as s:
+        await repository.advance(
+            s,
+            worker.id,
+            file_id,
+            "credited",
+            "feedback_written",
+            answer_name=name,
+            ok_count=totals.ok_count,
+            failed_count=totals.failed_count,
+            points_credited=totals.points_credited,
+            answered_at=utcnow(),
+        )
+    plain.unlink(missing_ok=True)
+
+
+async def write_exception_file(worker: Worker, file_id: str) -> None:
+    """``rejected`` -> ``exception_written``."""
+    async with worker.db.unit_of_work() as s:
+        ctx = await repository.file_context(s, file_id)
+        await repository.fence_file(s, worker.id, file_id, worker.lease_until())
+    plain = storage.answer_plain_path(worker.settings, file_id)
+    plain.parent.mkdir(parents=True, exist_ok=True)
+    with plain.open("wb") as out:
+        write_exception(
+            out,
+            ctx.code,
+            ctx.file_seq,
+            RejectReason(ctx.reason_code or RejectReason.BAD_FORMAT),
+            ctx.reason_detail,
+        )
+    name = exception_name(ctx.base)
+    out_path = storage.answer_path(worker.settings, file_id, name)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if ctx.fingerprint is None:
+        raise RuntimeError("partner key disappeared")
+    await asyncio.to_thread(worker.crypto().encrypt_and_sign, plain, out_path, ctx.fingerprint)
+    worker.crash.hit("exception_written")
+    async with worker.db.unit_of_work() as s:
+        await repository.advance(
+            s,
+            worker.id,
+            file_id,
+            "rejected",
+            "exception_written",
+            answer_name=name,
+            answered_at=utcnow(),
+        )
+    plain.unlink(missing_ok=True)
+
+
+async def deliver(worker: Worker, file_id: str, state: str) -> None:
+    """``feedback_written``/``exception_written`` -> ``delivered``; a failed delivery is
+    released to be retried after ``retry_delay``."""
+    async with worker.db.unit_of_work() as s:
+        ctx = await repository.file_context(s, file_id)
+    if ctx.outbox_url is not None and ctx.answer_name is not None:
+        path = storage.answer_path(worker.settings, file_id, ctx.answer_name)
+        options = TransportOptions.for_partner(
+            ctx.transport_key_file, ctx.known_hosts_file, archive=None
+        )
+        try:
+            async with connected(ctx.outbox_url, options) as transport:
+                await transport.deliver(path, ctx.answer_name)
+        except (TransportError, OSError, ValueError) as exc:
+            attempts = ctx.delivery_attempts + 1
+            async with worker.db.unit_of_work() as s:
+                await repository.release_file(
+                    s,
+                    worker.id,
+                    file_id,
+                    delivery_attempts=attempts,
+                    delivery_error=sanitize_detail(str(exc)),
+                    next_attempt_at=utcnow() + retry_delay(attempts),
+                )
+            metrics.DELIVERIES.labels("retry").inc()
+            log.warning("points answer delivery failed; will retry", extra={"file_id": file_id})
+            return
+        worker.crash.hit("delivered")
+    async with worker.db.unit_of_work() as s:
+        await repository.advance(
+            s,
+            worker.id,
+            file_id,
+            state,
+            "delivered",
+            delivered_at=utcnow(),
+            delivery_attempts=ctx.delivery_attempts + 1,
+            delivery_error="",
+        )
+    metrics.DELIVERIES.labels("ok").inc()
