@@ -52,6 +52,17 @@ class Domain:
         return importlib.import_module(f"incentive.{self.name}.{part}")
 
 
+# flag -> the module it names in the domain's package
+MODULES = {
+    "models": "models",
+    "router": "api",
+    "cli": "cli",
+    "keys": "keys",
+    "kind": "kind",
+    "runtime": "runtime",
+}
+
+
 DOMAINS: tuple[Domain, ...] = (
     Domain("auth", models=True, router=True, cli=True),
     Domain("kit", models=True),
