@@ -26,6 +26,7 @@ MAX_MODULE_LINES = 500
 # module (a worker's driver) or one function of it ("path::Class.function").
 OWN_TRANSACTIONS = {
     "events/service.py::handle": "each event delivery is its own unit of work",
+    "kit/commands.py::in_unit_of_work": "an `incentive` command is an entry point: it commits",
     "events/relay.py": "the outbox relay claims and marks events in its own transactions",
     "config/live.py": "the refresher reads the live values outside any request",
     "flash_sales/purchases.py": "the purchase hot path: cached facts, group commit per batch",

@@ -7,21 +7,16 @@ stdout; a refusal prints ``error: ...`` on stderr and exits 2 for invalid input,
 
 from __future__ import annotations
 
-import asyncio
-import json
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import typer
-from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from incentive import migrations
 from incentive.auth import keyring, passwords, service, sessions
 from incentive.auth.models import ROLES, Merchant, Partner, User
-from incentive.db import Database
-from incentive.errors import BadRequest, IncentiveError
+from incentive.errors import BadRequest
+from incentive.kit.commands import echo_json, fail, run_work
 from incentive.settings import get_settings
 
 T = TypeVar("T")
@@ -39,41 +34,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(partners_app, name="partners")
     app.add_typer(keys_app, name="keys")
     app.add_typer(sessions_app, name="sessions")
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _print(payload: dict[str, Any]) -> None:
-    typer.echo(json.dumps(payload, default=str))
-
-
-async def _in_unit_of_work(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    settings = get_settings()
-    db = Database(settings.resolved_database_url)
-    try:
-        if db.is_sqlite:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-            await migrations.upgrade(db.engine)
-        async with db.unit_of_work() as session:
-            return await work(session)
-    finally:
-        await db.dispose()
-
-
-def _run(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    try:
-        return asyncio.run(_in_unit_of_work(work))
-    except BadRequest as exc:
-        _fail(exc.detail, 2)
-    except IncentiveError as exc:
-        _fail(exc.detail, 1)
-    except IntegrityError:
-        _fail("the change conflicts with existing data (created concurrently?)", 1)
-    except (DBAPIError, OSError) as exc:
-        _fail(f"database unavailable: {type(exc).__name__}: {exc}".splitlines()[0], 1)
 
 
 def _user_json(user: User, merchant_code: str | None) -> dict[str, Any]:
@@ -130,7 +90,7 @@ def create_user(
     try:
         passwords.check_password(password)
     except BadRequest as exc:
-        _fail(exc.detail, 2)
+        fail(exc.detail, 2)
 
     async def work(session: AsyncSession) -> dict[str, Any]:
         user = await service.create_user(
@@ -143,7 +103,7 @@ def create_user(
         )
         return _user_json(user, merchant)
 
-    _print(_run(work))
+    echo_json(run_work(work))
 
 
 def _set_blocked(username: str, blocked: bool) -> None:
@@ -152,7 +112,7 @@ def _set_blocked(username: str, blocked: bool) -> None:
         merchant = await session.get(Merchant, user.merchant_id) if user.merchant_id else None
         return _user_json(user, merchant.code if merchant else None)
 
-    _print(_run(work))
+    echo_json(run_work(work))
 
 
 @users_app.command("block")
@@ -177,7 +137,7 @@ def create_merchant(
     async def work(session: AsyncSession) -> dict[str, Any]:
         return _merchant_json(await service.create_merchant(session, code, name))
 
-    _print(_run(work))
+    echo_json(run_work(work))
 
 
 @partners_app.command("create")
@@ -191,7 +151,7 @@ def create_partner(
         partner, api_key = await service.create_partner(session, code, name)
         return _partner_json(partner) | {"api_key": api_key}
 
-    _print(_run(work))
+    echo_json(run_work(work))
 
 
 @keys_app.command("rotate-signing")
@@ -202,14 +162,14 @@ def rotate_signing() -> None:
     """
     settings = get_settings()
     if settings.signing_key_file is not None:
-        _fail("INCENTIVE_SIGNING_KEY_FILE pins one key; rotate by replacing that file instead", 1)
+        fail("INCENTIVE_SIGNING_KEY_FILE pins one key; rotate by replacing that file instead", 1)
     directory = settings.data_dir / "keys"
     try:
         key = keyring.generate(directory)
         ring = keyring.KeyRing.load(directory)
     except (OSError, ValueError) as exc:
-        _fail(f"cannot write a key in {directory}: {exc}", 1)
-    _print({"kid": key.kid, "directory": str(directory), "verifying": sorted(ring.by_kid)})
+        fail(f"cannot write a key in {directory}: {exc}", 1)
+    echo_json({"kid": key.kid, "directory": str(directory), "verifying": sorted(ring.by_kid)})
 
 
 @sessions_app.command("purge-expired")
@@ -224,4 +184,4 @@ def purge_expired() -> None:
             "login_failures": counts.login_failures,
         }
 
-    _print(_run(work))
+    echo_json(run_work(work))

@@ -10,21 +10,18 @@ The partner and key commands join the ``partners`` and ``keys`` command groups t
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import typer
-from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from incentive import migrations
 from incentive.auth.cli import keys_app, partners_app
 from incentive.config.live import LiveConfig, live_config
 from incentive.db import Database
-from incentive.errors import BadRequest, IncentiveError
+from incentive.errors import IncentiveError
+from incentive.kit.commands import command_database, echo_json, fail, run_work
 from incentive.points_files import service
 from incentive.points_files.crypto import default_gnupg_home, init_platform_key
 from incentive.points_files.errors import PointsCryptoError
@@ -41,55 +38,20 @@ def register(app: typer.Typer) -> None:
     app.add_typer(points_app, name="points-files")
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _print(payload: dict[str, Any]) -> None:
-    typer.echo(json.dumps(payload, default=str))
-
-
-async def _in_unit_of_work(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    settings = get_settings()
-    db = Database(settings.resolved_database_url)
-    try:
-        if db.is_sqlite:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-            await migrations.upgrade(db.engine)
-        async with db.unit_of_work() as session:
-            return await work(session)
-    finally:
-        await db.dispose()
-
-
-def _run(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    try:
-        return asyncio.run(_in_unit_of_work(work))
-    except BadRequest as exc:
-        _fail(exc.detail, 2)
-    except IncentiveError as exc:
-        _fail(exc.detail, 1)
-    except IntegrityError:
-        _fail("the change conflicts with existing data (created concurrently?)", 1)
-    except (DBAPIError, OSError) as exc:
-        _fail(f"database unavailable: {type(exc).__name__}: {exc}".splitlines()[0], 1)
-
-
 def _crypto() -> Any:
     try:
         return init_platform_key(
             default_gnupg_home(get_settings()), "Incentive points files", "points@incentive"
         )
     except (PointsCryptoError, OSError) as exc:
-        _fail(f"platform OpenPGP key: {exc}", 1)
+        fail(f"platform OpenPGP key: {exc}", 1)
 
 
 @keys_app.command("init")
 def keys_init() -> None:
     """Create the platform OpenPGP key pair in the data directory (no-op if it exists)."""
     crypto = _crypto()
-    _print({"fingerprint": crypto.platform_fingerprint, "home": str(crypto.home)})
+    echo_json({"fingerprint": crypto.platform_fingerprint, "home": str(crypto.home)})
 
 
 @keys_app.command("export")
@@ -107,14 +69,14 @@ def set_key(
     try:
         armoured = Path(key_file).read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        _fail(f"cannot read {key_file}: {exc}", 2)
+        fail(f"cannot read {key_file}: {exc}", 2)
     crypto = _crypto()
 
     async def work(session: AsyncSession) -> dict[str, Any]:
         row = await service.set_partner_key(session, crypto, code, armoured)
         return service.settings_json(code, row)
 
-    _print(_run(work))
+    echo_json(run_work(work))
 
 
 @partners_app.command("set-transport")
@@ -132,9 +94,9 @@ def set_transport(
 ) -> None:
     """Where the partner's files come from and its answers go (or --http for API only)."""
     if http and (inbox or outbox):
-        _fail("--http excludes --inbox/--outbox", 2)
+        fail("--http excludes --inbox/--outbox", 2)
     if not http and not (inbox and outbox):
-        _fail("give --inbox and --outbox, or --http", 2)
+        fail("give --inbox and --outbox, or --http", 2)
 
     async def work(session: AsyncSession) -> dict[str, Any]:
         row = await service.set_partner_transport(
@@ -147,7 +109,7 @@ def set_transport(
         )
         return service.settings_json(code, row)
 
-    _print(_run(work))
+    echo_json(run_work(work))
 
 
 @partners_app.command("set-points")
@@ -175,16 +137,12 @@ def set_points(
         )
         return service.settings_json(code, row)
 
-    _print(_run(work))
+    echo_json(run_work(work))
 
 
 async def _with_pipeline(action: str, timeout_s: float | None) -> dict[str, Any]:
     settings = get_settings()
-    db = Database(settings.resolved_database_url)
-    try:
-        if db.is_sqlite:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-            await migrations.upgrade(db.engine)
+    async with command_database() as db:
         config = LiveConfig(db)
         await config.reload()
         live_config.install(config)
@@ -196,14 +154,12 @@ async def _with_pipeline(action: str, timeout_s: float | None) -> dict[str, Any]
             return {"stored": stored, "pending": await pipeline.pending_files()}
         finally:
             await pipeline.aclose()
-    finally:
-        await db.dispose()
 
 
 @points_app.command("poll")
 def poll() -> None:
     """Take the files waiting in every partner inbox (they leave it once stored)."""
-    _print(asyncio.run(_with_pipeline("poll", None)))
+    echo_json(asyncio.run(_with_pipeline("poll", None)))
 
 
 @points_app.command("process")
@@ -212,9 +168,9 @@ def process(
 ) -> None:
     """Poll the inboxes, then run the pipeline until every file is delivered."""
     try:
-        _print(asyncio.run(_with_pipeline("process", timeout)))
+        echo_json(asyncio.run(_with_pipeline("process", timeout)))
     except TimeoutError:
-        _fail("files still pending at the timeout", 1)
+        fail("files still pending at the timeout", 1)
 
 
 async def _progress(file_id: str) -> dict[str, Any]:
@@ -248,13 +204,13 @@ def _get(file_id: str) -> dict[str, Any]:
     try:
         return asyncio.run(_progress(file_id))
     except IncentiveError as exc:
-        _fail(exc.detail, 1)
+        fail(exc.detail, 1)
 
 
 @points_app.command("show")
 def show(file_id: str) -> None:
     """State and progress of one file (JSON)."""
-    _print(_get(file_id))
+    echo_json(_get(file_id))
 
 
 @points_app.command("list")
@@ -285,7 +241,7 @@ def list_files(
             "next_cursor": next_cursor,
         }
 
-    _print(_run(work))
+    echo_json(run_work(work))
 
 
 @points_app.command("watch")
@@ -330,4 +286,4 @@ def watch(
             if p["state"] == "delivered":
                 break
             time.sleep(interval)
-    _print(_get(file_id))
+    echo_json(_get(file_id))
