@@ -215,3 +215,19 @@ async def test_the_worker_job_ends_due_campaigns_on_its_own(
                     break
                 await asyncio.sleep(0.1)
             assert r.json()["status"] == "ended"
+
+
+def test_a_kind_must_say_its_budget_asset_and_match_its_rules_tag() -> None:
+    class NoAsset(CampaignKind):
+        name = "probe"
+        rules = ProbeRules
+
+    with pytest.raises(TypeError, match="budget_asset"):
+        NoAsset()  # type: ignore[abstract]
+
+    class Mismatch(ProbeKind):
+        name = "other"
+
+    with pytest.raises(ValueError, match="must default kind"):
+        register_kind(Mismatch())
+    assert "other" not in kind_names()

@@ -26,6 +26,7 @@ schema of ``rules`` are built from this registry when they are needed.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -82,9 +83,9 @@ class CampaignKind(Protocol):
     #: activity types this kind consumes (offered to its active campaigns).
     consumes: ClassVar[frozenset[str]] = frozenset()
 
+    @abstractmethod
     def budget_asset(self, rules: KindRules) -> str:
         """The asset (``POINTS`` or ``CNY``) the campaign's budget is held in."""
-        ...
 
     async def on_create(self, session: AsyncSession, campaign: CampaignFacts) -> None:
         return None
