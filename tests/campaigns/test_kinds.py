@@ -44,6 +44,7 @@ class ProbeKind(CampaignKind):
     rules = ProbeRules
     calls: list[tuple[str, str, str]] = []
     refuse_activation = False
+    failing_end: str | None = None
 
     def budget_asset(self, rules: KindRules) -> str:
         return "POINTS"
@@ -65,6 +66,8 @@ class ProbeKind(CampaignKind):
         self.calls.append(("activate", campaign.status, ""))
 
     async def on_end(self, session: AsyncSession, campaign: CampaignFacts) -> None:
+        if campaign.id == self.failing_end:
+            raise RuntimeError("probe cannot end this one")
         self.calls.append(("end", campaign.status, ""))
 
 
@@ -231,3 +234,21 @@ def test_a_kind_must_say_its_budget_asset_and_match_its_rules_tag() -> None:
     with pytest.raises(ValueError, match="must default kind"):
         register_kind(Mismatch())
     assert "other" not in kind_names()
+
+
+async def test_a_failing_end_hook_does_not_keep_other_campaigns_running(
+    db: Database, client: httpx.AsyncClient, world: World, probe: ProbeKind
+) -> None:
+    stuck = await _due_campaign(client, world, 1.0)
+    fine = await _due_campaign(client, world, 1.0)
+    probe.failing_end = stuck
+    await asyncio.sleep(1.2)
+    assert await end_due_campaigns(db) == [fine]
+    statuses = {}
+    for cid in (stuck, fine):
+        r = await client.get(f"/api/v1/campaigns/{cid}", headers=world.ma.headers)
+        statuses[cid] = r.json()["status"]
+    assert statuses == {stuck: "active", fine: "ended"}
+    assert ("active", "ended") not in await announced(db, stuck)  # rolled back whole
+    probe.failing_end = None
+    assert await end_due_campaigns(db) == [stuck]  # tried again on the next run

@@ -16,6 +16,7 @@ Contract:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 from sqlalchemy import select, update
@@ -29,6 +30,8 @@ from incentive.campaigns.service import facts, get_campaign, managed_campaign
 from incentive.db import utcnow
 from incentive.errors import Forbidden, InvalidField
 from incentive.events import service as events
+
+log = logging.getLogger(__name__)
 
 STATUS_CHANGED_TOPIC = "campaign.status_changed"
 
@@ -187,7 +190,8 @@ async def end_due(session: AsyncSession, *, limit: int = END_PAGE) -> list[str]:
 
     Each is moved by the same guarded ``_move`` as a person's change, with the actor
     ``system`` and its kind's ``on_end`` hook; a campaign changed concurrently by someone else
-    is skipped (its savepoint rolled back) and picked up on the next run if still due.
+    is skipped (its savepoint rolled back) and picked up on the next run if still due, and so
+    is one whose kind's end hook fails (logged): it never holds the others back.
     Returns the ids ended.
     """
     due = (
@@ -211,6 +215,11 @@ async def end_due(session: AsyncSession, *, limit: int = END_PAGE) -> list[str]:
                     reason="the campaign window closed",
                 )
         except (InvalidTransition, CampaignVersionConflict):
+            continue
+        except Exception:
+            # One kind's failing end hook must not keep every other campaign running: this
+            # one stays as it was (savepoint rolled back) and is tried again next run.
+            log.exception("ending a campaign failed", extra={"campaign_id": campaign.id})
             continue
         ended.append(campaign.id)
     return ended
