@@ -180,6 +180,22 @@ async def test_claims_missing_from_a_validly_signed_token(
     await _assert_401(client, bearer(token), "invalid token")
 
 
+@pytest.mark.parametrize(
+    ("claim", "value"),
+    [("exp", 1e300), ("exp", -1e300), ("iat", 1e300), ("exp", 2**70), ("exp", "soon")],
+)
+async def test_validly_signed_token_with_an_absurd_time_is_401(
+    client: httpx.AsyncClient, app: FastAPI, db: Database, claim: str, value: Any
+) -> None:
+    alice = await make_user(db, app, username="alice")
+    ring = app.state.keyring
+    claims = {**_claims(alice.token), claim: value}
+    token = jwt.encode(claims, ring.active.private_key, "EdDSA", headers={"kid": ring.active.kid})
+    r = await client.get(ME, headers=bearer(token))
+    assert r.status_code == 401, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+
+
 @pytest.mark.parametrize("scheme", ["Token", "Basic", "", "Bearer\t", "JWT"])
 async def test_missing_bearer_scheme(
     client: httpx.AsyncClient, app: FastAPI, db: Database, scheme: str

@@ -109,5 +109,6 @@ def _verified(token: str, key: SigningKey) -> AccessClaims:
             exp=datetime.fromtimestamp(int(data["exp"]), tz=UTC),
             merchant_id=data.get("mid"),
         )
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError, OSError) as exc:
+        # A validly signed token can still carry times no datetime holds (exp = 1e300).
         raise Unauthorized("invalid token claims") from exc
