@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 
 PROBLEM_BASE = "https://incentive.dev/problems/"
 PROBLEM_CONTENT_TYPE = "application/problem+json"
+RFC9457_MEMBERS = frozenset({"type", "title", "status", "detail", "instance"})
 
 
 class IncentiveError(Exception):
@@ -96,7 +97,8 @@ class IncentiveError(Exception):
         }
         if instance:
             body["instance"] = instance
-        body.update(self.extra)
+        # Extras add members; they never replace the RFC 9457 ones (``status`` is the HTTP one).
+        body.update({k: v for k, v in self.extra.items() if k not in RFC9457_MEMBERS})
         return body
 
 

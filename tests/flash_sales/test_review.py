@@ -7,6 +7,7 @@ window; and ``POST /campaigns/{id}/transitions`` could make a sale active withou
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -175,3 +176,15 @@ async def test_flash_sale_created_through_campaigns_api_is_sellable(
     buyers = await make_customers(db, app, 7)
     codes = sorted([(await sales.buy(b, sale)).status_code for b in buyers])
     assert codes == [201] * 6 + [409]
+
+
+async def test_a_purchase_on_a_paused_sale_keeps_the_http_status(
+    sales: Sales, db: Database, app: Any
+) -> None:
+    sale = await sales.create(10)
+    assert (await _move(sales.client, sales.operator, sale, "paused")).status_code == 200
+    await asyncio.sleep(1.1)  # the sale facts are cached for one second
+    [buyer] = await make_customers(db, app, 1)
+    r = await sales.buy(buyer, sale)
+    assert r.status_code == 409
+    assert (r.json()["status"], r.json()["campaign_status"]) == (409, "paused")

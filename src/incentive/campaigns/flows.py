@@ -88,7 +88,9 @@ async def transition(
     if (from_status, to_status) in OPERATOR_ONLY and not principal.is_operator:
         raise Forbidden(f"only operators move a campaign from {from_status} to {to_status}")
     if (from_status, to_status) in REASON_REQUIRED and not reason.strip():
-        raise InvalidField("reason", "required", f"a reason is required to {to_status}")
+        raise InvalidField(
+            "reason", "required", f"a reason is required to move a campaign to {to_status}"
+        )
     if to_status in OPENING and campaign.ends_at <= utcnow():
         raise InvalidTransition(
             from_status,

@@ -240,8 +240,9 @@ async def edit_campaign(
         current = await get_campaign(session, campaign_id)
         if current.status not in EDITABLE:
             raise CampaignNotEditable(
-                f"a {current.status} campaign cannot be edited; only draft or rejected",
-                status=current.status,
+                f"{_article(current.status)} {current.status} campaign cannot be edited; "
+                "only draft or rejected",
+                campaign_status=current.status,
             )
         raise CampaignVersionConflict(
             f"campaign is at version {current.version}, not {version}", version=current.version
@@ -369,7 +370,8 @@ async def fund_budget(
     campaign = await managed_campaign(session, principal, campaign_id)
     if campaign.status in ("ended", "cancelled"):
         raise CampaignClosed(
-            f"a {campaign.status} campaign takes no more budget", status=campaign.status
+            f"{_article(campaign.status)} {campaign.status} campaign takes no more budget",
+            campaign_status=campaign.status,
         )
     if campaign.budget_account_id is None:
         raise NotFound(f"campaign {campaign.id} has no budget account")
@@ -384,3 +386,7 @@ async def fund_budget(
         metadata={"campaign_id": campaign.id, "by": principal.id},
     )
     return await budget(session, campaign, transfer.id)
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"

@@ -164,7 +164,7 @@ class Purchases:
         facts = await self.facts(sale_id)
         now = utcnow()
         if facts.status != "active" or not facts.split:
-            raise NotOnSale(f"flash sale {sale_id} is {facts.status}", status=facts.status)
+            raise NotOnSale(f"flash sale {sale_id} is {facts.status}", campaign_status=facts.status)
         if not facts.starts_at <= now < facts.ends_at:
             raise NotOnSale(
                 "outside the sale window",
