@@ -221,7 +221,8 @@ def problems(*errors: type[IncentiveError]) -> dict[int | str, dict[str, Any]]:
 
 def install_handlers(app: FastAPI) -> None:
     """Every error leaves as ``application/problem+json``: domain errors with their own status,
-    validation as 422 naming each field and rule, anything unexpected as a logged 500."""
+    validation as 422 naming each field and rule. Anything unexpected is answered by
+    ``observability.RequestContextMiddleware`` (a 500 with the request id, one log line)."""
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -283,14 +284,14 @@ def install_handlers(app: FastAPI) -> None:
         }
         return respond(exc.status_code, body, dict(exc.headers or {}))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error", exc_info=exc)
-        body = {
-            "type": PROBLEM_BASE + "internal",
-            "title": "Internal error",
-            "status": 500,
-            "detail": "internal error; see logs with this request id",
-            "instance": request.url.path,
-        }
-        return respond(500, body)
+
+def internal_problem(instance: str | None) -> dict[str, Any]:
+    """The body of a 500: nothing about the failure itself, which is in the log under the
+    request id the response carries."""
+    return {
+        "type": PROBLEM_BASE + "internal",
+        "title": "Internal error",
+        "status": 500,
+        "detail": "internal error; see logs with this request id",
+        "instance": instance,
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import sys
 import time
@@ -12,6 +13,8 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 from pythonjsonlogger.json import JsonFormatter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from incentive.errors import PROBLEM_CONTENT_TYPE, internal_problem
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
@@ -68,12 +71,13 @@ class RequestContextMiddleware:
         token = request_id_var.set(rid)
         scope.setdefault("state", {})["request_id"] = rid
         status = 500
+        started = False
         start = time.perf_counter()
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", rid.encode("latin-1")))
                 message["headers"] = headers
@@ -81,6 +85,13 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            # Answered here, inside the request's context, so the 500 carries its id and the
+            # one traceback logged names it (Starlette's outer handler would re-raise).
+            log.exception("unhandled error", extra={"path": scope.get("path")})
+            if started:
+                raise
+            await _answer_internal_error(scope, send_wrapper)
         finally:
             elapsed = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", None) or "unmatched"
@@ -97,3 +108,18 @@ class RequestContextMiddleware:
                 }
                 log.info("request", extra=extra)
             request_id_var.reset(token)
+
+
+async def _answer_internal_error(scope: Scope, send: Send) -> None:
+    body = json.dumps(internal_problem(scope.get("path"))).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [
+                (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
