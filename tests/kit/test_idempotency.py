@@ -328,8 +328,9 @@ async def test_a_value_moving_call_without_the_audit_hook_fails_and_moves_nothin
 
     before = await counts()
     monkeypatch.setattr(idempotency, "_completion_hook", None)
-    with pytest.raises(RuntimeError, match="unaudited"):
-        await client.post("/api/v1/transfers", json=body, headers=_hk(op.headers, "t"))
+    refused = await client.post("/api/v1/transfers", json=body, headers=_hk(op.headers, "t"))
+    assert refused.status_code == 500  # a programming error: answered, logged, nothing moved
+    assert refused.json()["type"].endswith("/internal")
     assert await counts() == before == (0, 0, 0, 0)
 
     monkeypatch.undo()
