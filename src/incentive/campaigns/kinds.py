@@ -47,8 +47,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.errors import InvalidField
 
-BUDGET_ASSETS = ("POINTS", "CNY")
-
 
 class KindRules(BaseModel):
     """Base of every kind's rules; ``kind`` is the union's tag."""

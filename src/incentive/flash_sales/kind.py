@@ -34,6 +34,12 @@ def pool_of(sale_id: str) -> str:
     return f"fs:{sale_id}"
 
 
+def bucket_count(buckets: int | None, total_stock: int) -> int:
+    """The buckets a sale's stock is split into: its own, else live ``flash_sale.buckets``,
+    never more than its units."""
+    return min(buckets or int(live_config.get(FLASH_SALE_BUCKETS)), total_stock)
+
+
 class FlashSaleRules(KindRules):
     kind: Literal["flash_sale"] = "flash_sale"
     sku: Code
@@ -79,9 +85,7 @@ class FlashSaleKind(CampaignKind):
         if sale.activated_at is not None:
             return  # a resume: the stock was split at the first activation
         rules = sale_rules(campaign)
-        sale.buckets = min(
-            rules.buckets or int(live_config.get(FLASH_SALE_BUCKETS)), rules.total_stock
-        )
+        sale.buckets = bucket_count(rules.buckets, rules.total_stock)
         sale.activated_at = utcnow()
         await events.publish(
             session,

@@ -26,8 +26,8 @@ from incentive.config import service as config
 from incentive.db import Database
 from incentive.errors import NotFound
 from incentive.flash_sales.errors import AlreadyActivated, NotOnSale
-from incentive.flash_sales.keys import DRAIN_SECONDS, FLASH_SALE_BUCKETS, FLASH_SALE_FLOW_CONTROL
-from incentive.flash_sales.kind import FlashSaleRules, pool_of, sale_rules
+from incentive.flash_sales.keys import DRAIN_SECONDS, FLASH_SALE_FLOW_CONTROL
+from incentive.flash_sales.kind import FlashSaleRules, bucket_count, pool_of, sale_rules
 from incentive.flash_sales.models import FlashSale, Purchase
 from incentive.flash_sales.schemas import FlashSaleIn, ReconcileOut
 from incentive.stock import StockEngine
@@ -56,7 +56,7 @@ async def create(session: AsyncSession, principal: Principal, body: FlashSaleIn)
     """A draft ``flash_sale`` campaign (its kind adds the stock row); nothing reaches the
     stock store before activation. Without ``buckets`` the live ``flash_sale.buckets`` is
     written into the rules now, so the reviewer sees the split that will run."""
-    buckets = min(body.buckets or int(live_config.get(FLASH_SALE_BUCKETS)), body.total_stock)
+    buckets = bucket_count(body.buckets, body.total_stock)
     rules = {
         "kind": "flash_sale",
         "sku": body.sku,
