@@ -68,7 +68,7 @@ def _check_window(starts_at: datetime, ends_at: datetime) -> None:
 # --------------------------------------------------------------------------- access
 
 
-def can_manage(principal: Principal, campaign: Campaign) -> bool:
+def can_manage(principal: Principal, campaign: Campaign | CampaignFacts) -> bool:
     if principal.is_operator:
         return True
     return (
@@ -79,7 +79,9 @@ def can_manage(principal: Principal, campaign: Campaign) -> bool:
     )
 
 
-def can_see(principal: Principal, campaign: Campaign) -> bool:
+def can_see(principal: Principal, campaign: Campaign | CampaignFacts) -> bool:
+    """Whether the caller may know the campaign exists: every route answers an unseen
+    campaign with 404, before looking at its state."""
     return can_manage(principal, campaign) or campaign.status == "active"
 
 
