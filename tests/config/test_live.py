@@ -177,6 +177,21 @@ async def test_real_server_applies_a_cli_change_within_2s(
         assert "flash_sale.buckets" in listing
 
 
+async def _config_rows(db: Database) -> tuple[list[Any], int, Any]:
+    """Every stored value with its version, the audit size and the change revision."""
+    from sqlalchemy import func, select
+
+    from incentive.config.models import ConfigAudit, ConfigEntry, ConfigRevision
+
+    async with db.unit_of_work() as s:
+        entries = (
+            await s.execute(select(ConfigEntry.key, ConfigEntry.value, ConfigEntry.version))
+        ).all()
+        audit = (await s.execute(select(func.count()).select_from(ConfigAudit))).scalar_one()
+        revision = (await s.execute(select(ConfigRevision.revision))).scalar_one_or_none()
+    return sorted(tuple(e) for e in entries), int(audit), revision
+
+
 async def test_cli_rejects_invalid_values_with_a_problem(
     db: Database, database_url: str, data_dir: Path
 ) -> None:
@@ -186,18 +201,31 @@ async def test_cli_rejects_invalid_values_with_a_problem(
         "INCENTIVE_DATABASE_URL": database_url,
         "INCENTIVE_LOG_LEVEL": "WARNING",
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "incentive.cli",
-        "config",
-        "set",
-        "flash_sale.buckets",
-        "0",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    env.pop("INCENTIVE_REDIS_URL", None)
+    await _cli(env, "set", "flash_sale.buckets", "32")
+    before = await _config_rows(db)
+    assert before[0] == [("flash_sale.buckets", 32, 1)]
+    refusals = (
+        ("flash_sale.buckets", "0", "greater_than_equal"),
+        ("no.such_key", "1", "config-key-unknown"),
     )
-    _, err = await proc.communicate()
-    assert proc.returncode == 2
-    assert "greater_than_equal" in err.decode()
+    for name, value, rule in refusals:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "incentive.cli",
+            "config",
+            "set",
+            name,
+            value,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await proc.communicate()
+        assert proc.returncode == 2, err.decode()
+        assert rule in err.decode()
+        assert await _config_rows(db) == before  # value, version, audit and revision
+    config = LiveConfig(db)
+    await config.reload()
+    assert config.get("flash_sale.buckets") == 32

@@ -215,6 +215,13 @@ async def test_publish_rejects_what_cannot_be_delivered(db: Database) -> None:
             await events.publish(s, "test.happened", {"when": object()})
         with pytest.raises(ValueError, match="key"):
             await events.publish(s, "test.happened", {}, key="")
+        with pytest.raises(ValueError, match="JSON"):
+            await events.publish(s, "test.happened", {"n": float("nan")})
+        # The caller caught the refusals and carries on: its transaction commits.
+        good = await events.publish(s, "test.happened", {"n": 1}, key="good")
+    async with db.unit_of_work() as s:
+        rows = (await s.execute(select(OutboxEvent.event_id, OutboxEvent.key))).all()
+    assert [tuple(r) for r in rows] == [(good, "good")]  # nothing of the refused ones
 
 
 def test_subscribe_validates_and_refuses_a_second_handler_under_one_name() -> None:
