@@ -21,6 +21,8 @@ class TcpGate:
         self._cut = asyncio.Event()
 
     async def open(self) -> None:
+        if self._server is not None:
+            return
         self._cut = asyncio.Event()
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
 
