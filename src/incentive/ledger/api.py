@@ -14,6 +14,7 @@ from incentive.ledger import service
 from incentive.ledger.errors import (
     AccountNotFound,
     AssetMismatch,
+    BalanceLimit,
     InsufficientFunds,
     TransferKeyReused,
 )
@@ -41,7 +42,14 @@ Cursor = Annotated[
 
 OPERATOR = (*AUTHENTICATED, *VALIDATION, Forbidden)
 OWNED = (*OPERATOR, AccountNotFound)
-MOVING = (*OWNED, InsufficientFunds, AssetMismatch, TransferKeyReused, IdempotencyConflict)
+MOVING = (
+    *OWNED,
+    InsufficientFunds,
+    BalanceLimit,
+    AssetMismatch,
+    TransferKeyReused,
+    IdempotencyConflict,
+)
 
 
 def _owners(principal: Principal) -> list[tuple[str, str]]:
