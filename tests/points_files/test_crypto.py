@@ -137,14 +137,37 @@ def test_import_partner_key_returns_its_fingerprint(world: World) -> None:
     "armoured", ["", "not a key", "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nAAAA\n-----END"]
 )
 def test_import_rejects_non_keys(world: World, armoured: str) -> None:
+    before = _keyring(world)
     with pytest.raises(PartnerKeyInvalid):
         world.platform.import_partner_key(armoured)
+    assert _keyring(world) == before
+
+
+def _keyring(world: World) -> set[str]:
+    """Every fingerprint (keys and subkeys, public and secret) in the platform keyring."""
+    found: set[str] = set()
+    for what in ("--list-keys", "--list-secret-keys"):
+        listed = subprocess.run(
+            ["gpg", "--homedir", str(world.platform.home), "--batch", "--with-colons", what],
+            capture_output=True,
+            check=True,
+        )
+        found |= {
+            f"{what}:{line.split(':')[9]}"
+            for line in listed.stdout.decode().splitlines()
+            if line.startswith("fpr:")
+        }
+    return found
 
 
 def test_import_rejects_two_keys_at_once(world: World) -> None:
+    """Refused, and nothing of the two keys was imported (the stranger's key in particular)."""
+    before = _keyring(world)
+    assert not any(world.stranger.fingerprint in f for f in before)
     both = world.partner.public_key() + world.stranger.public_key()
     with pytest.raises(PartnerKeyInvalid):
         world.platform.import_partner_key(both)
+    assert _keyring(world) == before
 
 
 def test_import_rejects_secret_key(world: World) -> None:
