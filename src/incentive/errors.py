@@ -43,6 +43,7 @@ against the real subclasses, their statuses and slugs::
     │   └── LoginThrottled (429 login-throttled) [auth]
     └── ServiceUnavailable (503 unavailable)
         ├── TransportError (503 points-transport-unavailable) [points_files]
+        ├── StorageFull (503 points-storage-full) [points_files]
         └── FlowClosed (503 flow-closed) [flash_sales]
 
 Each domain's leaves also derive from one marker base of that domain, so ``except

@@ -48,6 +48,24 @@ class Settings(BaseSettings):
     points_lease_seconds: float = Field(
         default=60.0, description="a crashed worker's points-file claim is taken over after this"
     )
+    points_min_free_bytes: int = Field(
+        default=1024 * 1024 * 1024,
+        ge=0,
+        description="points-file work (uploads, decrypting, answers) is refused while the data "
+        "directory's disk has less free space than this (bytes)",
+    )
+    points_stage_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="a points-file stage that fails this many times ends the file with an "
+        "answer to the partner instead of being retried forever",
+    )
+    points_stage_retry_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="first wait before a failed points-file stage is retried (doubles each "
+        "time, at most 5 minutes)",
+    )
     points_stage_chunk: int = Field(
         default=20_000, ge=100, description="records staged per transaction (points files)"
     )

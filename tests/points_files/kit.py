@@ -252,3 +252,14 @@ class SftpWorld:
     options: TransportOptions
     log: ServerLog
     port: int
+
+
+async def member_balances(db: Database) -> dict[str, int]:
+    """Every member's POINTS balance by username (members without an account: absent)."""
+    async with db.unit_of_work() as s:
+        rows = await s.execute(
+            select(User.username, Account.balance)
+            .join(Account, Account.owner_id == User.id)
+            .where(Account.owner_type == "user", Account.asset == "POINTS")
+        )
+        return {str(name): int(balance) for name, balance in rows}

@@ -1,6 +1,7 @@
 """Crash safety: a real worker process is killed (SIGKILL) at many points of the pipeline and
-restarted; every record ends credited at most once, the feedback has one line per input record,
-and the ledger agrees with the feedback."""
+restarted; the outcome of every record is exactly the one worked out from the input (each
+good record credited exactly once, each member's balance to the point), the feedback has one
+line per input record, and the ledger agrees with the feedback."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from incentive.db import Database
 from incentive.ledger.models import Account, Transfer
 from incentive.points_files.answer_format import RecordStatus
 from incentive.points_files.crypto import PointsCrypto
+from incentive.points_files.format import RecordReason
 from incentive.points_files.models import PointsBatch, PointsCreditedRecord, PointsFile
 from incentive.settings import Settings
 from tests.points_files.kit import (
@@ -25,6 +27,7 @@ from tests.points_files.kit import (
     local_transport,
     make_members,
     make_partner,
+    member_balances,
     plain_file,
     points_cli,
     rec,
@@ -47,6 +50,14 @@ CRASHES = [
     "feedback_encrypted:1",
     "delivered:1",  # in the outbox, not yet recorded as delivered
 ]
+
+
+def _expected_outcome(member: str) -> tuple[RecordStatus, RecordReason | None]:
+    if member == "ghost":
+        return RecordStatus.FAILED, RecordReason.UNKNOWN_MEMBER
+    if member == "frozen":
+        return RecordStatus.FAILED, RecordReason.MEMBER_BLOCKED
+    return RecordStatus.OK, None
 
 
 async def _process(env: dict[str, str], crash: str | None) -> int:
@@ -112,10 +123,21 @@ async def test_killed_worker_resumes_without_loss_or_double_credit(
                 Account.owner_type == "partner", Account.owner_id == partner_id
             )
         )
+    # What must have happened, worked out from the input alone (not from the code's outputs):
+    # every record of a known, unblocked member credited exactly once, the repeat of r5 not.
+    expected_results = [(r[0], *_expected_outcome(r[1])) for r in records[:-1]]
+    expected_results.append(("r5", RecordStatus.FAILED, RecordReason.DUPLICATE_RECORD))
+    expected_balances: dict[str, int] = {}
+    for (_, member, points, _, _), (_, status, _) in zip(records, expected_results, strict=True):
+        if status is RecordStatus.OK:
+            expected_balances[member] = expected_balances.get(member, 0) + points
     assert list((root / "in").glob("POINTS_*")) == []
     assert [p.name for p in (root / "out").iterdir()] == [f"FEEDBACK_{NAME}"]
     results, totals = feedback_of(pgp, root / "out" / f"FEEDBACK_{NAME}")
     assert [r.record_id for r in results] == [r[0] for r in records]  # one line per D, in order
+    assert [(r.record_id, r.status, r.reason_code) for r in results] == expected_results
+    assert await member_balances(db) == expected_balances
+    assert totals.points_credited == sum(expected_balances.values())
     ok = [r for r in results if r.status is RecordStatus.OK]
     assert len({r.record_id for r in ok}) == len(ok) == totals.ok_count == credited_ids == transfers
     assert totals.points_credited == member_points == -(funding or 0)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import resource
 import subprocess
+import threading
 import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -134,14 +137,37 @@ def test_import_partner_key_returns_its_fingerprint(world: World) -> None:
     "armoured", ["", "not a key", "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nAAAA\n-----END"]
 )
 def test_import_rejects_non_keys(world: World, armoured: str) -> None:
+    before = _keyring(world)
     with pytest.raises(PartnerKeyInvalid):
         world.platform.import_partner_key(armoured)
+    assert _keyring(world) == before
+
+
+def _keyring(world: World) -> set[str]:
+    """Every fingerprint (keys and subkeys, public and secret) in the platform keyring."""
+    found: set[str] = set()
+    for what in ("--list-keys", "--list-secret-keys"):
+        listed = subprocess.run(
+            ["gpg", "--homedir", str(world.platform.home), "--batch", "--with-colons", what],
+            capture_output=True,
+            check=True,
+        )
+        found |= {
+            f"{what}:{line.split(':')[9]}"
+            for line in listed.stdout.decode().splitlines()
+            if line.startswith("fpr:")
+        }
+    return found
 
 
 def test_import_rejects_two_keys_at_once(world: World) -> None:
+    """Refused, and nothing of the two keys was imported (the stranger's key in particular)."""
+    before = _keyring(world)
+    assert not any(world.stranger.fingerprint in f for f in before)
     both = world.partner.public_key() + world.stranger.public_key()
     with pytest.raises(PartnerKeyInvalid):
         world.platform.import_partner_key(both)
+    assert _keyring(world) == before
 
 
 def test_import_rejects_secret_key(world: World) -> None:
@@ -339,3 +365,87 @@ def test_passphrase_protected_platform_key(tmp_path_factory: pytest.TempPathFact
     finally:
         _kill_agent(home)
         _kill_agent(root / "partner")
+
+
+# ------------------------------------------------------------------ compression bombs
+
+
+def _bomb(world: World, tmp_path: Path, plain_mb: int, *, sign: bool) -> Path:
+    """A few KB of OpenPGP (bzip2 level 9) that inflate to ``plain_mb`` MB of zeros."""
+    zeros = tmp_path / "zeros"
+    with zeros.open("wb") as f:
+        f.truncate(plain_mb * 1024 * 1024)  # sparse: nothing on disk
+    enc = tmp_path / "bomb.pgp"
+    args = ["--compress-algo", "bzip2", "-z", "9", "--output", str(enc), "--encrypt"]
+    args += ["--recipient", world.platform.platform_fingerprint]
+    if sign:
+        args += ["--sign", "--local-user", world.partner.fingerprint]
+    done = world.partner.run(*args, str(zeros))
+    assert done.returncode == 0, done.stderr
+    zeros.unlink()
+    assert enc.stat().st_size < 200_000
+    return enc
+
+
+def _gpg_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _decrypting_gpgs(home: Path) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--decrypt" in cmdline and str(home).encode() in cmdline:
+            found.append(proc.name)
+    return found
+
+
+@pytest.mark.parametrize("sign", [True, False], ids=["signed", "unsigned"])
+def test_compression_bomb_is_stopped_at_the_plain_limit(
+    world: World, tmp_path: Path, sign: bool
+) -> None:
+    """Issue 10 item 1: the decrypted size is bounded while streaming; gpg is stopped, the
+    partial plain text deleted, the answer TOO_LARGE (before BAD_SIGNATURE for an unsigned
+    bomb), and the bytes on disk never pass the limit."""
+    enc = _bomb(world, tmp_path, 96, sign=sign)
+    limit = 1024 * 1024
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "plain.txt"
+    peak = 0
+    running = True
+
+    def watch() -> None:
+        nonlocal peak
+        while running:
+            size = 0
+            for p in work.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    size += p.stat().st_size
+            peak = max(peak, size)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    cpu_before = _gpg_cpu_seconds()
+    try:
+        with pytest.raises(FileRejected) as caught:
+            world.platform.decrypt_and_verify(enc, out, world.partner_fpr, max_plain_bytes=limit)
+    finally:
+        running = False
+        watcher.join()
+    bounded_cpu = _gpg_cpu_seconds() - cpu_before
+    assert caught.value.reason_code is RejectReason.TOO_LARGE
+    assert list(work.iterdir()) == []  # no plain text, no partial
+    assert 0 < peak <= limit
+    assert _decrypting_gpgs(world.platform.home) == []
+    # gpg was stopped, not left to inflate the rest: the same message decrypted in full
+    # (no limit) costs gpg many times the CPU
+    cpu_before = _gpg_cpu_seconds()
+    with contextlib.suppress(FileRejected):
+        world.platform.decrypt_and_verify(enc, work / "full.txt", world.partner_fpr)
+    full_cpu = _gpg_cpu_seconds() - cpu_before
+    assert bounded_cpu * 4 < full_cpu, (bounded_cpu, full_cpu)

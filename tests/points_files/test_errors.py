@@ -22,6 +22,7 @@ LEAVES: list[tuple[type[errors.PointsFileError], type[IncentiveError], int, str]
     (errors.FileRejected, BadRequest, 422, "points-file-rejected"),
     (errors.PartnerKeyInvalid, InvalidField, 422, "partner-key-invalid"),
     (errors.TransportError, ServiceUnavailable, 503, "points-transport-unavailable"),
+    (errors.StorageFull, ServiceUnavailable, 503, "points-storage-full"),
     (errors.PointsCryptoError, IncentiveError, 500, "points-crypto-failed"),
 ]
 

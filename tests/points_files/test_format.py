@@ -33,6 +33,7 @@ from tests.points_files.strategies import (
 
 PARTNER = "ACME"
 T0 = "2025-01-09T18:49:00+08:00"
+T0_DT = datetime.fromisoformat(T0)
 
 
 def build(header: Header, rows: list[tuple[str, str, int, datetime, str]]) -> bytes:
@@ -193,8 +194,8 @@ CASES: list[tuple[str, bytes, RejectReason, int | None]] = [
     ("points underscore", lines(HEADER, f"D|r1|a|1_0|{T0}|", "T|1|10"), RejectReason.BAD_FORMAT, 2),
     ("points arabic digits", lines(HEADER, f"D|r1|a|٥|{T0}|", "T|1|5"), RejectReason.BAD_FORMAT, 2),
     (
-        "points over int64",
-        lines(HEADER, f"D|r1|a|{2**63}|{T0}|", f"T|1|{2**63}"),
+        "points of more than 1000 digits",
+        lines(HEADER, f"D|r1|a|{'9' * 1001}|{T0}|", f"T|1|{'9' * 1001}"),
         RejectReason.BAD_FORMAT,
         2,
     ),
@@ -385,6 +386,28 @@ def test_trailer_mismatch_is_incomplete(
     else:
         total += delta
     exc = rejected(body + f"T|{count}|{total}\n".encode())
+    assert exc.reason_code is RejectReason.INCOMPLETE
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    big=st.lists(st.integers(min_value=INT64_MAX // 2), min_size=1, max_size=6),
+    wrap_bits=st.sampled_from([63, 64]),
+)
+def test_points_and_trailer_sum_are_unbounded_integers(big: list[int], wrap_bits: int) -> None:
+    """Issue 10 items 2 and 18: points beyond 64 bits are read as they are (the pipeline
+    answers them INVALID_POINTS); the trailer's sum is compared exactly, so a sum that a
+    64-bit accumulator would have wrapped never matches its wrapped value."""
+    rows = [(f"r{i}", "a", p, T0_DT, "") for i, p in enumerate(big)]
+    total = sum(big)
+    exact = build(Header(PARTNER, 7, T0_DT), rows)
+    reader = PointsFileReader(io.BytesIO(exact), PARTNER)
+    assert [r.points for r in reader] == big
+    assert reader.points_sum == total
+    wrapped = total % 2**wrap_bits
+    assume(wrapped != total)
+    body = exact[: exact.rindex(b"T|")]
+    exc = rejected(body + f"T|{len(big)}|{wrapped}\n".encode())
     assert exc.reason_code is RejectReason.INCOMPLETE
 
 

@@ -190,8 +190,8 @@ def read_feedback(stream: BinaryIO) -> tuple[AnswerHeader, list[RecordResult], F
             raise AnswerFormatError(f"line {line_no}: after the trailer")
         if fields[0] == "R" and len(fields) == 7:
             _, record_id, member_id, points_text, status_text, reason, detail = fields
-            points = parse_positive_int64(points_text)
-            if points is None or status_text not in RecordStatus.__members__:
+            points = parse_uint(points_text)  # echoed as sent, even beyond 64 bits
+            if points is None or points < 1 or status_text not in RecordStatus.__members__:
                 raise AnswerFormatError(f"line {line_no}: bad R line")
             status = RecordStatus(status_text)
             if status is RecordStatus.OK and (reason or detail):

@@ -60,6 +60,7 @@ async def _feedback_chunk(
                 PointsRecord.record_id,
                 PointsRecord.member_id,
                 PointsRecord.points,
+                PointsRecord.points_text,
                 PointsRecord.state,
                 PointsRecord.reason,
                 PointsRecord.detail,
@@ -70,7 +71,8 @@ async def _feedback_chunk(
         )
         out: list[RecordResult] = []
         last_line = after
-        for line_no, record_id, member_id, points, state, reason, detail in rows:
+        for line_no, record_id, member_id, stored, points_text, state, reason, detail in rows:
+            points = int(stored) if stored is not None else int(str(points_text))
             if state == "credited":
                 out.append(RecordResult(record_id, member_id, points, RecordStatus.OK))
             elif state == "failed":
@@ -97,6 +99,7 @@ async def write_feedback_file(worker: Worker, file_id: str) -> None:
         await repository.fence_file(s, worker.id, file_id, worker.lease_until())
     if ctx.fingerprint is None:
         raise RuntimeError("partner key disappeared")
+    storage.ensure_free_space(worker.settings)
     loop = asyncio.get_running_loop()
     header = AnswerHeader(ctx.code, ctx.file_seq, utcnow())
     plain = storage.answer_plain_path(worker.settings, file_id)
@@ -152,6 +155,7 @@ async def write_exception_file(worker: Worker, file_id: str) -> None:
     async with worker.db.unit_of_work() as s:
         ctx = await repository.file_context(s, file_id)
         await repository.fence_file(s, worker.id, file_id, worker.lease_until())
+    storage.ensure_free_space(worker.settings)
     plain = storage.answer_plain_path(worker.settings, file_id)
     plain.parent.mkdir(parents=True, exist_ok=True)
     with plain.open("wb") as out:

@@ -12,7 +12,12 @@ from incentive.auth.principal import Principal, current_partner, current_user
 from incentive.deps import Session
 from incentive.errors import AUTHENTICATED, VALIDATION, Forbidden, problems
 from incentive.points_files import intake, service
-from incentive.points_files.errors import AnswerNotReady, PartnerNotConfigured, PointsFileNotFound
+from incentive.points_files.errors import (
+    AnswerNotReady,
+    PartnerNotConfigured,
+    PointsFileNotFound,
+    StorageFull,
+)
 from incentive.points_files.models import FILE_STATES, PointsFile
 from incentive.points_files.schemas import (
     PointsFileAccepted,
@@ -68,7 +73,7 @@ async def _visible_file(session: Session, viewer: Principal, file_id: str) -> Po
     "/partners/{code}/points-files",
     status_code=202,
     response_model=PointsFileAccepted,
-    responses=problems(*VIEWING, PartnerNotConfigured),
+    responses=problems(*VIEWING, PartnerNotConfigured, StorageFull),
     openapi_extra={
         "requestBody": {
             "required": True,

@@ -117,6 +117,12 @@ def set_points(
     code: str = typer.Argument(..., help="partner code"),
     max_points: int | None = typer.Option(None, "--max-points", help="per-record points limit"),
     max_file_bytes: int | None = typer.Option(None, "--max-file-bytes", help="file size limit"),
+    max_records: int | None = typer.Option(None, "--max-records", help="records per file"),
+    max_plain_bytes: int | None = typer.Option(
+        None,
+        "--max-plain-bytes",
+        help="decrypted size limit (default: max records x 256 bytes; stops compression bombs)",
+    ),
     stale_days: int | None = typer.Option(None, "--stale-days", help="oldest txn_time accepted"),
     crediting_url: str | None = typer.Option(
         None, "--crediting-url", help="credit through an external loyalty system (HTTP)"
@@ -131,6 +137,8 @@ def set_points(
             code,
             max_points_per_record=max_points,
             max_file_bytes=max_file_bytes,
+            max_records=max_records,
+            max_plain_bytes=max_plain_bytes,
             stale_after_days=stale_days,
             crediting_url=crediting_url,
             use_ledger=ledger,

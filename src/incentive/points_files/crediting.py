@@ -223,6 +223,16 @@ class Crediting:
         worker = self.worker
         items = await self._load_items(ctx.id, batch)
         partner = CreditPartner(ctx.partner_id, ctx.code, ctx.funding_account_id, ctx.id)
+        if batch.attempts > worker.settings.points_stage_attempts:
+            # taken over after that many workers failed or died on it: end it, so the file
+            # is answered instead of being retried forever
+            detail = f"could not be credited after {batch.attempts - 1} attempts"
+            refused = [CreditRefusal(i.line_no, detail) for i in items]
+            await self._commit_batch(
+                ctx, batch, items, refused, target, partner, time.monotonic(), skip_target=True
+            )
+            log.error("points batch given up", extra={"file_id": ctx.id, "batch": batch.id})
+            return
         for attempt in range(1, self.credit_attempts + 1):
             started = time.monotonic()
             try:

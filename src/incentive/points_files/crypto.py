@@ -20,13 +20,19 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gnupg
 
-from incentive.points_files.errors import FileRejected, PartnerKeyInvalid, PointsCryptoError
+from incentive.points_files.errors import (
+    FileRejected,
+    PartnerKeyInvalid,
+    PointsCryptoError,
+    StorageFull,
+)
 from incentive.points_files.format import RejectReason
 from incentive.settings import Settings
 
@@ -174,7 +180,12 @@ class PointsCrypto:
     # -- messages -----------------------------------------------------------------------------
 
     def decrypt_and_verify(
-        self, in_path: Path, out_path: Path, expected_fingerprint: str
+        self,
+        in_path: Path,
+        out_path: Path,
+        expected_fingerprint: str,
+        *,
+        max_plain_bytes: int | None = None,
     ) -> VerifiedMessage:
         """Decrypt ``in_path`` (binary or armoured) to ``out_path`` and check the signature.
 
@@ -182,19 +193,38 @@ class PointsCrypto:
         platform key that decrypts intact, and ``FileRejected(BAD_SIGNATURE)`` when it is not
         signed, the signature is bad, or any signer is not ``expected_fingerprint`` (the
         partner's registered primary key). ``out_path`` exists only on success.
+
+        The plain text is streamed from gpg's output to ``out_path`` by this process, counted
+        as it goes: a message that expands past ``max_plain_bytes`` (a compression bomb: a few
+        KB of bzip2 that inflate to gigabytes) stops gpg at once, deletes what was written and
+        raises ``FileRejected(TOO_LARGE)``, before its signature is even looked at. A disk that
+        fills up meanwhile raises ``StorageFull`` (nothing is left behind either).
         """
         expected = normalize_fingerprint(expected_fingerprint)
         partial = out_path.with_name(out_path.name + ".partial")
         _remove(partial)
         try:
-            try:
-                result = self._gpg.decrypt_file(
-                    str(in_path),
-                    output=str(partial),
-                    extra_args=["--trust-model", "always", "--no-auto-key-retrieve"],
+            with partial.open("wb") as sink_file:
+                sink = _PlainSink(sink_file, max_plain_bytes)
+                gpg = _StreamingGPG(self, sink)
+                try:
+                    result = gpg.decrypt_file(
+                        str(in_path),
+                        extra_args=["--trust-model", "always", "--no-auto-key-retrieve"],
+                    )
+                except (OSError, ValueError) as exc:  # gpg quit early (or was stopped by us)
+                    if sink.too_large or sink.failure is not None:
+                        result = None
+                    else:
+                        raise FileRejected(RejectReason.DECRYPT_FAILED, f"gpg: {exc}") from exc
+            if sink.too_large:
+                raise FileRejected(
+                    RejectReason.TOO_LARGE,
+                    f"the decrypted file is larger than {sink.limit} bytes",
                 )
-            except (OSError, ValueError) as exc:  # gpg quit early on input it cannot read
-                raise FileRejected(RejectReason.DECRYPT_FAILED, f"gpg: {exc}") from exc
+            if sink.failure is not None:
+                raise StorageFull(f"could not write the decrypted file: {sink.failure}")
+            assert result is not None
             statuses = _status_keys(str(result.stderr))
             if (
                 not result.ok
@@ -262,6 +292,59 @@ class PointsCrypto:
             partial.replace(out_path)
         finally:
             _remove(partial)
+
+
+class _PlainSink:
+    """Takes gpg's plain output chunk by chunk (python-gnupg's ``on_data``), writes it to the
+    partial file and stops gpg as soon as the output passes ``limit`` bytes."""
+
+    def __init__(self, out: Any, limit: int | None) -> None:
+        self.out = out
+        self.limit = limit
+        self.size = 0
+        self.too_large = False
+        self.failure: OSError | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __call__(self, data: bytes) -> bool:
+        if not data or self.too_large or self.failure is not None:
+            return False
+        if self.limit is not None and self.size + len(data) > self.limit:
+            self.too_large = True
+            self._stop_gpg()
+            return False
+        try:
+            self.out.write(data)
+        except OSError as exc:  # ENOSPC and the like
+            self.failure = exc
+            self._stop_gpg()
+            return False
+        self.size += len(data)
+        return False  # never buffered in memory
+
+    def _stop_gpg(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+
+
+class _StreamingGPG(gnupg.GPG):  # type: ignore[misc]
+    """A one-call GPG on the same keyring and options whose output goes to a ``_PlainSink``
+    (a new instance per call: ``on_data`` is per instance, and calls may run in parallel)."""
+
+    def __init__(self, crypto: PointsCrypto, sink: _PlainSink) -> None:
+        parent = crypto._gpg
+        self._sink: _PlainSink | None = None  # set after gpg's own start-up calls
+        super().__init__(gnupghome=parent.gnupghome, options=list(parent.options or []))
+        self.encoding = parent.encoding
+        self.buffer_size = 64 * 1024
+        self.on_data = sink
+        self._sink = sink
+
+    def _open_subprocess(self, args: Any, passphrase: bool = False) -> Any:
+        process = super()._open_subprocess(args, passphrase)
+        if self._sink is not None:
+            self._sink.process = process
+        return process
 
 
 def _int_or_none(value: object) -> int | None:

@@ -10,6 +10,7 @@ Each leaf combines the marker ``PointsFileError`` with its HTTP-shaped base from
     ├── FileRejected (422 points-file-rejected: a whole-file reason) + BadRequest
     ├── PartnerKeyInvalid (422 partner-key-invalid)                 + InvalidField
     ├── TransportError (503 points-transport-unavailable)           + ServiceUnavailable
+    ├── StorageFull (503 points-storage-full: data disk nearly full) + ServiceUnavailable
     └── PointsCryptoError (500 points-crypto-failed: gpg itself failed)
 
 Not HTTP errors, so not here: ``answer_format.AnswerFormatError`` (a ``ValueError`` for
@@ -102,6 +103,14 @@ class TransportError(PointsFileError, ServiceUnavailable):
 
     slug = "points-transport-unavailable"
     title = "Partner file transport unavailable"
+
+
+class StorageFull(PointsFileError, ServiceUnavailable):
+    """The data directory's disk is (nearly) full: no points-file work is started, files are
+    kept where they are and retried later (never a half-written answer)."""
+
+    slug = "points-storage-full"
+    title = "Points-file storage full"
 
 
 class PointsCryptoError(PointsFileError):

@@ -17,9 +17,12 @@ their own tools and a lenient reader would hide their bugs:
   ``T`` is ``BAD_FORMAT`` with that line's number; a missing trailer or one whose count or sum
   does not match is ``INCOMPLETE``; more ``D`` lines than the caller allows is ``TOO_LARGE``.
   The first problem met wins, so ``BAD_FORMAT`` names the first bad line.
-- Integers (``file_seq``, ``points``, trailer counts) are ASCII digits only: no sign, no
-  spaces, no ``_``; leading zeros are allowed (the value is what counts). ``file_seq`` and
-  ``points`` are positive and fit in a signed 64-bit integer.
+- Integers (``file_seq``, ``points``, trailer counts) are ASCII digits only (at most 1000 of
+  them): no sign, no spaces, no ``_``; leading zeros are allowed (the value is what counts).
+  ``file_seq`` is positive and fits in a signed 64-bit integer. ``points`` is positive; a value
+  too big for the partner's limit or for 64 bits is still a well-formed record: the reader
+  yields it as it is (an unbounded ``int``) and the pipeline answers it ``INVALID_POINTS``. The
+  trailer's count and sum are compared with unbounded integers too.
 - Times are ISO 8601 extended calendar date-times with an offset (``Z``, ``+hh``, ``+hhmm`` or
   ``+hh:mm``), e.g. ``2025-01-09T18:49:00+08:00``; seconds and a fraction are optional.
 - No field may contain a line break (any character ``str.splitlines`` breaks on) or a control
@@ -53,7 +56,8 @@ MAX_LINE_BYTES = 64 * 1024
 RECORD_ID_MAX = 64
 
 RECORD_ID = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
-_DIGITS = re.compile(r"[0-9]{1,30}", re.ASCII)
+MAX_DIGITS = 1000
+_DIGITS = re.compile(rf"[0-9]{{1,{MAX_DIGITS}}}", re.ASCII)
 _ISO_WITH_OFFSET = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]{1,9})?)?"
     r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)",
@@ -292,9 +296,9 @@ class PointsFileReader:
             self._bad("record_id must be 1-64 characters of A-Z a-z 0-9 _ -")
         if not member_id.strip():
             self._bad("member_id is empty")
-        points = parse_positive_int64(points_text)
-        if points is None:
-            self._bad("points must be a positive integer (digits only, at most 2^63-1)")
+        points = parse_uint(points_text)
+        if points is None or points < 1:
+            self._bad(f"points must be a positive integer (1 to {MAX_DIGITS} digits only)")
         txn_time = parse_iso_with_offset(txn_text)
         if txn_time is None:
             self._bad("txn_time must be an ISO 8601 date-time with offset")

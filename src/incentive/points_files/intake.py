@@ -79,6 +79,7 @@ async def receive(
         raise InvalidField(
             "name", "points-file-name", "name: POINTS_<PARTNER>_<YYYYMMDD>_<SEQ>.txt.pgp"
         )
+    storage.ensure_free_space(settings)
     file_id = new_id()
     stored = await storage.store_stream(
         chunks, storage.inbound_path(settings, file_id), who.max_file_bytes

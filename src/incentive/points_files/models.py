@@ -46,6 +46,19 @@ FILE_STATES = (
     "exception_written",
 )
 RECORD_STATES = ("valid", "credited", "failed")
+DEFAULT_MAX_RECORDS = 2_000_000
+# Default decrypted bytes allowed per record: a D line is about 100 bytes; this leaves room
+# for long memos and still stops a compression bomb near the size a real file could have.
+PLAIN_BYTES_PER_RECORD = 256
+
+
+def max_plain_bytes_of(max_records: int, max_plain_bytes: int | None) -> int:
+    """The decrypted size allowed for a partner's files (header and trailer included)."""
+    if max_plain_bytes is not None:
+        return max_plain_bytes
+    return (max_records + 2) * PLAIN_BYTES_PER_RECORD
+
+
 BATCH_STATES = ("claimed", "done")
 
 
@@ -59,6 +72,8 @@ class PartnerPointsSettings(Base):
         CheckConstraint("max_points_per_record > 0", name="max_points_positive"),
         CheckConstraint("max_file_bytes > 0", name="max_file_bytes_positive"),
         CheckConstraint("stale_after_days > 0", name="stale_after_days_positive"),
+        CheckConstraint("max_records > 0", name="max_records_positive"),
+        CheckConstraint("max_plain_bytes > 0", name="max_plain_bytes_positive"),
     )
 
     partner_id: Mapped[str] = mapped_column(ForeignKey("partners.id"), primary_key=True)
@@ -70,6 +85,10 @@ class PartnerPointsSettings(Base):
     crediting_url: Mapped[str | None] = mapped_column(String(500), nullable=True)
     max_points_per_record: Mapped[int] = mapped_column(BigInteger, default=1_000_000)
     max_file_bytes: Mapped[int] = mapped_column(BigInteger, default=512 * 1024 * 1024)
+    max_records: Mapped[int] = mapped_column(BigInteger, default=DEFAULT_MAX_RECORDS)
+    # The decrypted size allowed (a compression bomb is stopped there); None: derived from
+    # ``max_records`` (see ``max_plain_bytes_of``).
+    max_plain_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     stale_after_days: Mapped[int] = mapped_column(Integer, default=90)
     funding_account_id: Mapped[int | None] = mapped_column(
         BigId, ForeignKey("accounts.id"), nullable=True
@@ -102,7 +121,8 @@ class PointsFile(Base):
     reason_code: Mapped[str | None] = mapped_column(String(24), nullable=True)
     reason_detail: Mapped[str] = mapped_column(Text, default="")
     record_count: Mapped[int] = mapped_column(BigInteger, default=0)
-    points_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The trailer's sum; None when it does not fit in 64 bits (its records are INVALID_POINTS).
+    points_total: Mapped[int | None] = mapped_column(BigInteger, nullable=True, default=0)
     last_line: Mapped[int] = mapped_column(Integer, default=0)
     next_line: Mapped[int] = mapped_column(Integer, default=0)
     ok_count: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -126,6 +146,10 @@ class PointsFile(Base):
     answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Failed attempts at the file's current stage (reset when it moves on) and the last
+    # error; at ``settings.points_stage_attempts`` the file is ended with an answer.
+    stage_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    stage_error: Mapped[str] = mapped_column(Text, default="")
 
 
 class PointsRecord(Base):
@@ -142,7 +166,9 @@ class PointsRecord(Base):
     line_no: Mapped[int] = mapped_column(Integer, primary_key=True)
     record_id: Mapped[str] = mapped_column(String(64))
     member_id: Mapped[str] = mapped_column(Text)
-    points: Mapped[int] = mapped_column(BigInteger)
+    # None when the partner's value does not fit in 64 bits; its digits are in points_text.
+    points: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    points_text: Mapped[str | None] = mapped_column(String(1000), nullable=True)
     txn_time: Mapped[datetime] = mapped_column(UTCDateTime)
     memo: Mapped[str] = mapped_column(Text, default="")
     user_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
@@ -200,4 +226,5 @@ __all__ = [
     "PointsFile",
     "PointsRecord",
     "RECORDS",
+    "max_plain_bytes_of",
 ]

@@ -33,9 +33,11 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from incentive.db import Database
+from incentive.db import Database, utcnow
 from incentive.points_files import answers, crediting, intake, metrics, repository, staging
 from incentive.points_files.crediting import Crediting
+from incentive.points_files.errors import StorageFull
+from incentive.points_files.format import RejectReason, sanitize_detail
 from incentive.points_files.limiter import AdaptiveLimiter, LimiterSettings
 from incentive.points_files.models import PointsFile
 from incentive.points_files.repository import LostClaim
@@ -43,6 +45,19 @@ from incentive.points_files.worker import CrashPoints, Worker, default_worker_id
 from incentive.settings import Settings
 
 log = logging.getLogger(__name__)
+
+STORAGE_RETRY_SECONDS = 30.0
+# A stage before crediting that keeps failing rejects the file with the format's nearest
+# whole-file code (the format has no code of its own for our failures): the message could not
+# be read (``received``), or its content could not be taken in (later stages). Stages from
+# ``credited`` on are past the point of no return (records are credited): they keep being
+# retried with backoff, their error recorded in ``stage_error``.
+GIVE_UP_REASON = {
+    "received": RejectReason.DECRYPT_FAILED,
+    "decrypted": RejectReason.BAD_FORMAT,
+    "staged": RejectReason.BAD_FORMAT,
+    "validated": RejectReason.BAD_FORMAT,
+}
 
 # States with stage work for one worker to claim (``crediting`` is shared, see ``run_once``).
 STAGE_STATES = (
@@ -107,6 +122,11 @@ class PointsPipeline:
                 await self._run_stage(*job)
             except LostClaim as exc:
                 log.warning("points file claim lost", extra={"problem": str(exc)})
+            except StorageFull as exc:
+                await self._wait_for_storage(job[0], exc)
+            except Exception as exc:
+                log.exception("points file stage failed", extra={"file_id": job[0]})
+                await self._stage_failed(*job, exc)
         async with self.worker.db.unit_of_work() as s:
             being_credited = await repository.files_crediting(s)
         for file_id in being_credited:
@@ -163,6 +183,58 @@ class PointsPipeline:
     async def _claim_file(self) -> tuple[str, str] | None:
         async with self.worker.db.unit_of_work() as s:
             return await repository.claim_file(s, self.worker.id, self.worker.lease, STAGE_STATES)
+
+    async def _wait_for_storage(self, file_id: str, exc: StorageFull) -> None:
+        """The disk is nearly full: the file stays where it is (not the file's fault, so no
+        attempt is counted) and is retried later."""
+        log.error("points file work refused: storage full", extra={"file_id": file_id})
+        async with self.worker.db.unit_of_work() as s:
+            await repository.release_file(
+                s,
+                self.worker.id,
+                file_id,
+                stage_error=sanitize_detail(str(exc.detail)),
+                next_attempt_at=utcnow() + timedelta(seconds=STORAGE_RETRY_SECONDS),
+            )
+
+    async def _stage_failed(self, file_id: str, state: str, exc: Exception) -> None:
+        """A stage raised something unexpected: retry it later with backoff, and after
+        ``settings.points_stage_attempts`` failures end the file with an answer instead (a
+        file before crediting is rejected as a whole; nothing of it was credited)."""
+        w = self.worker
+        settings = w.settings
+        error = sanitize_detail(f"{type(exc).__name__}: {exc}")
+        async with w.db.unit_of_work() as s:
+            attempts = 1 + int(
+                await s.scalar(select(PointsFile.stage_attempts).where(PointsFile.id == file_id))
+                or 0
+            )
+        final = attempts >= settings.points_stage_attempts
+        if final and state in GIVE_UP_REASON:
+            reason = GIVE_UP_REASON[state]
+            await staging.reject(
+                w,
+                file_id,
+                state,
+                reason,
+                f"the file could not be processed after {attempts} attempts; nothing in it "
+                "was credited; please send it again",
+            )
+            log.error(
+                "points file given up",
+                extra={"file_id": file_id, "stage": state, "reason": str(reason)},
+            )
+            return
+        delay = min(300.0, settings.points_stage_retry_seconds * 2 ** min(attempts - 1, 16))
+        async with w.db.unit_of_work() as s:
+            await repository.release_file(
+                s,
+                w.id,
+                file_id,
+                stage_attempts=attempts,
+                stage_error=error,
+                next_attempt_at=utcnow() + timedelta(seconds=delay),
+            )
 
     async def _run_stage(self, file_id: str, state: str) -> None:
         started = time.monotonic()

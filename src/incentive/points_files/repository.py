@@ -30,6 +30,7 @@ from incentive.points_files.models import (
     PointsBatch,
     PointsCreditedRecord,
     PointsFile,
+    max_plain_bytes_of,
 )
 
 
@@ -61,6 +62,9 @@ class FileContext:
     funding_account_id: int | None
     max_points: int
     stale_after_days: int
+    max_records: int
+    max_plain_bytes: int
+    stage_attempts: int
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class ClaimedBatch:
     id: int
     first_line: int
     last_line: int
+    attempts: int = 1
 
 
 def _skip_locked(session: AsyncSession) -> bool:
@@ -109,6 +114,9 @@ async def file_context(session: AsyncSession, file_id: str) -> FileContext:
         ps.funding_account_id,
         ps.max_points_per_record,
         ps.stale_after_days,
+        ps.max_records,
+        max_plain_bytes_of(ps.max_records, ps.max_plain_bytes),
+        f.stage_attempts,
     )
 
 
@@ -174,7 +182,15 @@ async def advance(
             PointsFile.state == from_state,
             PointsFile.claimed_by == worker_id,
         )
-        .values(state=to_state, claimed_by=None, lease_until=None, updated_at=utcnow(), **values)
+        .values(
+            state=to_state,
+            claimed_by=None,
+            lease_until=None,
+            updated_at=utcnow(),
+            stage_attempts=0,
+            stage_error="",
+            **values,
+        )
         .returning(PointsFile.id)
     )
     if result.first() is None:
@@ -208,7 +224,7 @@ async def take_over_batch(
 ) -> ClaimedBatch | None:
     """Claim the file's first batch whose holder's lease expired, if any."""
     q = (
-        select(PointsBatch.id, PointsBatch.first_line, PointsBatch.last_line)
+        select(PointsBatch.id, PointsBatch.first_line, PointsBatch.last_line, PointsBatch.attempts)
         .where(
             PointsBatch.file_id == file_id,
             PointsBatch.state == "claimed",
@@ -227,7 +243,9 @@ async def take_over_batch(
         .where(PointsBatch.id == stale.id)
         .values(claimed_by=worker_id, lease_until=lease_until, attempts=PointsBatch.attempts + 1)
     )
-    return ClaimedBatch(int(stale.id), int(stale.first_line), int(stale.last_line))
+    return ClaimedBatch(
+        int(stale.id), int(stale.first_line), int(stale.last_line), int(stale.attempts) + 1
+    )
 
 
 async def claim_lines(

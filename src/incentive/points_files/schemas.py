@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class RecordCounts(BaseModel):
@@ -25,7 +25,7 @@ class PointsFileOut(BaseModel):
     reason_detail: str
     size_bytes: int
     records: RecordCounts
-    points_total: int
+    points_total: int | None = Field(description="the trailer's sum; null when beyond 64 bits")
     points_credited: int
     batches_done: int
     batches_in_flight: int

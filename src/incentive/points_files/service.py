@@ -22,11 +22,14 @@ from incentive.points_files import storage
 from incentive.points_files.backends.transports import open_transport
 from incentive.points_files.crypto import PointsCrypto, normalize_fingerprint
 from incentive.points_files.errors import AnswerNotReady, PointsFileNotFound
+from incentive.points_files.format import INT64_MAX
 from incentive.points_files.models import (
+    DEFAULT_MAX_RECORDS,
     FILE_STATES,
     PartnerPointsSettings,
     PointsBatch,
     PointsFile,
+    max_plain_bytes_of,
 )
 from incentive.settings import Settings
 
@@ -63,6 +66,7 @@ async def points_settings(session: AsyncSession, partner_id: str) -> PartnerPoin
         funding_account_id=account.id,
         max_points_per_record=1_000_000,
         max_file_bytes=512 * 1024 * 1024,
+        max_records=DEFAULT_MAX_RECORDS,
         stale_after_days=90,
         created_at=now,
         updated_at=now,
@@ -132,6 +136,8 @@ async def set_partner_limits(
     *,
     max_points_per_record: int | None = None,
     max_file_bytes: int | None = None,
+    max_records: int | None = None,
+    max_plain_bytes: int | None = None,
     stale_after_days: int | None = None,
     crediting_url: str | None = None,
     use_ledger: bool = False,
@@ -140,11 +146,13 @@ async def set_partner_limits(
     for field, value in (
         ("max_points_per_record", max_points_per_record),
         ("max_file_bytes", max_file_bytes),
+        ("max_records", max_records),
+        ("max_plain_bytes", max_plain_bytes),
         ("stale_after_days", stale_after_days),
     ):
         if value is not None:
-            if value < 1:
-                raise InvalidField(field, "positive", f"{field} must be positive")
+            if not 1 <= value <= INT64_MAX:
+                raise InvalidField(field, "positive", f"{field} must be 1 to 2^63-1")
             setattr(row, field, value)
     if crediting_url is not None:
         if not crediting_url.startswith(("http://", "https://")):
@@ -168,6 +176,8 @@ def settings_json(code: str, row: PartnerPointsSettings) -> dict[str, Any]:
         "crediting": row.crediting_url or "ledger",
         "max_points_per_record": row.max_points_per_record,
         "max_file_bytes": row.max_file_bytes,
+        "max_records": row.max_records,
+        "max_plain_bytes": max_plain_bytes_of(row.max_records, row.max_plain_bytes),
         "stale_after_days": row.stale_after_days,
         "funding_account_id": row.funding_account_id,
     }

@@ -15,6 +15,7 @@ records are deleted and its duplicate guards released.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Sequence
 from datetime import UTC, timedelta
@@ -28,6 +29,7 @@ from incentive.db import utcnow
 from incentive.points_files import metrics, repository, storage
 from incentive.points_files.errors import FileRejected
 from incentive.points_files.format import (
+    INT64_MAX,
     DetailRecord,
     PointsFileReader,
     RecordReason,
@@ -47,6 +49,7 @@ RECORD_COLUMNS = (
     "record_id",
     "member_id",
     "points",
+    "points_text",
     "txn_time",
     "memo",
     "user_id",
@@ -75,11 +78,15 @@ async def _decrypt_to_work(worker: Worker, ctx: FileContext) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     if ctx.fingerprint is None:
         raise FileRejected(RejectReason.BAD_SIGNATURE, "no OpenPGP key registered for partner")
+    storage.ensure_free_space(worker.settings)
     await asyncio.to_thread(
-        worker.crypto().decrypt_and_verify,
-        storage.inbound_path(worker.settings, ctx.id),
-        out,
-        ctx.fingerprint,
+        functools.partial(
+            worker.crypto().decrypt_and_verify,
+            storage.inbound_path(worker.settings, ctx.id),
+            out,
+            ctx.fingerprint,
+            max_plain_bytes=ctx.max_plain_bytes,
+        )
     )
 
 
@@ -106,7 +113,11 @@ async def stage(worker: Worker, file_id: str) -> None:
     try:
         with plain.open("rb") as stream:
             reader = PointsFileReader(
-                stream, ctx.code, expected_file_seq=ctx.file_seq, detect_duplicates=False
+                stream,
+                ctx.code,
+                expected_file_seq=ctx.file_seq,
+                max_records=ctx.max_records,
+                detect_duplicates=False,
             )
             chunk: list[DetailRecord] = []
             for record in reader:
@@ -131,7 +142,7 @@ async def stage(worker: Worker, file_id: str) -> None:
             "decrypted",
             "staged",
             record_count=reader.record_count,
-            points_total=reader.points_sum,
+            points_total=reader.points_sum if reader.points_sum <= INT64_MAX else None,
             last_line=last_line,
             failed_count=failed,
             staged_at=utcnow(),
@@ -177,7 +188,9 @@ async def _stage_chunk(worker: Worker, ctx: FileContext, chunk: Sequence[DetailR
                     r.line_no,
                     r.record_id,
                     r.member_id,
-                    r.points,
+                    # a value beyond 64 bits (never credited) is kept as its digits
+                    r.points if r.points <= INT64_MAX else None,
+                    None if r.points <= INT64_MAX else str(r.points),
                     r.txn_time.astimezone(UTC),
                     r.memo,
                     member.user_id if member is not None else None,

@@ -10,12 +10,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from incentive.points_files.errors import StorageFull
 from incentive.settings import Settings
 
 
@@ -37,6 +40,19 @@ def answer_plain_path(settings: Settings, file_id: str) -> Path:
 
 def answer_path(settings: Settings, file_id: str, answer_name: str) -> Path:
     return work_root(settings) / "outbound" / file_id / answer_name
+
+
+def ensure_free_space(settings: Settings) -> None:
+    """Refuse points-file work (``StorageFull``) while the data directory's disk has less free
+    space than ``settings.points_min_free_bytes``."""
+    root = work_root(settings)
+    root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root).free
+    if free < settings.points_min_free_bytes:
+        raise StorageFull(
+            f"only {free} bytes free under the data directory, "
+            f"{settings.points_min_free_bytes} required (INCENTIVE_POINTS_MIN_FREE_BYTES)"
+        )
 
 
 @dataclass(frozen=True)
@@ -66,6 +82,10 @@ async def store_stream(chunks: AsyncIterator[bytes], target: Path, max_bytes: in
             out.flush()
             os.fsync(out.fileno())
         os.replace(partial, target)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFull(f"the data directory's disk is full: {exc}") from exc
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()

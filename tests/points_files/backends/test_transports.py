@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import sys
 from pathlib import Path
 
 import asyncssh
@@ -20,6 +22,7 @@ from incentive.points_files.backends.transports import (
 )
 from incentive.points_files.errors import TransportError
 from tests.points_files.kit import SftpWorld
+from tests.servers import free_port
 
 NAME = "POINTS_ACME_20250109_1.txt.pgp"
 
@@ -157,7 +160,9 @@ async def test_sftp_wrong_client_key_is_refused(sftp_world: SftpWorld, tmp_path:
             await transport.list_inbox()
 
 
-async def test_sftp_reconnects_after_server_restart(sftp_world: SftpWorld, tmp_path: Path) -> None:
+async def test_sftp_reconnects_after_connection_drop(sftp_world: SftpWorld) -> None:
+    """Our side's connection closes under the transport: the next call fails, the one after
+    reconnects."""
     transport = open_transport(sftp_world.url, sftp_world.options)
     assert await transport.list_inbox() == []
     assert isinstance(transport, SftpTransport)
@@ -169,6 +174,60 @@ async def test_sftp_reconnects_after_server_restart(sftp_world: SftpWorld, tmp_p
     (sftp_world.root / "inbox" / NAME).write_bytes(b"x")
     assert await transport.list_inbox() == [NAME]
     await transport.aclose()
+
+
+async def _start_sftp_process(
+    root: Path, port: int, host_key: Path, client_public: Path
+) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.points_files.backends.sftp_server",
+        str(root),
+        str(port),
+        str(host_key),
+        str(client_public),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert await asyncio.wait_for(proc.stdout.readline(), timeout=30) == b"ready\n"
+    return proc
+
+
+async def test_sftp_reconnects_after_the_server_process_is_killed(tmp_path: Path) -> None:
+    """A real outage: the partner's SFTP server process is killed (SIGKILL) while we hold a
+    connection, calls fail with TransportError (not hang, not crash), and once the server is
+    back on the same port the same transport reconnects by itself."""
+    root = tmp_path / "sftp-root"
+    (root / "inbox").mkdir(parents=True)
+    host_key, client_key = tmp_path / "host_key", tmp_path / "id_ed25519"
+    host = asyncssh.generate_private_key("ssh-ed25519")
+    host.write_private_key(str(host_key))
+    client = asyncssh.generate_private_key("ssh-ed25519")
+    client.write_private_key(str(client_key))
+    client_public = tmp_path / "id_ed25519.pub"
+    client.write_public_key(str(client_public))
+    port = free_port()
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_bytes(f"[127.0.0.1]:{port} ".encode() + host.export_public_key())
+    options = TransportOptions(client_key=client_key, known_hosts=known_hosts, connect_timeout_s=5)
+    server = await _start_sftp_process(root, port, host_key, client_public)
+    transport = open_transport(f"sftp://points@127.0.0.1:{port}/", options)
+    try:
+        assert await transport.list_inbox() == []
+        server.send_signal(signal.SIGKILL)
+        assert await server.wait() == -signal.SIGKILL
+        for _ in range(2):  # the dropped connection, then a refused reconnect
+            with pytest.raises(TransportError):
+                await asyncio.wait_for(transport.list_inbox(), timeout=30)
+        server = await _start_sftp_process(root, port, host_key, client_public)
+        (root / "inbox" / NAME).write_bytes(b"x")
+        assert await transport.list_inbox() == [NAME]
+    finally:
+        await transport.aclose()
+        if server.returncode is None:
+            server.kill()
+            await server.wait()
 
 
 def test_urls() -> None:

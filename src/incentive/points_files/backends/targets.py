@@ -2,7 +2,8 @@
 
 - ``LedgerTarget`` (default): one ``ledger.batch_transfer`` per batch from the partner's
   funding account to each member's ``POINTS`` account (accounts opened set-based), idempotency
-  key ``partner:<code>:<record_id>``. It runs inside the batch's own transaction
+  key ``partner:<code>:<record_id>``; a refused batch is split until only the refused
+  records fail (``_credit_isolating``). It runs inside the batch's own transaction
   (``in_transaction = True``), so the credit, the record states and the batch's completion
   commit together or not at all.
 - ``HttpTarget``: an external loyalty system. ``POST <url>`` with JSON
@@ -108,17 +109,34 @@ class LedgerTarget:
             for i in items
         ]
         try:
-            await ledger.batch_transfer(session, transfers)
-        except IncentiveError as exc:
-            # A refusal of the ledger (key reused with other content, amount over the cap):
-            # nothing of the batch was written; every item fails with the ledger's reason.
-            return [CreditRefusal(i.line_no, f"ledger: {exc.detail}") for i in items]
+            return await _credit_isolating(session, list(zip(items, transfers, strict=True)))
         except DBAPIError as exc:
             raise TargetUnavailable(f"database: {type(exc.orig).__name__}") from exc
-        return []
 
     async def aclose(self) -> None:
         return None
+
+
+async def _credit_isolating(
+    session: AsyncSession, pairs: list[tuple[CreditItem, ledger.TransferItem]]
+) -> list[CreditRefusal]:
+    """Credit ``pairs`` in one ledger batch; when the ledger refuses it (all or nothing: a key
+    already taken with other content, an amount over a cap), split it in halves and retry each,
+    down to the one record that is refused, so one bad record never fails its neighbours.
+
+    The ledger's own detail names the idempotency key; the partner gets only the refusal's
+    title (our internal keys stay out of its feedback file).
+    """
+    try:
+        await ledger.batch_transfer(session, [t for _, t in pairs])
+    except IncentiveError as exc:
+        if len(pairs) == 1:
+            return [CreditRefusal(pairs[0][0].line_no, f"refused by the ledger: {exc.title}")]
+        middle = len(pairs) // 2
+        return await _credit_isolating(session, pairs[:middle]) + await _credit_isolating(
+            session, pairs[middle:]
+        )
+    return []
 
 
 class HttpTarget:
