@@ -4,6 +4,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from incentive.kit.text import Line, Prose
+
 
 class MeOut(BaseModel):
     id: str
@@ -17,14 +19,14 @@ class LoginIn(BaseModel):
 
     # Lengths are generous on purpose: a too-long name is just a failed login, not a 422
     # that would tell a guesser which names cannot exist.
-    username: str = Field(min_length=1, max_length=200)
-    password: str = Field(min_length=1, max_length=4096)
+    username: Line = Field(min_length=1, max_length=200)
+    password: Prose = Field(min_length=1, max_length=4096)
 
 
 class RefreshIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    refresh_token: str = Field(min_length=1, max_length=200)
+    refresh_token: Line = Field(min_length=1, max_length=200)
 
 
 class TokenPairOut(BaseModel):

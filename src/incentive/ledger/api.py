@@ -10,6 +10,7 @@ from incentive.auth.principal import CurrentUser, Operator, Principal
 from incentive.deps import Session
 from incentive.errors import AUTHENTICATED, VALIDATION, Forbidden, IdempotencyConflict, problems
 from incentive.kit.idempotency import Claim, idempotent
+from incentive.kit.jsonbody import JSONBodyRoute
 from incentive.ledger import service
 from incentive.ledger.errors import (
     AccountNotFound,
@@ -29,7 +30,7 @@ from incentive.ledger.schemas import (
     TransferPage,
 )
 
-router = APIRouter(tags=["ledger"])
+router = APIRouter(tags=["ledger"], route_class=JSONBodyRoute)
 
 PathId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 

@@ -1,0 +1,146 @@
+"""The API's JSON request bodies: one strict parse, shared by every route.
+
+FastAPI parses a body with ``json.loads`` (duplicate keys silently keep the last value), turns
+a body sent as another content type into a confusing 422 and reports a syntax error as a byte
+offset. Every router uses ``JSONBodyRoute`` instead (``tests/test_input.py`` checks that), whose
+request parses the body once, before FastAPI reads it, and answers:
+
+- **415** ``unsupported-media-type`` for a body whose Content-Type is not JSON
+  (``application/json`` or ``application/*+json``);
+- **400** ``malformed-json`` naming ``body`` with the line and column of a syntax error (also
+  for invalid UTF-8 and nesting deeper than the parser allows);
+- **422** naming the field for a key given twice in one object (``duplicate_key``) and for a
+  refused character in any string or object key, however deep (``control_character``, see
+  ``kit.text``).
+
+FastAPI then validates the parsed document as usual; the parse is not repeated.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from email.message import Message
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.params import Form
+from fastapi.routing import APIRoute
+
+from incentive.errors import MalformedBody, UnsupportedMediaType, problems
+from incentive.kit.text import CONTROL_CHARACTER, refused_in_document, refused_message
+
+DUPLICATE_KEY = "duplicate_key"
+
+
+class _DuplicatedKeys(dict[str, Any]):
+    """An object in which ``keys`` appeared more than once (found by the walk, with its path)."""
+
+    keys_given_twice: list[str]
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) == len(pairs):
+        return document
+    twice = [key for key, n in Counter(key for key, _ in pairs).items() if n > 1]
+    flagged = _DuplicatedKeys(document)
+    flagged.keys_given_twice = twice
+    return flagged
+
+
+def _duplicates(document: Any) -> list[tuple[str | int, ...]]:
+    found: list[tuple[str | int, ...]] = []
+    todo: list[tuple[tuple[str | int, ...], Any]] = [((), document)]
+    while todo:
+        path, value = todo.pop()
+        if isinstance(value, dict):
+            if isinstance(value, _DuplicatedKeys):
+                found.extend((*path, key) for key in value.keys_given_twice)
+            todo.extend(((*path, key), item) for key, item in value.items())
+        elif isinstance(value, list):
+            todo.extend(((*path, i), item) for i, item in enumerate(value))
+    return found
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    message = Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json")
+    )
+
+
+def parse_body(body: bytes, content_type: str | None) -> Any:
+    """The JSON document of a request body, or the problem that refuses it."""
+    if not _is_json(content_type):
+        raise UnsupportedMediaType(
+            f"body: send JSON with Content-Type: application/json, not {content_type or 'none'}"
+        )
+    try:
+        document = json.loads(body, object_pairs_hook=_object)
+    except json.JSONDecodeError as e:
+        raise MalformedBody(e.msg, line=e.lineno, column=e.colno) from None
+    except UnicodeDecodeError as e:
+        text = body[: e.start].decode("utf-8", "replace")
+        line = text.count("\n") + 1
+        raise MalformedBody(
+            "invalid UTF-8", line=line, column=len(text) - text.rfind("\n")
+        ) from None
+    except RecursionError:
+        raise MalformedBody("nested too deeply", line=1, column=1) from None
+    errors = [
+        {
+            "type": DUPLICATE_KEY,
+            "loc": ("body", *path),
+            "msg": "this key is given more than once in its object",
+        }
+        for path in _duplicates(document)
+    ]
+    # Escapes (\u0000, surrogates) and raw DEL/C1 are the only ways in; raw C0 is malformed.
+    if b"\\u" in body or b"\x7f" in body or b"\xc2" in body:
+        errors.extend(
+            {"type": CONTROL_CHARACTER, "loc": ("body", *path), "msg": refused_message(char)}
+            for path, char in refused_in_document(document)
+        )
+    if errors:
+        raise RequestValidationError(errors, body=None)
+    return document
+
+
+class JSONBodyRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_document"):
+            self._document = parse_body(await self.body(), self.headers.get("content-type"))
+        return self._document
+
+
+class JSONBodyRoute(APIRoute):
+    """A route whose JSON body is parsed by ``parse_body``; it documents the 400 and 415."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self._takes_json():
+            self.responses = {**problems(MalformedBody, UnsupportedMediaType), **self.responses}
+
+    def _takes_json(self) -> bool:
+        return self.body_field is not None and not isinstance(self.body_field.field_info, Form)
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+        if not self._takes_json():
+            return handle
+
+        async def parse_then_handle(request: Request) -> Response:
+            strict = JSONBodyRequest(request.scope, request.receive)
+            # Parsed here, outside FastAPI's own parse, so its problems reach our handlers.
+            if await strict.body():
+                await strict.json()
+            return await handle(strict)
+
+        return parse_then_handle
