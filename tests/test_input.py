@@ -22,6 +22,7 @@ import pytest
 from fastapi.routing import APIRoute
 from sqlalchemy import func, select
 
+from incentive.auth import service as auth
 from incentive.db import Base, Database
 from incentive.kit.jsonbody import JSONBodyRoute
 from incentive.kit.text import TEXT_PATTERNS
@@ -207,6 +208,35 @@ async def test_multi_line_text_keeps_tab_and_newlines_single_line_text_refuses_t
 
 
 # ------------------------------------------------------------------ item 7: limits
+
+
+async def test_accounts_are_opened_only_for_owners_that_exist(
+    db: Database, client: httpx.AsyncClient, world: World
+) -> None:
+    r = await _post(client, world.staff, "/api/v1/campaigns", CAMPAIGN)
+    campaign = r.json()["id"]
+    async with db.unit_of_work() as s:
+        partner, _ = await auth.create_partner(s, code="P1", name="Partner")
+    existing = {
+        "user": world.alice.user.id,
+        "merchant": world.staff.user.merchant_id,
+        "campaign": campaign,
+        "partner": partner.id,
+        "platform": "fees",
+    }
+    for owner_type, owner_id in existing.items():
+        before = await _rows(db)
+        if owner_type != "platform":
+            body = {"owner_type": owner_type, "owner_id": "0" * 32, "asset": "CNY"}
+            r = await _post(client, world.op, "/api/v1/accounts", body)
+            assert r.status_code == 422, r.text
+            assert (_field(r.json()), r.json()["errors"][0]["rule"]) == ("owner_id", "owner_exists")
+            assert await _rows(db) == before
+        body = {"owner_type": owner_type, "owner_id": owner_id, "asset": "CNY", "name": "extra"}
+        r = await _post(client, world.op, "/api/v1/accounts", body)
+        assert r.status_code == 200, r.text
+        assert (r.json()["owner_type"], r.json()["owner_id"]) == (owner_type, owner_id)
+        assert (await _rows(db))["accounts"] == before["accounts"] + 1
 
 
 @pytest.mark.parametrize("blank", ["", " ", "   ", "\u3000"])

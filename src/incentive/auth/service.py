@@ -181,6 +181,18 @@ async def partner_id_by_code(session: AsyncSession, code: str) -> str | None:
     return None if found is None else str(found)
 
 
+IDENTITIES: dict[str, type[User | Merchant | Partner]] = {
+    "user": User,
+    "merchant": Merchant,
+    "partner": Partner,
+}
+
+
+async def identity_exists(session: AsyncSession, kind: str, identity_id: str) -> bool:
+    """Whether the ``kind`` (user, merchant or partner) with this id exists."""
+    return await session.get(IDENTITIES[kind], identity_id) is not None
+
+
 async def partner_codes(session: AsyncSession, partner_ids: Iterable[str]) -> dict[str, str]:
     """``{partner id: code}`` for the partners among ``partner_ids`` (one query)."""
     wanted = sorted(set(partner_ids))
@@ -192,10 +204,12 @@ async def partner_codes(session: AsyncSession, partner_ids: Iterable[str]) -> di
 
 __all__ = [
     "API_KEY_PREFIX",
+    "IDENTITIES",
     "Member",
     "create_merchant",
     "create_partner",
     "create_user",
+    "identity_exists",
     "members_by_username",
     "merchant_by_code",
     "partner_codes",

@@ -19,6 +19,7 @@ from incentive.ledger.errors import (
     TransferKeyReused,
 )
 from incentive.ledger.models import Account
+from incentive.ledger.owners import check_owner_exists
 from incentive.ledger.schemas import (
     AccountIn,
     AccountOut,
@@ -97,6 +98,7 @@ async def my_transfers(
 @router.post("/accounts", response_model=AccountOut, status_code=200, responses=problems(*OPERATOR))
 async def open_account(body: AccountIn, principal: Operator, session: Session) -> AccountOut:
     """Get or create an account (idempotent by nature: same owner/asset/name, same account)."""
+    await check_owner_exists(session, body.owner_type, body.owner_id)
     account = await service.open_account(
         session,
         owner_type=body.owner_type,
