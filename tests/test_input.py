@@ -22,6 +22,7 @@ import pytest
 from fastapi.routing import APIRoute
 from sqlalchemy import func, select
 
+from incentive import domains
 from incentive.auth import service as auth
 from incentive.db import Base, Database
 from incentive.kit.jsonbody import JSONBodyRoute
@@ -344,14 +345,18 @@ async def test_malformed_json_is_400_naming_body_with_line_and_column(
 
 
 def test_every_route_parses_its_body_with_the_shared_json_route(app: Any) -> None:
-    plain = [
-        f"{sorted(r.methods)} {r.path}"
-        for r in app.routes
-        if isinstance(r, APIRoute) and r.body_field and not isinstance(r, JSONBodyRoute)
-    ]
-    assert not plain, (
-        "routes not built by kit.jsonbody.JSONBodyRoute (set route_class):\n" + "\n".join(plain)
+    routes = [r for router in domains.routers() for r in router.routes]
+    routes += app.routes  # the app's own (an included router is not an APIRoute)
+    with_body = [r for r in routes if isinstance(r, APIRoute) and r.body_field]
+    assert with_body, "no route with a body found: the walk is looking in the wrong place"
+    plain = [f"{sorted(r.methods)} {r.path}" for r in with_body if not isinstance(r, JSONBodyRoute)]
+    assert not plain, "routes not built by kit.jsonbody.JSONBodyRoute (set route_class):\n" + (
+        "\n".join(plain)
     )
+    document = app.openapi()
+    for r in with_body:
+        answers = document["paths"][f"/api/v1{r.path}"][next(iter(r.methods)).lower()]
+        assert {"400", "415"} <= answers["responses"].keys(), r.path
 
 
 _REFUSED = [
