@@ -25,6 +25,7 @@ from sqlalchemy import func, select
 from incentive import domains
 from incentive.auth import service as auth
 from incentive.db import Base, Database
+from incentive.errors import InvalidField
 from incentive.kit.jsonbody import JSONBodyRoute
 from incentive.kit.text import TEXT_PATTERNS
 from incentive.ledger import service as ledger
@@ -175,6 +176,22 @@ async def test_control_characters_in_text_fields_are_422_naming_the_field(
             assert _field(r.json()) == f"metadata.k\\u{ord(bad):04x}", r.text
         else:
             await _refused(db, r, field)
+    assert await _rows(db) == before
+
+
+@pytest.mark.parametrize("bad", ["\u0000", "\u0085", "\n", "\ud800"])
+async def test_names_given_at_the_command_line_refuse_control_characters(
+    db: Database, bad: str
+) -> None:
+    before = await _rows(db)
+    for create in (
+        lambda s: auth.create_merchant(s, code="M9", name=f"Sh{bad}op"),
+        lambda s: auth.create_partner(s, code="P9", name=f"Ba{bad}nk"),
+    ):
+        with pytest.raises(InvalidField) as refused:
+            async with db.unit_of_work() as s:
+                await create(s)
+        assert (refused.value.field, refused.value.rule) == ("name", "control_character")
     assert await _rows(db) == before
 
 

@@ -18,7 +18,8 @@ class LoginIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # Lengths are generous on purpose: a too-long name is just a failed login, not a 422
-    # that would tell a guesser which names cannot exist.
+    # that would tell a guesser which names cannot exist. A control character is a 422: no
+    # name can hold one (and PostgreSQL cannot even look one up).
     username: Line = Field(min_length=1, max_length=200)
     password: Prose = Field(min_length=1, max_length=4096)
 

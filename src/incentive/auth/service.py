@@ -22,6 +22,12 @@ from incentive.auth.passwords import check_password, hash_password
 from incentive.auth.principal import Principal, hash_api_key
 from incentive.db import utcnow
 from incentive.errors import InvalidField
+from incentive.kit.text import (
+    CONTROL_CHARACTER,
+    REFUSED_IN_LINE,
+    refused_character,
+    refused_message,
+)
 
 USERNAME_RULE = re.compile(r"[A-Za-z0-9_.-]{3,64}")
 CODE_RULE = re.compile(r"[A-Za-z0-9_.-]{2,64}")
@@ -36,6 +42,9 @@ def _check_name(field: str, value: str) -> str:
         raise InvalidField(field, "must not be empty")
     if len(value) > NAME_MAX_LENGTH:
         raise InvalidField(field, f"at most {NAME_MAX_LENGTH} characters")
+    char = refused_character(value, REFUSED_IN_LINE)
+    if char is not None:
+        raise InvalidField(field, CONTROL_CHARACTER, f"{field}: {refused_message(char)}")
     return value
 
 
