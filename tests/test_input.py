@@ -303,6 +303,31 @@ async def test_duplicate_keys_in_a_json_body_are_422_naming_the_key(
 
 
 @pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ('"metadata": {"a": NaN}', "metadata.a"),
+        ('"metadata": {"a": [1, -Infinity]}', "metadata.a.1"),
+        ('"metadata": {"a": 1e999}', "metadata.a"),
+        ('"metadata": {"a": ' + "9" * 5000 + "}", "metadata.a"),
+        ('"reference": "x", "amount": ' + "1" * 4301, "amount"),
+    ],
+    ids=["nan", "infinity", "overflowing-float", "5000-digits", "4301-digit-amount"],
+)
+async def test_numbers_that_are_not_json_are_422_naming_the_field(
+    db: Database, client: httpx.AsyncClient, world: World, raw: str, field: str
+) -> None:
+    before = await _rows(db)
+    body = (
+        f'{{"debit_account_id": {world.issuer}, "credit_account_id": {world.account}, '
+        f'"kind": "grant", {raw}' + ("}" if '"amount"' in raw else ', "amount": 5}')
+    )
+    headers = {**world.op.headers, "Idempotency-Key": "nan", "Content-Type": "application/json"}
+    r = await client.post("/api/v1/transfers", content=body, headers=headers)
+    await _refused(db, r, field, "json_invalid")
+    assert await _rows(db) == before
+
+
+@pytest.mark.parametrize(
     "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "application/jsonx"]
 )
 async def test_a_json_body_sent_as_another_content_type_is_415(

@@ -19,8 +19,9 @@ FastAPI then validates the parsed document as usual; the parse is not repeated.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from email.message import Message
 from typing import Any
 
@@ -36,33 +37,76 @@ DUPLICATE_KEY = "duplicate_key"
 
 
 class _DuplicatedKeys(dict[str, Any]):
-    """An object in which ``keys`` appeared more than once (found by the walk, with its path)."""
+    """An object in which some keys appeared more than once (found by the walk, with its path)."""
 
     keys_given_twice: list[str]
 
 
-def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    document = dict(pairs)
-    if len(document) == len(pairs):
-        return document
-    twice = [key for key, n in Counter(key for key, _ in pairs).items() if n > 1]
-    flagged = _DuplicatedKeys(document)
-    flagged.keys_given_twice = twice
-    return flagged
+class _NotANumber:
+    """Where the parser met NaN, Infinity or a number beyond its range (not JSON numbers)."""
 
 
-def _duplicates(document: Any) -> list[tuple[str | int, ...]]:
-    found: list[tuple[str | int, ...]] = []
+NOT_A_NUMBER = _NotANumber()
+MAX_DIGITS = 4300  # CPython's int parsing limit; a longer integer is refused, not parsed
+
+
+class _Parse:
+    """One body's parse: the hooks flag what the walk must then find and name."""
+
+    def __init__(self) -> None:
+        self.flagged = False
+
+    def object(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        document = dict(pairs)
+        if len(document) == len(pairs):
+            return document
+        self.flagged = True
+        flagged = _DuplicatedKeys(document)
+        flagged.keys_given_twice = [k for k, n in Counter(k for k, _ in pairs).items() if n > 1]
+        return flagged
+
+    def constant(self, name: str) -> _NotANumber:
+        self.flagged = True
+        return NOT_A_NUMBER
+
+    def number(self, text: str) -> float | _NotANumber:
+        value = float(text)
+        if math.isfinite(value):
+            return value
+        self.flagged = True
+        return NOT_A_NUMBER
+
+    def integer(self, text: str) -> int | _NotANumber:
+        if len(text.lstrip("-")) <= MAX_DIGITS:
+            return int(text)
+        self.flagged = True
+        return NOT_A_NUMBER
+
+    def loads(self, body: bytes, *, long_integers: bool = False) -> Any:
+        return json.loads(
+            body,
+            object_pairs_hook=self.object,
+            parse_constant=self.constant,
+            parse_float=self.number,
+            # Only when the plain parse failed on one: a hook per integer costs on every body.
+            parse_int=self.integer if long_integers else None,
+        )
+
+
+def _flagged(document: Any) -> Iterator[tuple[tuple[str | int, ...], str, str]]:
+    """(path, rule, message) of each duplicate key and each number that is not JSON."""
     todo: list[tuple[tuple[str | int, ...], Any]] = [((), document)]
     while todo:
         path, value = todo.pop()
-        if isinstance(value, dict):
+        if value is NOT_A_NUMBER:
+            yield path, "json_invalid", "not a JSON number (NaN, Infinity, out of range)"
+        elif isinstance(value, dict):
             if isinstance(value, _DuplicatedKeys):
-                found.extend((*path, key) for key in value.keys_given_twice)
+                for key in value.keys_given_twice:
+                    yield (*path, key), DUPLICATE_KEY, "this key is given more than once"
             todo.extend(((*path, key), item) for key, item in value.items())
         elif isinstance(value, list):
             todo.extend(((*path, i), item) for i, item in enumerate(value))
-    return found
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -78,32 +122,38 @@ def _is_json(content_type: str | None) -> bool:
     )
 
 
+def _where(body: bytes, offset: int) -> tuple[int, int]:
+    """(line, column) of a byte offset, both from 1, the column in characters."""
+    text = body[:offset].decode("utf-8", "replace")
+    return text.count("\n") + 1, len(text) - text.rfind("\n")
+
+
 def parse_body(body: bytes, content_type: str | None) -> Any:
     """The JSON document of a request body, or the problem that refuses it."""
     if not _is_json(content_type):
         raise UnsupportedMediaType(
             f"body: send JSON with Content-Type: application/json, not {content_type or 'none'}"
         )
+    parse = _Parse()
     try:
-        document = json.loads(body, object_pairs_hook=_object)
+        try:
+            document = parse.loads(body)
+        except json.JSONDecodeError:
+            raise
+        except ValueError:  # an integer longer than CPython parses: find it by its path
+            document = parse.loads(body, long_integers=True)
     except json.JSONDecodeError as e:
         raise MalformedBody(e.msg, line=e.lineno, column=e.colno) from None
     except UnicodeDecodeError as e:
-        text = body[: e.start].decode("utf-8", "replace")
-        line = text.count("\n") + 1
-        raise MalformedBody(
-            "invalid UTF-8", line=line, column=len(text) - text.rfind("\n")
-        ) from None
+        raise MalformedBody("invalid UTF-8", *_where(body, e.start)) from None
     except RecursionError:
         raise MalformedBody("nested too deeply", line=1, column=1) from None
-    errors = [
-        {
-            "type": DUPLICATE_KEY,
-            "loc": ("body", *path),
-            "msg": "this key is given more than once in its object",
-        }
-        for path in _duplicates(document)
-    ]
+    errors = []
+    if parse.flagged:
+        errors = [
+            {"type": rule, "loc": ("body", *path), "msg": message}
+            for path, rule, message in _flagged(document)
+        ]
     # Escapes (\u0000, surrogates) and raw DEL/C1 are the only ways in; raw C0 is malformed.
     if b"\\u" in body or b"\x7f" in body or b"\xc2" in body:
         errors.extend(
