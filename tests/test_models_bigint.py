@@ -217,3 +217,68 @@ async def test_the_largest_transfer_is_kept_exactly_and_one_more_is_refused(
     assert r.status_code == 422, r.text
     assert r.json()["errors"][0]["field"] == "amount"
     assert await _rows(db) == before
+
+
+async def test_the_largest_ids_and_versions_are_answered_and_one_more_is_refused(
+    db: Database, app: Any, client: httpx.AsyncClient, staff: Actor
+) -> None:
+    """Each bound meets the database: the largest accepted value gets a business answer (never
+    a 5xx from a driver that cannot bind it), one more is a 422 naming the field."""
+    op = await make_user(db, app, username="bigop2", role="operator")
+    r = await client.post(
+        "/api/v1/campaigns",
+        json={
+            "kind": "referral",
+            "name": "Invite",
+            "rules": {"referrer_reward_points": 1, "max_referrals_per_user": 1},
+            "starts_at": SALE["starts_at"],
+            "ends_at": SALE["ends_at"],
+        },
+        headers=staff.headers,
+    )
+    assert r.status_code == 201, r.text
+    campaign = r.json()["id"]
+    cases: list[tuple[str, str, dict[str, Any] | None, str, int, int]] = [
+        ("PATCH", f"/api/v1/campaigns/{campaign}", {"name": "x"}, "version", INT_MAX, 409),
+        (
+            "POST",
+            f"/api/v1/campaigns/{campaign}/transitions",
+            {"to": "pending_review"},
+            "version",
+            INT_MAX,
+            409,
+        ),
+        (
+            "POST",
+            f"/api/v1/campaigns/{campaign}/budget",
+            {"amount": 1},
+            "from_account_id",
+            BIGINT_MAX,
+            404,
+        ),
+        (
+            "POST",
+            f"/api/v1/campaigns/{campaign}/budget",
+            {"from_account_id": BIGINT_MAX},
+            "amount",
+            ledger.MAX_AMOUNT,
+            404,
+        ),
+        ("PUT", "/api/v1/config/flash_sale.buckets", {"value": 8}, "expected_version", 2**62, 409),
+        ("GET", f"/api/v1/accounts/{BIGINT_MAX}", None, "account_id", BIGINT_MAX, 404),
+    ]
+    before = await _rows(db)
+    for method, path, body, field, largest, answer in cases:
+        actor = staff if "campaigns" in path and "budget" not in path else op
+        headers = {**actor.headers, "Idempotency-Key": f"{field}-{largest}"}
+        for value, status in ((largest, answer), (largest + 1, 422)):
+            if body is None:
+                url, payload = path.replace(str(BIGINT_MAX), str(value)), None
+            else:
+                url, payload = path, {**body, field: value}
+            r = await client.request(method, url, json=payload, headers=headers)
+            assert r.status_code == status, (method, url, field, value, r.text)
+            if status == 422:
+                assert r.json()["errors"][0]["field"] == field, r.text
+            headers["Idempotency-Key"] += "+1"
+    assert await _rows(db) == before
