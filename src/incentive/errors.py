@@ -7,6 +7,7 @@ against the real subclasses, their statuses and slugs::
     IncentiveError (500 internal)
     ├── PointsCryptoError (500 points-crypto-failed) [points_files]
     ├── BadRequest (400 bad-request)
+    │   ├── MalformedBody (400 malformed-json)
     │   ├── FileRejected (422 points-file-rejected) [points_files]
     │   └── InvalidField (422 invalid-field)
     │       ├── InvalidConfigValue (422 invalid-config-value) [config]
@@ -39,6 +40,7 @@ against the real subclasses, their statuses and slugs::
     │   ├── LimitExceeded (409 limit-exceeded) [flash_sales]
     │   ├── PartnerNotConfigured (409 points-partner-not-configured) [points_files]
     │   └── AnswerNotReady (409 points-answer-not-ready) [points_files]
+    ├── UnsupportedMediaType (415 unsupported-media-type)
     ├── TooManyRequests (429 too-many-requests)
     │   └── LoginThrottled (429 login-throttled) [auth]
     └── ServiceUnavailable (503 unavailable)
@@ -62,6 +64,8 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
+
+from incentive.kit.text import escape_refused
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -110,6 +114,28 @@ class BadRequest(IncentiveError):
     title = "Bad request"
 
 
+class MalformedBody(BadRequest):
+    """The request body is not JSON; ``line`` and ``column`` say where the parser stopped."""
+
+    slug = "malformed-json"
+    title = "Malformed JSON body"
+
+    def __init__(self, problem: str, line: int, column: int) -> None:
+        super().__init__(
+            f"body: {problem} at line {line}, column {column}",
+            errors=[
+                {
+                    "field": "body",
+                    "in": "body",
+                    "rule": "json_invalid",
+                    "message": problem,
+                    "line": line,
+                    "column": column,
+                }
+            ],
+        )
+
+
 class InvalidField(BadRequest):
     """A value breaks a business rule; ``field`` and ``rule`` tell the caller which."""
 
@@ -156,6 +182,18 @@ class Conflict(IncentiveError):
 class IdempotencyConflict(Conflict):
     slug = "idempotency-key-reused"
     title = "Idempotency key reused with a different request"
+
+
+class UnsupportedMediaType(IncentiveError):
+    status = 415
+    slug = "unsupported-media-type"
+    title = "Unsupported media type"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            detail,
+            errors=[{"field": "body", "in": "body", "rule": "content_type", "message": detail}],
+        )
 
 
 class TooManyRequests(IncentiveError):
@@ -251,7 +289,8 @@ def install_handlers(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = []
         for err in exc.errors():
-            loc = [str(p) for p in err.get("loc", ())]
+            # A refused key is part of the path: escaped so the answer itself stays valid text.
+            loc = [escape_refused(str(p)) for p in err.get("loc", ())]
             if loc and loc[0] in ("body", "query", "path", "header"):
                 where, field = loc[0], ".".join(loc[1:])
             else:

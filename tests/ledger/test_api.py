@@ -328,7 +328,8 @@ async def test_history_pagination_over_http(
 
 async def test_operator_opens_accounts(db: Database, app: Any, client: httpx.AsyncClient) -> None:
     w = await _setup(db, app)
-    body = {"owner_type": "campaign", "owner_id": "c1", "asset": "CNY"}
+    merchant = await make_merchant(db, code="OPEN")
+    body = {"owner_type": "merchant", "owner_id": merchant.id, "asset": "CNY"}
     r1 = await client.post("/api/v1/accounts", json=body, headers=w["op"].headers)
     r2 = await client.post("/api/v1/accounts", json=body, headers=w["op"].headers)
     assert r1.status_code == 200

@@ -22,9 +22,10 @@ from incentive.errors import (
     IncentiveError,
     problems,
 )
+from incentive.kit.jsonbody import JSONBodyRoute
 from incentive.settings import Settings
 
-router = APIRouter(tags=["auth"])
+router = APIRouter(tags=["auth"], route_class=JSONBodyRoute)
 
 
 def _settings(request: Request) -> Settings:

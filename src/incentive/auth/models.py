@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from incentive.db import Base, UTCDateTime, new_id, utcnow
+from incentive.db import Base, BigId, UTCDateTime, new_id, utcnow
 
 ROLES = ("customer", "merchant", "operator")
 
@@ -88,7 +88,7 @@ class AuditEntry(Base):
     __tablename__ = "audit_log"
     __table_args__ = (Index("ix_audit_log_actor_at", "actor_id", "at"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     actor_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     actor_role: Mapped[str] = mapped_column(String(16))

@@ -4,6 +4,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from incentive.kit.text import Line, Prose
+
 
 class MeOut(BaseModel):
     id: str
@@ -16,15 +18,16 @@ class LoginIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # Lengths are generous on purpose: a too-long name is just a failed login, not a 422
-    # that would tell a guesser which names cannot exist.
-    username: str = Field(min_length=1, max_length=200)
-    password: str = Field(min_length=1, max_length=4096)
+    # that would tell a guesser which names cannot exist. A control character is a 422: no
+    # name can hold one (and PostgreSQL cannot even look one up).
+    username: Line = Field(min_length=1, max_length=200)
+    password: Prose = Field(min_length=1, max_length=4096)
 
 
 class RefreshIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    refresh_token: str = Field(min_length=1, max_length=200)
+    refresh_token: Line = Field(min_length=1, max_length=200)
 
 
 class TokenPairOut(BaseModel):

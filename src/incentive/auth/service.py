@@ -22,6 +22,12 @@ from incentive.auth.passwords import check_password, hash_password
 from incentive.auth.principal import Principal, hash_api_key
 from incentive.db import utcnow
 from incentive.errors import InvalidField
+from incentive.kit.text import (
+    CONTROL_CHARACTER,
+    REFUSED_IN_LINE,
+    refused_character,
+    refused_message,
+)
 
 USERNAME_RULE = re.compile(r"[A-Za-z0-9_.-]{3,64}")
 CODE_RULE = re.compile(r"[A-Za-z0-9_.-]{2,64}")
@@ -36,6 +42,9 @@ def _check_name(field: str, value: str) -> str:
         raise InvalidField(field, "must not be empty")
     if len(value) > NAME_MAX_LENGTH:
         raise InvalidField(field, f"at most {NAME_MAX_LENGTH} characters")
+    char = refused_character(value, REFUSED_IN_LINE)
+    if char is not None:
+        raise InvalidField(field, CONTROL_CHARACTER, f"{field}: {refused_message(char)}")
     return value
 
 
@@ -181,6 +190,18 @@ async def partner_id_by_code(session: AsyncSession, code: str) -> str | None:
     return None if found is None else str(found)
 
 
+IDENTITIES: dict[str, type[User | Merchant | Partner]] = {
+    "user": User,
+    "merchant": Merchant,
+    "partner": Partner,
+}
+
+
+async def identity_exists(session: AsyncSession, kind: str, identity_id: str) -> bool:
+    """Whether the ``kind`` (user, merchant or partner) with this id exists."""
+    return await session.get(IDENTITIES[kind], identity_id) is not None
+
+
 async def partner_codes(session: AsyncSession, partner_ids: Iterable[str]) -> dict[str, str]:
     """``{partner id: code}`` for the partners among ``partner_ids`` (one query)."""
     wanted = sorted(set(partner_ids))
@@ -192,10 +213,12 @@ async def partner_codes(session: AsyncSession, partner_ids: Iterable[str]) -> di
 
 __all__ = [
     "API_KEY_PREFIX",
+    "IDENTITIES",
     "Member",
     "create_merchant",
     "create_partner",
     "create_user",
+    "identity_exists",
     "members_by_username",
     "merchant_by_code",
     "partner_codes",

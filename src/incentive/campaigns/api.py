@@ -49,8 +49,10 @@ from incentive.errors import (
     problems,
 )
 from incentive.kit.idempotency import Claim, idempotent
+from incentive.kit.jsonbody import JSONBodyRoute
+from incentive.kit.text import Line
 
-router = APIRouter(prefix="/campaigns", tags=["campaigns"])
+router = APIRouter(prefix="/campaigns", tags=["campaigns"], route_class=JSONBodyRoute)
 
 SEEING = (*AUTHENTICATED, *VALIDATION, NotFound)
 MANAGING = (*AUTHENTICATED, *VALIDATION, Forbidden)
@@ -90,7 +92,7 @@ async def list_campaigns(
     session: Session,
     status: Annotated[Status | None, Query()] = None,
     kind: Annotated[KindName | None, Query()] = None,
-    merchant: Annotated[str | None, Query(min_length=1, max_length=32)] = None,
+    merchant: Annotated[Line | None, Query(min_length=1, max_length=32)] = None,
     cursor: Annotated[str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_-]+$")] = None,
     limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = 50,
 ) -> CampaignPage:

@@ -10,13 +10,13 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from incentive.campaigns.kinds import KindName, RulesDocument
+from incentive.kit.text import Line, Name, Prose
 
 Status = Literal[
     "draft", "pending_review", "approved", "rejected", "active", "paused", "ended", "cancelled"
 ]
-Name = Annotated[str, Field(min_length=1, max_length=200)]
-Description = Annotated[str, Field(max_length=5000)]
-Reason = Annotated[str, Field(max_length=1000)]
+Description = Annotated[Prose, Field(max_length=5000)]
+Reason = Annotated[Prose, Field(max_length=1000)]
 RulesPayload = Annotated[
     RulesDocument,
     Field(description="the kind's rules (by `kind`); integers only for money"),
@@ -34,7 +34,7 @@ class CampaignIn(BaseModel):
     description: Description = ""
     starts_at: AwareDatetime
     ends_at: AwareDatetime
-    merchant_id: str | None = Field(None, min_length=1, max_length=32)
+    merchant_id: Line | None = Field(None, min_length=1, max_length=32)
     rules: RulesPayload
 
 

@@ -19,11 +19,13 @@ from incentive.config.schemas import (
 )
 from incentive.deps import Session
 from incentive.errors import AUTHENTICATED, VALIDATION, Forbidden, problems
+from incentive.kit.jsonbody import JSONBodyRoute
+from incentive.kit.text import Line
 from incentive.observability import request_id_var
 
-router = APIRouter(prefix="/config", tags=["config"])
+router = APIRouter(prefix="/config", tags=["config"], route_class=JSONBodyRoute)
 
-KeyPath = Annotated[str, Path(min_length=1, max_length=MAX_KEY_LENGTH, description="dotted key")]
+KeyPath = Annotated[Line, Path(min_length=1, max_length=MAX_KEY_LENGTH, description="dotted key")]
 
 
 OPERATOR = (*AUTHENTICATED, Forbidden)

@@ -40,10 +40,11 @@ from incentive.flash_sales.schemas import (
     TakeOut,
 )
 from incentive.kit.idempotency import HEADER, KEY_PATTERN, answer
+from incentive.kit.jsonbody import JSONBodyRoute
 from incentive.stock import StockEngine
 from incentive.stock.errors import SoldOut
 
-router = APIRouter(prefix="/flash-sales", tags=["flash sales"])
+router = APIRouter(prefix="/flash-sales", tags=["flash sales"], route_class=JSONBodyRoute)
 
 SEEING = (*AUTHENTICATED, *VALIDATION, NotFound)
 MANAGING = (*AUTHENTICATED, *VALIDATION, Forbidden)

@@ -25,6 +25,7 @@ from incentive.db import utcnow
 from incentive.flash_sales.keys import FLASH_SALE_BUCKETS
 from incentive.flash_sales.models import FlashSale
 from incentive.kit.amounts import Code, Count, PositiveFen
+from incentive.kit.text import Name
 from incentive.stock import runtime
 
 ACTIVATED = "flash_sale.activated"
@@ -43,7 +44,7 @@ def bucket_count(buckets: int | None, total_stock: int) -> int:
 class FlashSaleRules(KindRules):
     kind: Literal["flash_sale"] = "flash_sale"
     sku: Code
-    item_name: str = Field(min_length=1, max_length=200)
+    item_name: Name
     price_fen: PositiveFen
     total_stock: Count
     per_user_limit: Count = 1

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from incentive.db import Base, UTCDateTime, utcnow
@@ -39,7 +39,7 @@ class Purchase(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     flash_sale_id: Mapped[str] = mapped_column(ForeignKey("flash_sales.campaign_id"))
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
-    quantity: Mapped[int] = mapped_column(Integer)
+    quantity: Mapped[int] = mapped_column(BigInteger)
     takes: Mapped[list[Any]] = mapped_column(JSON)
     idempotency_key: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -5,16 +5,18 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from incentive.kit.text import Line, Name, Prose
+
 Quantity = Annotated[int, Field(strict=True, ge=1, le=1_000)]
 
 
 class FlashSaleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
-    description: str = Field("", max_length=2_000)
+    name: Name
+    description: Prose = Field("", max_length=2_000)
     sku: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    item_name: str = Field(min_length=1, max_length=200)
+    item_name: Name
     price_fen: Annotated[int, Field(strict=True, ge=1, le=10**12)]
     total_stock: Annotated[int, Field(strict=True, ge=1, le=10**9)]
     per_user_limit: Annotated[int, Field(strict=True, ge=1, le=10**6)] = 1
@@ -23,7 +25,9 @@ class FlashSaleIn(BaseModel):
     )
     starts_at: datetime
     ends_at: datetime
-    merchant_id: str | None = Field(None, description="operators only: the owning merchant")
+    merchant_id: Line | None = Field(
+        None, min_length=1, max_length=32, description="operators only: the owning merchant"
+    )
 
 
 class FlashSaleOut(BaseModel):

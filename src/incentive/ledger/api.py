@@ -10,6 +10,7 @@ from incentive.auth.principal import CurrentUser, Operator, Principal
 from incentive.deps import Session
 from incentive.errors import AUTHENTICATED, VALIDATION, Forbidden, IdempotencyConflict, problems
 from incentive.kit.idempotency import Claim, idempotent
+from incentive.kit.jsonbody import JSONBodyRoute
 from incentive.ledger import service
 from incentive.ledger.errors import (
     AccountNotFound,
@@ -19,6 +20,7 @@ from incentive.ledger.errors import (
     TransferKeyReused,
 )
 from incentive.ledger.models import Account
+from incentive.ledger.owners import check_owner_exists
 from incentive.ledger.schemas import (
     AccountIn,
     AccountOut,
@@ -30,7 +32,7 @@ from incentive.ledger.schemas import (
     TransferPage,
 )
 
-router = APIRouter(tags=["ledger"])
+router = APIRouter(tags=["ledger"], route_class=JSONBodyRoute)
 
 PathId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
@@ -103,6 +105,7 @@ async def my_transfers(
 @router.post("/accounts", response_model=AccountOut, status_code=200, responses=problems(*OPERATOR))
 async def open_account(body: AccountIn, principal: Operator, session: Session) -> AccountOut:
     """Get or create an account (idempotent by nature: same owner/asset/name, same account)."""
+    await check_owner_exists(session, body.owner_type, body.owner_id)
     account = await service.open_account(
         session,
         owner_type=body.owner_type,

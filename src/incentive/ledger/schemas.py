@@ -5,17 +5,24 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from incentive.kit.text import Line, document_within
 from incentive.ledger.service import MAX_AMOUNT, MAX_HISTORY_LIMIT, OWNER_TYPES
+
+MAX_METADATA_BYTES = 4096
 
 AccountId = Annotated[int, Field(ge=1, le=2**63 - 1, description="account id")]
 Amount = Annotated[
     int, Field(strict=True, ge=1, le=MAX_AMOUNT, description="minor units (fen, points)")
 ]
 Kind = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.-]{0,31}$", examples=["rebate"])]
-Reference = Annotated[str, Field(max_length=200)]
-Metadata = Annotated[dict[str, Any], Field(max_length=50)]
+Reference = Annotated[Line, Field(max_length=200)]
+Metadata = Annotated[
+    dict[str, Any],
+    Field(max_length=50, description=f"JSON object of at most {MAX_METADATA_BYTES} bytes"),
+    AfterValidator(document_within(MAX_METADATA_BYTES)),
+]
 OwnerType = Literal["user", "merchant", "campaign", "partner", "platform"]
 assert set(OWNER_TYPES) == set(OwnerType.__args__)  # type: ignore[attr-defined]
 
@@ -40,7 +47,7 @@ class AccountIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     owner_type: OwnerType
-    owner_id: str = Field(min_length=1, max_length=64)
+    owner_id: Line = Field(min_length=1, max_length=64)
     asset: str = Field(pattern=r"^[A-Z][A-Z0-9_]{1,15}$", examples=["POINTS", "CNY"])
     name: str = Field("main", pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
     allow_negative: bool = False

@@ -11,6 +11,8 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from incentive.auth.principal import Principal, current_partner, current_user
 from incentive.deps import Session
 from incentive.errors import AUTHENTICATED, VALIDATION, Forbidden, problems
+from incentive.kit.jsonbody import JSONBodyRoute
+from incentive.kit.text import Line
 from incentive.points_files import intake, service
 from incentive.points_files.errors import (
     AnswerNotReady,
@@ -28,7 +30,7 @@ from incentive.points_files.schemas import (
 )
 from incentive.settings import Settings
 
-router = APIRouter(tags=["points files"])
+router = APIRouter(tags=["points files"], route_class=JSONBodyRoute)
 
 _bearer = HTTPBearer(auto_error=False, description="operator access token")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="partner API key")
@@ -163,7 +165,7 @@ async def list_points_files(
     viewer: Viewer,
     partner: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.-]{2,64}$")] = None,
     state: Annotated[str | None, Query(pattern="^(" + "|".join(FILE_STATES) + ")$")] = None,
-    cursor: Annotated[str | None, Query(max_length=100)] = None,
+    cursor: Annotated[Line | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=service.MAX_LIST_LIMIT)] = 50,
 ) -> PointsFilePage:
     """Newest first. Partners see their own files only (``partner`` must be theirs)."""

@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from incentive.campaigns.kinds import CampaignKind, KindRules, register_kind
 from incentive.kit.amounts import Count, Points
+from incentive.kit.text import Line
 
 
 class ReferralRules(KindRules):
@@ -15,7 +16,7 @@ class ReferralRules(KindRules):
     referrer_reward_points: Points
     referee_reward_points: Points = 0
     max_referrals_per_user: Count
-    business_action: str = Field("first_payment", min_length=1, max_length=64)
+    business_action: Line = Field("first_payment", min_length=1, max_length=64)
 
     @model_validator(mode="after")
     def _something_rewarded(self) -> ReferralRules:
