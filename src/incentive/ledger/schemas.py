@@ -7,7 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from incentive.ledger.service import MAX_AMOUNT, MAX_HISTORY_LIMIT, OWNER_TYPES
+from incentive.kit.pagination import Page
+from incentive.ledger.service import MAX_AMOUNT, OWNER_TYPES
 
 AccountId = Annotated[int, Field(ge=1, le=2**63 - 1, description="account id")]
 Amount = Annotated[
@@ -20,7 +21,6 @@ OwnerType = Literal["user", "merchant", "campaign", "partner", "platform"]
 assert set(OWNER_TYPES) == set(OwnerType.__args__)  # type: ignore[attr-defined]
 
 MAX_BATCH_ITEMS = 10_000
-HistoryLimit = Annotated[int, Field(ge=1, le=MAX_HISTORY_LIMIT)]
 
 
 class AccountOut(BaseModel):
@@ -90,6 +90,9 @@ class BatchOut(BaseModel):
     skipped_keys: list[str]
 
 
-class TransferPage(BaseModel):
-    items: list[TransferOut]
-    next_cursor: str | None = Field(description="pass as `cursor` for the next (older) page")
+class TransferPage(Page[TransferOut]):
+    """Transfers, newest first."""
+
+
+class AccountPage(Page[AccountOut]):
+    """Accounts, by id."""

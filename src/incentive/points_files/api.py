@@ -11,6 +11,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from incentive.auth.principal import Principal, current_partner, current_user
 from incentive.deps import Session
 from incentive.errors import AUTHENTICATED, VALIDATION, Forbidden, problems
+from incentive.kit.pagination import DEFAULT_LIMIT, Cursor, Limit
 from incentive.points_files import intake, service
 from incentive.points_files.errors import AnswerNotReady, PartnerNotConfigured, PointsFileNotFound
 from incentive.points_files.models import FILE_STATES, PointsFile
@@ -158,8 +159,8 @@ async def list_points_files(
     viewer: Viewer,
     partner: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.-]{2,64}$")] = None,
     state: Annotated[str | None, Query(pattern="^(" + "|".join(FILE_STATES) + ")$")] = None,
-    cursor: Annotated[str | None, Query(max_length=100)] = None,
-    limit: Annotated[int, Query(ge=1, le=service.MAX_LIST_LIMIT)] = 50,
+    cursor: Cursor = None,
+    limit: Limit = DEFAULT_LIMIT,
 ) -> PointsFilePage:
     """Newest first. Partners see their own files only (``partner`` must be theirs)."""
     partner_id: str | None = None
@@ -192,6 +193,7 @@ async def list_points_files(
 
 @router.get(
     "/points-files/{file_id}/feedback",
+    name="get_points_file_feedback",
     response_class=FileResponse,
     responses={
         200: {"content": {"application/pgp-encrypted": {}}},
