@@ -40,6 +40,7 @@ BAD_CURSORS = [
     _cursor([2**70]),  # beyond BIGINT: must not reach PostgreSQL
     _cursor(["2026-01-01T00:00:00", "0" * 32]),  # a naive timestamp
     _cursor(["2026-01-01T00:00:00+00:00", "a\u0000b"]),  # NUL in an id
+    _cursor(["0001-01-01T00:00:00+14:00", "0" * 32]),  # no UTC instant
     _cursor([{"id": 1}]),
 ]
 

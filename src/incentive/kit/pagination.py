@@ -20,11 +20,11 @@ import binascii
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Query
-from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, TypeAdapter
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, StringConstraints, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import Select, and_, or_
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -50,7 +50,16 @@ Cursor = Annotated[
 # the database as something it cannot store (an int beyond BIGINT, a NUL in text).
 KeyId = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e]{1,200}$")]
 KeyInt = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
-KeyTime = AwareDatetime
+
+
+def _in_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+14:00 has no UTC instant
+        raise ValueError("timestamp out of range") from None
+
+
+KeyTime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 
 T = TypeVar("T")
 Row = TypeVar("Row")
