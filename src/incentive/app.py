@@ -11,15 +11,18 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from incentive import __version__, domains
 from incentive.auth.keyring import KeyRing
 from incentive.db import Database, set_database
 from incentive.deps import declared_query_only
-from incentive.errors import install_handlers
-from incentive.observability import RequestContextMiddleware, configure_logging
+from incentive.errors import NotFound, Unauthorized, install_handlers, problems
+from incentive.observability import (
+    RequestContextMiddleware,
+    configure_logging,
+    metrics_response,
+)
 from incentive.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -118,9 +121,16 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             status_code=200 if ok else 503,
         )
 
-    @app.get("/metrics", name="get_metrics", tags=["operations"], response_class=PlainTextResponse)
-    async def metrics() -> PlainTextResponse:
-        """Prometheus metrics of this process (text exposition format)."""
-        return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
+    @app.get(
+        "/metrics",
+        name="get_metrics",
+        tags=["operations"],
+        response_class=PlainTextResponse,
+        responses=problems(Unauthorized, NotFound),
+    )
+    async def metrics(request: Request) -> PlainTextResponse:
+        """Prometheus metrics, for the holder of `INCENTIVE_METRICS_TOKEN` (as a bearer
+        token); not served (404) while no token is configured."""
+        return metrics_response(request, settings.metrics_token)
 
     return app

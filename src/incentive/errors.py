@@ -25,6 +25,7 @@ against the real subclasses, their statuses and slugs::
     │   ├── IdempotencyConflict (409 idempotency-key-reused)
     │   │   └── TransferKeyReused (409 idempotency-key-reused) [ledger]
     │   ├── InsufficientFunds (409 insufficient-funds) [ledger]
+    │   ├── BalanceLimit (409 balance-limit) [ledger]
     │   ├── AssetMismatch (409 asset-mismatch) [ledger]
     │   ├── CampaignClosed (409 campaign-conflict) [campaigns]
     │   ├── InvalidTransition (409 invalid-transition) [campaigns]

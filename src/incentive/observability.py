@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import hmac
 import json
 import logging
 import sys
@@ -10,11 +11,14 @@ import time
 import uuid
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from pydantic import SecretStr
 from pythonjsonlogger.json import JsonFormatter
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from incentive.errors import PROBLEM_CONTENT_TYPE, internal_problem
+from incentive.errors import PROBLEM_CONTENT_TYPE, NotFound, Unauthorized, internal_problem
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
@@ -123,3 +127,19 @@ async def _answer_internal_error(scope: Scope, send: Send) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def metrics_response(request: Request, token: SecretStr | None) -> PlainTextResponse:
+    """The Prometheus exposition, for the scraper holding ``INCENTIVE_METRICS_TOKEN`` only.
+
+    Series carry ids (a flash sale's stock pool, …) that callers who may not see the sale
+    must not learn, so ``/metrics`` is never public: without a configured token it is not
+    served at all (404), and with one it needs ``Authorization: Bearer <token>`` (401).
+    """
+    if token is None or not token.get_secret_value():
+        raise NotFound("metrics are not served: set INCENTIVE_METRICS_TOKEN to scrape them")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    expected = token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        raise Unauthorized("the metrics token is missing or wrong")
+    return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)

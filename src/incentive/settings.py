@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     login_max_failures: int = 5
     login_window_seconds: int = 300
     demo_data: bool = True
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="bearer token the Prometheus scraper sends to /metrics; unset = /metrics "
+        "is not served (its series name ids of sales that are not public)",
+    )
     log_level: str = "INFO"
     log_json: bool = True
     embedded_worker: bool = True

@@ -8,9 +8,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 
 from incentive.campaigns.kinds import kind_names
+from incentive.campaigns.models import Campaign
 from incentive.db import Database
+from incentive.events.models import OutboxEvent
 from incentive.ledger import service as ledger
 from tests.campaigns.conftest import ASSETS, RULES, World, campaign_body, counts, create, walk
 
@@ -154,7 +157,22 @@ async def test_who_may_create(db: Database, client: httpx.AsyncClient, world: Wo
     assert await counts(db) == (0, 0, 0)
 
 
-async def test_edit_draft_and_rejected_only(client: httpx.AsyncClient, world: World) -> None:
+async def _stored(db: Database, campaign_id: str) -> tuple[dict[str, Any], Any, int]:
+    """The campaign's row as stored, the row counts and the outbox size: what a refused edit
+    must leave exactly as it was."""
+    async with db.unit_of_work() as s:
+        row = (
+            await s.execute(
+                select(Campaign.__table__).where(Campaign.__table__.c.id == campaign_id)
+            )
+        ).one()
+        outbox = (await s.execute(select(func.count()).select_from(OutboxEvent))).scalar_one()
+    return dict(row._mapping), await counts(db), int(outbox)
+
+
+async def test_edit_draft_and_rejected_only(
+    db: Database, client: httpx.AsyncClient, world: World
+) -> None:
     c = await create(client, world.ma, kind="coupon")
     url = f"/api/v1/campaigns/{c['id']}"
     r = await client.patch(
@@ -169,9 +187,11 @@ async def test_edit_draft_and_rejected_only(client: httpx.AsyncClient, world: Wo
     assert edited["version"] == 2
 
     # stale version: nothing changes
+    before = await _stored(db, c["id"])
     r = await client.patch(url, json={"name": "late", "version": 1}, headers=world.ma.headers)
     assert r.status_code == 409
     assert r.json()["type"].endswith("/campaign-version-conflict")
+    assert await _stored(db, c["id"]) == before
 
     # invalid rules on edit: named, nothing changes
     r = await client.patch(
@@ -179,9 +199,11 @@ async def test_edit_draft_and_rejected_only(client: httpx.AsyncClient, world: Wo
     )
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "rules.quantity"
+    assert await _stored(db, c["id"]) == before
     r = await client.patch(url, json={"ends_at": "2000-01-01T00:00:00Z"}, headers=world.ma.headers)
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "ends_at"
+    assert await _stored(db, c["id"]) == before
     assert (await client.get(url, headers=world.ma.headers)).json()["version"] == 2
     r = await client.patch(url, json={"name": None, "version": 2}, headers=world.ma.headers)
     assert r.status_code == 200
@@ -189,9 +211,11 @@ async def test_edit_draft_and_rejected_only(client: httpx.AsyncClient, world: Wo
     assert r.json()["version"] == 3
 
     await walk(client, world, c["id"], "pending_review")
+    before = await _stored(db, c["id"])
     r = await client.patch(url, json={"name": "x"}, headers=world.ma.headers)
     assert r.status_code == 409
     assert r.json()["type"].endswith("/campaign-not-editable")
+    assert await _stored(db, c["id"]) == before
 
     await walk(client, world, c["id"], "rejected")
     r = await client.patch(url, json={"description": "fixed"}, headers=world.ma.headers)

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 
 from incentive.app import create_app
 from incentive.config import live_config
@@ -26,6 +27,7 @@ from incentive.db import Database
 from incentive.settings import Settings
 from tests.factories import make_user
 from tests.servers import running_server
+from tests.tcp_gate import TcpGate
 
 APPLY_WITHIN = 2.0
 
@@ -83,18 +85,75 @@ async def test_two_processes_by_redis_push(
         assert elapsed < 1.0
 
 
-async def test_refresher_survives_a_database_outage() -> None:
+class _Outage:
+    """A real outage of the refresher's database. PostgreSQL is reached through a loopback
+    gate that drops every connection and refuses new ones; SQLite's data directory is moved
+    away (as if unmounted) and the refresher's open connections are dropped with it."""
+
+    def __init__(self, database_url: str) -> None:
+        url = make_url(database_url)
+        self.gate: TcpGate | None = None
+        self.url = database_url
+        if url.get_backend_name() == "postgresql":
+            self.gate = TcpGate(url.host or "127.0.0.1", url.port or 5432)
+            self.url = url.set(host="127.0.0.1", port=self.gate.port).render_as_string(
+                hide_password=False
+            )
+        # SQLite: the directory of the database file (unused on PostgreSQL).
+        self.data = Path(url.database or "x").resolve().parent
+        self.away = self.data.with_name(self.data.name + "-unmounted")
+
+    async def down(self, refresher: Database) -> None:
+        if self.gate is not None:
+            await self.gate.cut()
+        else:
+            self.data.rename(self.away)
+            await refresher.engine.dispose()
+
+    async def up(self) -> None:
+        if self.gate is not None:
+            await self.gate.open()
+        elif self.away.exists():
+            self.away.rename(self.data)
+
+
+async def test_refresher_survives_a_real_database_outage(db: Database, database_url: str) -> None:
+    """The refresher's database goes away for real and comes back: meanwhile the last good
+    values are served (not the defaults) and the failures are counted; afterwards a change
+    made during the outage is applied within the usual delay."""
+    from prometheus_client import REGISTRY
+
+    from incentive.config import service
     from incentive.config.live import run_refresher
 
-    broken = Database("sqlite+aiosqlite:////nonexistent/dir/x.db")
-    config = LiveConfig(broken)
+    def failures() -> float:
+        return REGISTRY.get_sample_value("incentive_config_refresh_failures_total") or 0.0
+
+    outage = _Outage(database_url)
+    await outage.up()
+    refresher_db = Database(outage.url)
+    config = LiveConfig(refresher_db)
     task = asyncio.create_task(run_refresher(config, 0.05))
-    await asyncio.sleep(0.2)
-    assert not task.done()
-    assert config.get("flash_sale.buckets") == 16  # defaults keep being served
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    await broken.dispose()
+    try:
+        async with db.unit_of_work() as s:
+            await service.set_value(s, "flash_sale.buckets", 32, actor="test")
+        await _until(lambda: config.get("flash_sale.buckets") == 32, APPLY_WITHIN)
+        before = failures()
+        await outage.down(refresher_db)
+        async with db.unit_of_work() as s:  # the test's own connection still reaches it
+            await service.set_value(s, "flash_sale.buckets", 64, actor="test")
+        await _until(lambda: failures() >= before + 3, APPLY_WITHIN)
+        assert not task.done()
+        assert config.get("flash_sale.buckets") == 32  # the last good value, not 16
+        await outage.up()
+        await _until(lambda: config.get("flash_sale.buckets") == 64, APPLY_WITHIN)
+    finally:
+        await outage.up()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await refresher_db.dispose()
+        if outage.gate is not None:
+            await outage.gate.cut()
 
 
 async def test_module_accessor_follows_the_installed_cache(db: Database) -> None:
@@ -177,6 +236,21 @@ async def test_real_server_applies_a_cli_change_within_2s(
         assert "flash_sale.buckets" in listing
 
 
+async def _config_rows(db: Database) -> tuple[list[Any], int, Any]:
+    """Every stored value with its version, the audit size and the change revision."""
+    from sqlalchemy import func, select
+
+    from incentive.config.models import ConfigAudit, ConfigEntry, ConfigRevision
+
+    async with db.unit_of_work() as s:
+        entries = (
+            await s.execute(select(ConfigEntry.key, ConfigEntry.value, ConfigEntry.version))
+        ).all()
+        audit = (await s.execute(select(func.count()).select_from(ConfigAudit))).scalar_one()
+        revision = (await s.execute(select(ConfigRevision.revision))).scalar_one_or_none()
+    return sorted(tuple(e) for e in entries), int(audit), revision
+
+
 async def test_cli_rejects_invalid_values_with_a_problem(
     db: Database, database_url: str, data_dir: Path
 ) -> None:
@@ -186,18 +260,31 @@ async def test_cli_rejects_invalid_values_with_a_problem(
         "INCENTIVE_DATABASE_URL": database_url,
         "INCENTIVE_LOG_LEVEL": "WARNING",
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "incentive.cli",
-        "config",
-        "set",
-        "flash_sale.buckets",
-        "0",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    env.pop("INCENTIVE_REDIS_URL", None)
+    await _cli(env, "set", "flash_sale.buckets", "32")
+    before = await _config_rows(db)
+    assert before[0] == [("flash_sale.buckets", 32, 1)]
+    refusals = (
+        ("flash_sale.buckets", "0", "greater_than_equal"),
+        ("no.such_key", "1", "config-key-unknown"),
     )
-    _, err = await proc.communicate()
-    assert proc.returncode == 2
-    assert "greater_than_equal" in err.decode()
+    for name, value, rule in refusals:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "incentive.cli",
+            "config",
+            "set",
+            name,
+            value,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await proc.communicate()
+        assert proc.returncode == 2, err.decode()
+        assert rule in err.decode()
+        assert await _config_rows(db) == before  # value, version, audit and revision
+    config = LiveConfig(db)
+    await config.reload()
+    assert config.get("flash_sale.buckets") == 32

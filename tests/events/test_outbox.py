@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 import time
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +21,7 @@ from incentive.events.models import OutboxEvent, ProcessedEvent
 from incentive.events.relay import Relay
 from incentive.events.service import handle
 from tests.events.conftest import Recorder, add, effects, outbox_count
+from tests.events.relay_process import IN_HANDLER, LEASE_SECONDS
 
 
 def _relay(db: Database, **kw: Any) -> Relay:
@@ -182,17 +186,56 @@ async def test_concurrent_relays_hand_each_event_over_once(db: Database, databas
     assert len(set(seen)) == len(seen)
 
 
-async def test_expired_claim_is_taken_over(db: Database, subscribers: list[Recorder]) -> None:
+async def _relay_process(*args: str) -> asyncio.subprocess.Process:
+    """Start ``tests/events/relay_process.py`` as its own process (stdout, stderr kept)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.events.relay_process",
+        *args,
+        cwd=Path(__file__).parents[2],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+
+
+async def _until_said(line: str, proc: asyncio.subprocess.Process, within: float) -> None:
+    """Read the process's output until it says ``line`` (it is then where the test wants it)."""
+    assert proc.stdout is not None
+    seen: list[bytes] = []
+    async with asyncio.timeout(within):
+        while (out := await proc.stdout.readline()) and out.strip() != line.encode():
+            seen.append(out)
+    assert out, f"the process ended without saying {line}: {b''.join(seen).decode()}"
+
+
+async def test_relay_killed_in_a_handler_leaves_its_claim_to_another_after_the_lease(
+    db: Database, database_url: str, subscribers: list[Recorder]
+) -> None:
+    """A real relay process claims the event, writes its handler's effect and is killed -9
+    before committing; after the lease a relay in another process delivers it, once."""
     rec = add(subscribers, Recorder("lease"))
     await _publish(db)
-    crashed = _relay(db, lease_seconds=1)
-    assert len(await crashed.claim()) == 1  # ...and the relay dies here
+    proc = await _relay_process("stuck", database_url)
+    try:
+        await _until_said(IN_HANDLER, proc, 60)
+    finally:
+        proc.kill()
+    assert await proc.wait() == -signal.SIGKILL
+    claimed_until = time.monotonic() + LEASE_SECONDS
     survivor = _relay(db)
-    assert await survivor.run_once() == 0  # still leased
-    async with db.unit_of_work() as s:  # let the lease run out
-        await s.execute(update(OutboxEvent).values(available_at=utcnow()))
+    assert await survivor.run_once() == 0  # still leased to the dead process
+    assert await effects(db) == 0  # its uncommitted effect died with it
+    await asyncio.sleep(max(0.0, claimed_until - time.monotonic()) + 0.2)
     assert await survivor.run_once() == 1
     assert len(rec.calls) == 1
+    assert await effects(db, "lease") == 1
+    async with db.unit_of_work() as s:
+        row = (
+            await s.execute(select(OutboxEvent).where(OutboxEvent.topic == "test.happened"))
+        ).scalar_one()
+    assert row.published_at is not None
+    assert row.attempts == 2  # the dead claim and the survivor's
 
 
 async def test_app_relays_in_the_background(
@@ -215,6 +258,13 @@ async def test_publish_rejects_what_cannot_be_delivered(db: Database) -> None:
             await events.publish(s, "test.happened", {"when": object()})
         with pytest.raises(ValueError, match="key"):
             await events.publish(s, "test.happened", {}, key="")
+        with pytest.raises(ValueError, match="JSON"):
+            await events.publish(s, "test.happened", {"n": float("nan")})
+        # The caller caught the refusals and carries on: its transaction commits.
+        good = await events.publish(s, "test.happened", {"n": 1}, key="good")
+    async with db.unit_of_work() as s:
+        rows = (await s.execute(select(OutboxEvent.event_id, OutboxEvent.key))).all()
+    assert [tuple(r) for r in rows] == [(good, "good")]  # nothing of the refused ones
 
 
 def test_subscribe_validates_and_refuses_a_second_handler_under_one_name() -> None:

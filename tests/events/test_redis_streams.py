@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
 
 from incentive import events
 from incentive.app import create_app
-from incentive.db import Database, utcnow
+from incentive.db import Database
 from incentive.events.backends.redis_streams import (
     RedisStreamsTransport,
     StreamConsumer,
@@ -22,6 +25,8 @@ from incentive.events.models import OutboxEvent
 from incentive.events.relay import Relay
 from incentive.settings import Settings
 from tests.events.conftest import Recorder, add, effects
+from tests.events.relay_process import LEASE_SECONDS
+from tests.tcp_gate import TcpGate
 
 pytestmark = pytest.mark.redis
 
@@ -60,19 +65,46 @@ async def test_relay_to_stream_to_handler_then_ack(
     assert await effects(db, rec.name) == 3
 
 
-async def test_duplicate_stream_entries_have_one_effect(
-    db: Database, redis: Any, subscribers: list[Recorder]
+@pytest.mark.postgres_only  # the gate reads PostgreSQL's wire protocol
+async def test_relay_killed_between_xadd_and_marking_published_has_one_effect(
+    db: Database, database_url: str, redis: Any, redis_url: str, subscribers: list[Recorder]
 ) -> None:
+    """A real relay process puts the events in the stream, then is killed -9 while its
+    "published" mark is held back on the way to PostgreSQL; after the lease the events go out
+    again, and the duplicate stream entries have one effect each."""
     rec = add(subscribers, Recorder("streams-dup"))
     consumer = _consumer(db, redis, rec)
     await consumer.ensure_group()
     await _publish(db, 2)
-    relay = Relay(db, RedisStreamsTransport(redis))
-    await relay.drain()
-    # A relay that died after XADD but before marking published: the rows go out again.
+    url = make_url(database_url)
+    gate = TcpGate(url.host or "127.0.0.1", url.port or 5432, hold=b"last_error")
+    await gate.open()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.events.relay_process",
+        "streams",
+        url.set(host="127.0.0.1", port=gate.port).render_as_string(hide_password=False),
+        redis_url,
+        cwd=Path(__file__).parents[2],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        await asyncio.wait_for(gate.held.wait(), 60)  # its mark is on the way: kill it there
+        assert await redis.xlen(STREAM) == 2
+    finally:
+        proc.kill()
+        await proc.wait()
+        await gate.cut()
     async with db.unit_of_work() as s:
-        await s.execute(update(OutboxEvent).values(published_at=None, available_at=utcnow()))
-    await relay.drain()
+        published = (await s.execute(select(OutboxEvent.published_at))).scalars().all()
+    assert published == [None, None]
+    claimed_until = time.monotonic() + LEASE_SECONDS
+    relay = Relay(db, RedisStreamsTransport(redis))
+    assert await relay.drain() == 0  # still leased to the dead process
+    await asyncio.sleep(max(0.0, claimed_until - time.monotonic()) + 0.2)
+    assert await relay.drain() == 2
     assert await redis.xlen(STREAM) == 4
     while await consumer.read_new():
         pass

@@ -1,5 +1,7 @@
-"""Flash-sale fixtures: each test runs on the embedded engine, on Redis (DB 9 of the
-machine's Redis) and on a real 3-master Redis Cluster started for the session."""
+"""Flash-sale fixtures: each test runs on the embedded engine, on Redis (the database of
+``INCENTIVE_TEST_REDIS_URL``: runs sharing a machine keep apart by their own database
+numbers; its keys are named by sale id) and on a real 3-master Redis Cluster started for
+the session."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -21,8 +22,6 @@ from incentive.db import Database, new_id, utcnow
 from incentive.settings import Settings
 from tests.factories import Actor, make_user
 from tests.stock.conftest import RedisServer, start_cluster
-
-FLASH_REDIS_DB = 9  # other domains' tests use other database numbers
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +44,7 @@ def stock_url(request: pytest.FixtureRequest, redis_url: str | None) -> str | No
         return None
     if request.param == "redis":
         assert redis_url
-        return urlunsplit(urlsplit(redis_url)._replace(path=f"/{FLASH_REDIS_DB}"))
+        return redis_url
     nodes: list[RedisServer] = request.getfixturevalue("flash_cluster")
     return f"redis+cluster://127.0.0.1:{nodes[0].port}"
 

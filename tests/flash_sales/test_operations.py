@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import redis as sync_redis
+from sqlalchemy import text
 
 from incentive.app import create_app
 from incentive.config.live import live_config
@@ -25,7 +26,7 @@ from incentive.settings import Settings
 from tests.factories import make_user
 from tests.flash_sales.conftest import Sales, make_customers
 from tests.flash_sales.test_purchases import _committed, _gather
-from tests.servers import free_port
+from tests.servers import free_port, running_server
 from tests.stock.conftest import RedisServer
 
 
@@ -98,7 +99,8 @@ async def test_reconcile_returns_stock_deducted_without_a_purchase(
     buyers = await make_customers(db, app, 3)
     for b in buyers:
         assert (await sales.buy(b, sale, 2)).status_code == 201
-    # A crash between deduction and commit: stock taken, no purchase recorded.
+    # Stock taken in the store with no purchase recorded, as a crash between deduction and
+    # commit leaves it (the real crash: test_a_server_killed_between_deduction_and_commit…).
     await app.state.stock.deduct(kind.pool_of(sale), 7)
     assert (await sales.state(sale))["remaining"] == 37
     r = await sales.client.post(
@@ -191,3 +193,71 @@ async def test_redis_lost_mid_sale_rebuild_and_finish(
                 assert (await sales.state(sale))["remaining"] == 0
     finally:
         store.stop()
+
+
+@pytest.mark.redis
+async def test_a_server_killed_between_deduction_and_commit_strands_what_reconcile_returns(
+    sales: Sales,
+    db: Database,
+    app: Any,
+    settings: Settings,
+    data_dir: Path,
+    database_url: str,
+) -> None:
+    """`kill -9` of a real server whose purchases took stock in the shared store while their
+    commit was held back by a lock on the purchases table: nothing acknowledged is lost,
+    nothing unacknowledged is recorded, and reconcile returns exactly the stranded stock."""
+    if settings.stock_url is None:
+        pytest.skip("the embedded engine's stock lives and dies with its process")
+    if db.is_sqlite:  # the SQLite deployment runs the embedded engine (above) in any case
+        pytest.skip(
+            "on SQLite every transaction takes the write lock: no lock holds back only the commit"
+        )
+    r = await sales.client.put(
+        "/api/v1/config/flash_sale.drain_seconds",
+        json={"value": 0.1},
+        headers=sales.operator.headers,
+    )
+    assert r.status_code == 200
+    sale = await sales.create(50, limit=10, buckets=5)
+    pool = kind.pool_of(sale)
+    buyers = await make_customers(db, app, 3)
+    env = {"INCENTIVE_STOCK_URL": settings.stock_url, "INCENTIVE_EMBEDDED_WORKER": "false"}
+    async with (
+        running_server(data_dir, database_url, env) as server,
+        httpx.AsyncClient(base_url=server.base_url, timeout=30) as http,
+    ):
+        for b in buyers:
+            r = await sales.buy(b, sale, 2, client=http)
+            assert r.status_code == 201, r.text
+        async with db.engine.connect() as blocker:
+            await blocker.begin()
+            await blocker.execute(text("LOCK TABLE flash_sale_purchases IN EXCLUSIVE MODE"))
+            pending = [
+                asyncio.create_task(sales.buy(b, sale, q, client=http))
+                for b, q in zip(buyers, (1, 2, 3), strict=True)
+            ]
+            try:
+                for _ in range(200):  # until all three took their stock in the store
+                    if sum(await app.state.stock.remaining(pool)) == 50 - 6 - 6:
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError("the purchases never took their stock")
+                server.process.kill()
+                await server.process.wait()
+            finally:
+                await blocker.rollback()
+                outcomes = await asyncio.gather(*pending, return_exceptions=True)
+    assert all(isinstance(o, httpx.TransportError) for o in outcomes), outcomes
+    assert await _committed(db, sale) == (3, 6)
+    assert (await sales.state(sale))["remaining"] == 38  # stranded, never given to anyone else
+    r = await sales.client.post(
+        f"/api/v1/flash-sales/{sale}/reconcile", headers=sales.operator.headers
+    )
+    assert r.status_code == 200, r.text
+    assert (r.json()["drift"], sum(r.json()["after"])) == (6, 44)
+    # Quotas come from the database: each buyer bought 2 of 10.
+    assert [(await sales.buy(b, sale, 8)).status_code for b in buyers] == [201] * 3
+    assert await _committed(db, sale) == (6, 30)
+    assert (await sales.state(sale))["remaining"] == 20

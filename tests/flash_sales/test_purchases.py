@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import Counter
 from typing import Any
@@ -8,8 +9,11 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
+from incentive.app import create_app
 from incentive.db import Database
+from incentive.flash_sales import kind
 from incentive.flash_sales.models import Purchase
+from incentive.settings import Settings
 from tests.flash_sales.conftest import Sales, make_customers
 
 
@@ -73,8 +77,8 @@ async def test_mixed_quantities_with_retried_keys_sell_exactly_the_stock(
     # Then single units until the stock is gone, so that demand surely exceeds it.
     tail = [sales.buy(b, sale, 1) for b in buyers]
     responses += await _gather(100, tail)
-    ok = [r for r in responses if r.status_code in (200, 201)]
-    assert {r.status_code for r in responses} <= {200, 201, 409}
+    ok = [r for r in responses if r.status_code == 201]
+    assert {r.status_code for r in responses} <= {201, 409}
     by_id: dict[str, int] = {}
     for r in ok:
         by_id[r.json()["id"]] = r.json()["quantity"]
@@ -109,8 +113,9 @@ async def test_replay_and_key_reuse_and_bad_input(sales: Sales, db: Database, ap
     first = await sales.buy(buyer, sale, 2, key="same")
     assert first.status_code == 201
     again = await sales.buy(buyer, sale, 2, key="same")
-    assert again.status_code == 200
+    assert again.status_code == 201  # the original status, marked as a replay
     assert again.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
     assert again.json() == first.json()
     other = await sales.buy(buyer, sale, 3, key="same")
     assert other.status_code == 409
@@ -124,7 +129,6 @@ async def test_replay_and_key_reuse_and_bad_input(sales: Sales, db: Database, ap
         r = await sales.client.post(url, json=body, headers={**buyer.headers, **headers})
         assert r.status_code == 422, r.text
         assert r.json()["errors"][0]["field"] == field
-    assert sales.operator.headers
     r = await sales.buy(sales.operator, sale)
     assert r.status_code == 403
     assert await _committed(db, sale) == (1, 2)
@@ -139,9 +143,61 @@ async def test_not_on_sale_before_activation_or_window(
     (buyer,) = await make_customers(db, app, 1)
     draft = await sales.create(10, activate=False)
     r = await sales.buy(buyer, draft)
-    assert r.status_code in (404, 409)
+    assert r.status_code == 404  # a customer does not see an approved, inactive sale
+    assert (await sales.state(draft))["remaining"] is None
     later = await sales.create(10, opens_in=timedelta(minutes=10))
     r = await sales.buy(buyer, later)
     assert r.status_code == 409
     assert r.json()["type"].endswith("/not-on-sale")
     assert (await sales.state(later))["remaining"] == 10
+
+
+async def test_a_buyer_under_the_limit_gets_sold_out_when_the_stock_is_gone(
+    sales: Sales, db: Database, app: Any
+) -> None:
+    sale = await sales.create(5, limit=2, buckets=2)
+    first = await make_customers(db, app, 5)
+    assert [(await sales.buy(b, sale)).status_code for b in first] == [201] * 5
+    (late,) = await make_customers(db, app, 1)
+    # Many requests at once: some hold the buyer's quota while they find the stock gone, and
+    # the others, refused that quota, must not be told the buyer reached a limit.
+    responses = await _gather(30, [sales.buy(late, sale) for _ in range(30)])
+    assert [r.status_code for r in responses] == [409] * 30
+    assert Counter(r.json()["type"].rsplit("/", 1)[1] for r in responses) == {"sold-out": 30}
+    assert await _committed(db, sale) == (5, 5)
+    assert (await sales.state(sale))["remaining"] == 0
+    assert await app.state.stock.quota_used(kind.pool_of(sale), late.user.id) == 0
+
+
+async def test_concurrent_duplicates_of_one_purchase_all_get_the_first_answer(
+    sales: Sales, db: Database, app: Any, settings: Settings
+) -> None:
+    """For each of 5 buyers, 40 clients at once send one purchase (one key, one body) to two
+    API processes sharing the stock store (one process on the embedded engine, whose stock is
+    its own): every one gets the first answer, 201, the copies marked as replays."""
+    sale = await sales.create(100, limit=1, buckets=4)
+    buyers = await make_customers(db, app, 5)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [sales.client]
+        if settings.stock_url is not None:
+            other = create_app(settings, db)
+            await stack.enter_async_context(other.router.lifespan_context(other))
+            transport = httpx.ASGITransport(app=other)
+            clients.append(
+                await stack.enter_async_context(
+                    httpx.AsyncClient(transport=transport, base_url="http://other")
+                )
+            )
+        for buyer in buyers:
+            calls = [
+                sales.buy(buyer, sale, key="once", client=clients[i % len(clients)])
+                for i in range(40)
+            ]
+            responses = await _gather(40, calls)
+            answers = Counter((r.status_code, r.json().get("type")) for r in responses)
+            assert answers == {(201, None): 40}, answers
+            assert len({r.json()["id"] for r in responses}) == 1
+            assert sum("Idempotent-Replayed" not in r.headers for r in responses) == 1
+            assert {r.headers.get("Idempotent-Replayed") for r in responses} == {None, "true"}
+    assert await _committed(db, sale) == (5, 5)
+    assert (await sales.state(sale))["remaining"] == 95

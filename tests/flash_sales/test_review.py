@@ -178,13 +178,18 @@ async def test_flash_sale_created_through_campaigns_api_is_sellable(
     assert codes == [201] * 6 + [409]
 
 
-async def test_a_purchase_on_a_paused_sale_keeps_the_http_status(
+async def test_a_purchase_on_a_paused_sale_is_404_like_its_page(
     sales: Sales, db: Database, app: Any
 ) -> None:
     sale = await sales.create(10)
     assert (await _move(sales.client, sales.operator, sale, "paused")).status_code == 200
     await asyncio.sleep(1.1)  # the sale facts are cached for one second
     [buyer] = await make_customers(db, app, 1)
+    page = await sales.client.get(f"/api/v1/flash-sales/{sale}", headers=buyer.headers)
     r = await sales.buy(buyer, sale)
-    assert r.status_code == 409
-    assert (r.json()["status"], r.json()["campaign_status"]) == (409, "paused")
+    # A customer sees active sales only: the purchase answers as the sale's page does, and
+    # the problem's status is the HTTP status (issue 10, items 8 and 11).
+    assert page.status_code == r.status_code == 404
+    assert r.json()["status"] == 404
+    assert "paused" not in r.text
+    assert (await sales.state(sale))["remaining"] == 10

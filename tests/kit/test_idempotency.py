@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -32,6 +35,7 @@ from incentive.kit.idempotency import (
 from incentive.ledger import service as ledger
 from incentive.ledger.models import Transfer
 from tests.factories import make_user
+from tests.servers import running_server
 
 IdempotencyClaim = Annotated[Claim, Depends(claim_dependency())]
 
@@ -348,3 +352,81 @@ async def test_a_value_moving_call_without_the_audit_hook_fails_and_moves_nothin
         "/api/v1/transfers",
         {"idempotency_key": "t", "status": 201},
     )
+
+
+# --------------------------------------------------------------------------- real servers
+
+
+async def test_many_concurrent_clients_on_two_servers_get_the_first_answer_on_every_route(
+    db: Database, app: Any, data_dir: Path, database_url: str, tmp_path: Path
+) -> None:
+    """Every value-moving POST using the kit, on two real `incentive serve` processes sharing
+    the database: 40 clients at once send one key and one body; all get the first answer,
+    with its original status, every copy marked `Idempotent-Replayed: true`; value moves once.
+    """
+    op = await make_user(db, app, username="op", role="operator")
+    async with db.unit_of_work() as s:
+        fund = await ledger.open_account(
+            s, owner_type="platform", owner_id="p", asset="CNY", allow_negative=True
+        )
+        dst = await ledger.open_account(s, owner_type="user", owner_id="u", asset="CNY")
+    second_dir = tmp_path / "second"
+    second_dir.mkdir()
+    shutil.copytree(data_dir / "keys", second_dir / "keys")  # both servers verify our tokens
+    async with (
+        running_server(data_dir, database_url) as one,
+        running_server(second_dir, database_url) as two,
+        httpx.AsyncClient(timeout=60) as http,
+    ):
+        now = utcnow()
+        sale = {
+            "name": "Budgeted",
+            "sku": "SKU-1",
+            "item_name": "Phone",
+            "price_fen": 100,
+            "total_stock": 10,
+            "starts_at": now.isoformat(),
+            "ends_at": (now + timedelta(hours=1)).isoformat(),
+        }
+        r = await http.post(f"{one.base_url}/api/v1/flash-sales", json=sale, headers=op.headers)
+        assert r.status_code == 201, r.text
+        campaign = r.json()["id"]
+        transfer = {
+            "debit_account_id": fund.id,
+            "credit_account_id": dst.id,
+            "amount": 7,
+            "kind": "x",
+        }
+        batch = {
+            "items": [
+                {**transfer, "amount": 11, "idempotency_key": "batch-item-1"},
+                {**transfer, "amount": 13, "idempotency_key": "batch-item-2"},
+            ]
+        }
+        budget = {"amount": 17, "from_account_id": fund.id}
+        routes = [
+            ("/api/v1/transfers", transfer, 201),
+            ("/api/v1/transfers/batch", batch, 200),
+            (f"/api/v1/campaigns/{campaign}/budget", budget, 201),
+        ]
+        for path, body, status in routes:
+            calls = [
+                http.post(
+                    f"{(one, two)[i % 2].base_url}{path}",
+                    json=body,
+                    headers=_hk(op.headers, f"one-key:{path}"),
+                )
+                for i in range(40)
+            ]
+            responses = await asyncio.gather(*calls)
+            answers = Counter((r.status_code, r.json().get("type")) for r in responses)
+            assert answers == {(status, None): 40}, (path, answers)
+            assert all(r.json() == responses[0].json() for r in responses), path
+            replayed = Counter(r.headers.get("Idempotent-Replayed") for r in responses)
+            assert replayed == {None: 1, "true": 39}, (path, replayed)
+        assert "Traceback" not in one.log() + two.log()
+    async with db.unit_of_work() as s:
+        assert (await ledger.get_account(s, dst.id)).balance == 7 + 11 + 13
+        assert (await s.execute(select(func.count()).select_from(Transfer))).scalar() == 4
+        assert (await s.execute(select(func.count()).select_from(AuditEntry))).scalar() == 3
+        assert (await s.execute(select(func.count()).select_from(IdempotencyRecord))).scalar() == 3

@@ -8,9 +8,11 @@ import httpx
 from sqlalchemy import func, select
 
 from incentive.db import Database
+from incentive.kit.models import IdempotencyRecord
 from incentive.ledger import service as ledger
 from incentive.ledger.models import Transfer
 from tests.factories import Actor, make_merchant, make_user
+from tests.ledger.reconcile import reconciled_balances
 
 
 async def _setup(db: Database, app: Any) -> dict[str, Any]:
@@ -45,6 +47,14 @@ async def _count(db: Database) -> int:
         return int((await s.execute(select(func.count()).select_from(Transfer))).scalar_one())
 
 
+async def _state(db: Database) -> tuple[Any, int]:
+    """Every balance (reconciled with the transfers), the transfer count and the number of
+    claimed idempotency keys: what a refused request must leave exactly as it was."""
+    async with db.unit_of_work() as s:
+        keys = (await s.execute(select(func.count()).select_from(IdempotencyRecord))).scalar_one()
+    return await reconciled_balances(db), int(keys)
+
+
 def _h(actor: Actor, key: str | None = None) -> dict[str, str]:
     headers = dict(actor.headers)
     if key is not None:
@@ -76,7 +86,7 @@ async def test_customer_cannot_read_another_customers_account(
     assert own.json()["balance"] == 100
     for path in (f"/api/v1/accounts/{w['b']}", f"/api/v1/accounts/{w['b']}/transfers"):
         r = await client.get(path, headers=w["alice"].headers)
-        assert r.status_code == 403, path
+        assert r.status_code == 404, path  # as for an account that does not exist
         assert r.headers["content-type"].startswith("application/problem+json")
         assert "balance" not in r.text
     r = await client.get(f"/api/v1/accounts/{w['a']}", headers={})
@@ -163,6 +173,7 @@ async def test_idempotency_key_header_is_required_and_validated(
     db: Database, app: Any, client: httpx.AsyncClient
 ) -> None:
     w = await _setup(db, app)
+    before = await _state(db)
     body = {"debit_account_id": w["a"], "credit_account_id": w["b"], "amount": 1, "kind": "x"}
     for key in (None, "", "x" * 201, "tab\there", "é".encode()):
         headers: dict[str, str | bytes] = dict(w["op"].headers)
@@ -173,13 +184,14 @@ async def test_idempotency_key_header_is_required_and_validated(
         problem = r.json()
         assert problem["errors"][0]["field"] == "Idempotency-Key", problem
         assert problem["errors"][0]["in"] == "header"
-    assert await _balance(db, w["a"]) == 100
+        assert await _state(db) == before
 
 
 async def test_bad_amounts_are_422_naming_the_field(
     db: Database, app: Any, client: httpx.AsyncClient
 ) -> None:
     w = await _setup(db, app)
+    before = await _state(db)
     base = {"debit_account_id": w["a"], "credit_account_id": w["b"], "kind": "x"}
     for n, amount in enumerate((0, -1, 1.5, "10", 10**16)):
         r = await client.post(
@@ -187,6 +199,7 @@ async def test_bad_amounts_are_422_naming_the_field(
         )
         assert r.status_code == 422, amount
         assert r.json()["errors"][0]["field"] == "amount"
+        assert await _state(db) == before
     r = await client.post(
         "/api/v1/transfers",
         json={**base, "credit_account_id": w["a"], "amount": 1},
@@ -194,7 +207,14 @@ async def test_bad_amounts_are_422_naming_the_field(
     )
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "credit_account_id"
-    assert await _balance(db, w["a"]) == 100
+    assert await _state(db) == before
+    # The refused keys stay free: the same key with a good body moves value once.
+    r = await client.post(
+        "/api/v1/transfers", json={**base, "amount": 1}, headers=_h(w["op"], "same")
+    )
+    assert r.status_code == 201, r.text
+    assert "Idempotent-Replayed" not in r.headers
+    assert await _balance(db, w["a"]) == 99
 
 
 async def test_insufficient_funds_over_http_leaves_key_free(

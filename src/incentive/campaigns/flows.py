@@ -236,6 +236,4 @@ async def history(
 ) -> Slice[CampaignTransition]:
     """Status changes of one campaign, oldest first."""
     stmt = select(CampaignTransition).where(CampaignTransition.campaign_id == campaign_id)
-    return await HISTORY_ORDER.fetch(
-        session, stmt, cursor=cursor, limit=limit, key=lambda t: (t.id,)
-    )
+    return await HISTORY_ORDER.fetch(session, stmt, cursor=cursor, limit=limit)

@@ -66,7 +66,7 @@ def _check_window(starts_at: datetime, ends_at: datetime) -> None:
 # --------------------------------------------------------------------------- access
 
 
-def can_manage(principal: Principal, campaign: Campaign) -> bool:
+def can_manage(principal: Principal, campaign: Campaign | CampaignFacts) -> bool:
     if principal.is_operator:
         return True
     return (
@@ -77,7 +77,9 @@ def can_manage(principal: Principal, campaign: Campaign) -> bool:
     )
 
 
-def can_see(principal: Principal, campaign: Campaign) -> bool:
+def can_see(principal: Principal, campaign: Campaign | CampaignFacts) -> bool:
+    """Whether the caller may know the campaign exists: every route answers an unseen
+    campaign with 404, before looking at its state."""
     return can_manage(principal, campaign) or campaign.status == "active"
 
 
@@ -289,9 +291,7 @@ async def list_campaigns(
         stmt = stmt.where(Campaign.kind == kind)
     if merchant_id is not None:
         stmt = stmt.where(Campaign.merchant_id == merchant_id)
-    return await CAMPAIGN_ORDER.fetch(
-        session, stmt, cursor=cursor, limit=limit, key=lambda c: (c.created_at, c.id)
-    )
+    return await CAMPAIGN_ORDER.fetch(session, stmt, cursor=cursor, limit=limit)
 
 
 # --------------------------------------------------------------------------- budget

@@ -132,9 +132,7 @@ async def audit_trail(
     """Changes of one key, newest first."""
     get_key(name)
     query = select(ConfigAudit).where(ConfigAudit.key == name)
-    return await AUDIT_ORDER.fetch(
-        session, query, cursor=cursor, limit=limit, key=lambda a: (a.id,)
-    )
+    return await AUDIT_ORDER.fetch(session, query, cursor=cursor, limit=limit)
 
 
 async def _locked_entry(session: AsyncSession, name: str) -> ConfigEntry | None:

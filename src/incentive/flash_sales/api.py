@@ -39,7 +39,7 @@ from incentive.flash_sales.schemas import (
     ReconcileOut,
     TakeOut,
 )
-from incentive.kit.idempotency import HEADER, KEY_PATTERN, REPLAYED_HEADER
+from incentive.kit.idempotency import HEADER, KEY_PATTERN, answer
 from incentive.stock import StockEngine
 from incentive.stock.errors import SoldOut
 
@@ -152,7 +152,6 @@ async def activate(
     response_model=PurchaseOut,
     status_code=201,
     responses={
-        200: {"model": PurchaseOut, "description": "replay of an earlier purchase"},
         **problems(
             *SEEING,
             Forbidden,
@@ -173,14 +172,13 @@ async def purchase(
     request: Request,
 ) -> JSONResponse:
     """Buy ``quantity`` units. 201 only once the purchase is committed; a retry with the same
-    `Idempotency-Key` and quantity answers the recorded purchase (200,
-    `Idempotent-Replayed: true`). 409 `sold-out` / `limit-exceeded` / `not-on-sale`; 503
-    `flow-closed` (with `Retry-After`) while flow control is off."""
+    `Idempotency-Key` and quantity answers the recorded purchase with the same 201 and
+    `Idempotent-Replayed: true` (the replay convention of every value-moving POST). 404 for a
+    sale the buyer may not see (any status but active); 409 `sold-out` / `limit-exceeded` /
+    `not-on-sale`; 503 `flow-closed` (with `Retry-After`) while flow control is off."""
     result = await _purchases(request).buy(principal, sale_id, body.quantity, key)
     content = _purchase_out(result.purchase).model_dump(mode="json")
-    if result.replayed:
-        return JSONResponse(content, status_code=200, headers={REPLAYED_HEADER: "true"})
-    return JSONResponse(content, status_code=201)
+    return answer(content, 201, replayed=result.replayed)
 
 
 @router.post(

@@ -15,7 +15,11 @@ The purchase path holds no database transaction while it talks to the stock stor
 A retry under an ``Idempotency-Key`` already recorded answers the recorded purchase: the same
 key running in this process waits for the first; otherwise the retry surfaces as a refused
 quota, a sold-out or a conflicting insert (its deduction given back), and only then is the
-key looked up — no database read on the hot path.
+key looked up — no database read on the hot path. A refusal met while the buyer has other
+requests in flight (quota held beyond what the database records) waits for them, up to
+``IN_FLIGHT_WAIT_SECONDS``: a concurrent duplicate in another process then answers its twin's
+purchase, and a buyer under the limit is refused for the real reason (sold out). A replay is
+the original 201 with ``Idempotent-Replayed: true``.
 
 """
 
@@ -25,14 +29,17 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, func, literal, select
+from sqlalchemy.orm import aliased
 
 from incentive.auth.principal import Principal
 from incentive.campaigns import service as campaigns
+from incentive.campaigns.kinds import CampaignFacts
 from incentive.db import Database, new_id, utcnow
 from incentive.db import insert as db_insert
 from incentive.errors import IdempotencyConflict, NotFound, ServiceUnavailable
@@ -49,11 +56,16 @@ log = logging.getLogger(__name__)
 
 FACTS_TTL_SECONDS = 1.0
 MAX_COMMIT_BATCH = 500
+# A refusal while the buyer has requests in flight waits for them this long at most (a group
+# commit takes milliseconds; a quota held longer is stranded until reconcile).
+IN_FLIGHT_WAIT_SECONDS = 2.0
+IN_FLIGHT_POLL_SECONDS = 0.02
 
 
 @dataclass(frozen=True)
 class SaleFacts:
     id: str
+    campaign: CampaignFacts
     status: str
     split: bool
     per_user_limit: int
@@ -138,10 +150,11 @@ class Purchases:
         async with self.db.unit_of_work() as session:
             sale = await session.get(FlashSale, sale_id)
             if sale is None:
-                raise NotFound(f"flash sale {sale_id} does not exist", flash_sale_id=sale_id)
+                raise _not_found(sale_id)
             campaign = await campaigns.campaign_facts(session, sale_id)
             facts = SaleFacts(
                 sale_id,
+                campaign,
                 campaign.status,
                 sale.split_at is not None,
                 sale_rules(campaign).per_user_limit,
@@ -157,11 +170,15 @@ class Purchases:
     ) -> PurchaseResult:
         """Buy ``quantity`` units once per (sale, buyer, key); see the module docstring.
 
-        Raises NotOnSale, FlowClosed (503), LimitExceeded, SoldOut, IdempotencyConflict (same
-        key, other quantity) or ServiceUnavailable; none of them leaves stock or quota taken.
+        Raises NotFound (also for a sale the buyer may not see: visibility is checked before
+        the sale's state), NotOnSale, FlowClosed (503), LimitExceeded, SoldOut,
+        IdempotencyConflict (same key, other quantity) or ServiceUnavailable; none of them
+        leaves stock or quota taken, except a commit whose outcome is unknown (see above).
         """
         metrics.ATTEMPTS.inc()
         facts = await self.facts(sale_id)
+        if not campaigns.can_see(principal, facts.campaign):
+            raise _not_found(sale_id)
         now = utcnow()
         if facts.status != "active" or not facts.split:
             raise NotOnSale(f"flash sale {sale_id} is {facts.status}", campaign_status=facts.status)
@@ -195,32 +212,67 @@ class Purchases:
     async def _buy(
         self, facts: SaleFacts, principal: Principal, quantity: int, key: str
     ) -> PurchaseResult:
+        """One attempt; again while the refusal may come from the buyer's own requests in
+        flight (in any process), so that a duplicate gets its twin's answer and a buyer under
+        the limit is not told otherwise. Only refusals ever wait."""
+        deadline = time.monotonic() + IN_FLIGHT_WAIT_SECONDS
+        while True:
+            try:
+                return await self._attempt(facts, principal, quantity, key)
+            except _InFlight as busy:
+                replay = await self._await_in_flight(
+                    facts.id, principal.id, key, quantity, deadline
+                )
+                if replay is not None:
+                    return replay
+                if not busy.retry or time.monotonic() >= deadline:
+                    raise await busy.refusal() from None
+
+    async def _attempt(
+        self, facts: SaleFacts, principal: Principal, quantity: int, key: str
+    ) -> PurchaseResult:
         # No look-up of the key before the engine: a retry of a recorded purchase is rare, and
         # is caught where it surfaces (limit reached, sold out, or the insert's conflict).
         pool = pool_of(facts.id)
+        limit = facts.per_user_limit
         try:
-            reserved = await self.engine.reserve_quota(
-                pool, principal.id, quantity, facts.per_user_limit
-            )
+            reserved = await self.engine.reserve_quota(pool, principal.id, quantity, limit)
         except StockPoolMissing as exc:
             raise _rebuilding(facts.id) from exc
         if not reserved:
-            replay = await self._replay_of(facts.id, principal.id, key, quantity)
+            replay, committed = await self._lookup(facts.id, principal.id, key, quantity)
             if replay is not None:
                 return replay
-            metrics.LIMIT_HITS.inc()
-            raise LimitExceeded(
-                f"at most {facts.per_user_limit} per buyer", limit=facts.per_user_limit
-            )
+
+            async def refused() -> Exception:
+                # Past the wait, a quota still held by requests in flight means nothing when
+                # the stock is gone: the answer is then sold-out, not limit-exceeded.
+                if sum(await self.engine.remaining(pool)) < quantity:
+                    metrics.SOLD_OUT.inc()
+                    return _sold_out(pool, quantity)
+                metrics.LIMIT_HITS.inc()
+                return LimitExceeded(f"at most {limit} per buyer", limit=limit)
+
+            if committed + quantity <= limit:  # the quota is held by requests in flight
+                raise _InFlight(refused, retry=True)
+            raise await refused()
         try:
             deduction = await self.engine.deduct(pool, quantity)
         except SoldOut:
             await self.engine.release_quota(pool, principal.id, quantity)
-            replay = await self._replay_of(facts.id, principal.id, key, quantity)
+            replay, committed = await self._lookup(facts.id, principal.id, key, quantity)
             if replay is not None:
                 return replay
-            metrics.SOLD_OUT.inc()
-            raise
+
+            async def gone() -> Exception:
+                metrics.SOLD_OUT.inc()
+                return _sold_out(pool, quantity)
+
+            # Another request of this buyer is in flight: it may be this one's twin, which
+            # took the last units; its answer is this one's too.
+            if await self.engine.quota_used(pool, principal.id) > committed:
+                raise _InFlight(gone, retry=False) from None
+            raise await gone() from None
         except StockPoolMissing as exc:
             await self.engine.release_quota(pool, principal.id, quantity)
             raise _rebuilding(facts.id) from exc
@@ -243,15 +295,22 @@ class Purchases:
             # Maybe durable: giving the stock back could oversell. Reconcile returns it.
             log.error("purchase commit outcome unknown", extra={"purchase_id": purchase.id})
             raise ServiceUnavailable("purchase outcome unknown; retry with the same key") from exc
+        except Exception as exc:
+            # The write definitely failed (nothing committed): give the stock back, once.
+            await self._compensate(deduction, principal.id)
+            log.error("purchase not recorded", extra={"purchase_id": purchase.id})
+            raise ServiceUnavailable(
+                "the purchase could not be recorded; nothing was bought, retry", retry_after=1
+            ) from exc
         except BaseException:
             await self._compensate(deduction, principal.id)
             raise
         if not inserted:  # a duplicate of this key in another process was recorded first
             await self._compensate(deduction, principal.id)
-            existing = await self._recorded(facts.id, principal.id, key)
-            if existing is None:  # pragma: no cover - the conflicting row is committed
+            replay, _ = await self._lookup(facts.id, principal.id, key, quantity)
+            if replay is None:  # pragma: no cover - the conflicting row is committed
                 raise ServiceUnavailable("purchase conflict; retry with the same key")
-            return _replay(PurchaseResult(existing, True), quantity)
+            return replay
         metrics.SUCCESSES.inc()
         return PurchaseResult(purchase, False)
 
@@ -260,24 +319,50 @@ class Purchases:
         await give_back(self.engine, deduction)
         await self.engine.release_quota(deduction.pool, user_id, deduction.quantity)
 
-    async def _replay_of(
+    async def _lookup(
         self, sale_id: str, user_id: str, key: str, quantity: int
-    ) -> PurchaseResult | None:
-        """A refusal for a key that already bought is a retry: the recorded purchase."""
-        existing = await self._recorded(sale_id, user_id, key)
-        return None if existing is None else _replay(PurchaseResult(existing, True), quantity)
-
-    async def _recorded(self, sale_id: str, user_id: str, key: str) -> Purchase | None:
+    ) -> tuple[PurchaseResult | None, int]:
+        """For a refusal, in one statement: the purchase recorded under ``key`` (a refusal for
+        a key that already bought is a retry: its replay) and the units the buyer bought."""
         async with self.db.unit_of_work() as session:
-            return (
+            bought = aliased(Purchase)
+            committed = (
+                select(func.coalesce(func.sum(bought.quantity), 0))
+                .where(bought.flash_sale_id == sale_id, bought.user_id == user_id)
+                .scalar_subquery()
+            )
+            row = (
                 await session.execute(
-                    select(Purchase).where(
-                        Purchase.flash_sale_id == sale_id,
-                        Purchase.user_id == user_id,
-                        Purchase.idempotency_key == key,
+                    select(committed, Purchase)
+                    .select_from(select(literal(1)).subquery())
+                    .outerjoin(
+                        Purchase,
+                        and_(
+                            Purchase.flash_sale_id == sale_id,
+                            Purchase.user_id == user_id,
+                            Purchase.idempotency_key == key,
+                        ),
                     )
                 )
-            ).scalar_one_or_none()
+            ).one()
+        existing: Purchase | None = row[1]
+        replay = None if existing is None else _replay(PurchaseResult(existing, True), quantity)
+        return replay, int(row[0])
+
+    async def _await_in_flight(
+        self, sale_id: str, user_id: str, key: str, quantity: int, deadline: float
+    ) -> PurchaseResult | None:
+        """Wait until the buyer's requests in flight are settled (their quota is released or
+        recorded) or ``key`` is recorded (its replay is returned), until ``deadline``."""
+        pool = pool_of(sale_id)
+        while time.monotonic() < deadline:
+            await asyncio.sleep(IN_FLIGHT_POLL_SECONDS)
+            replay, committed = await self._lookup(sale_id, user_id, key, quantity)
+            if replay is not None:
+                return replay
+            if await self.engine.quota_used(pool, user_id) <= committed:
+                return None
+        return None
 
 
 def _row(p: Purchase) -> dict[str, Any]:
@@ -298,6 +383,24 @@ def _replay(result: PurchaseResult, quantity: int) -> PurchaseResult:
             "Idempotency-Key was already used for another quantity", header="Idempotency-Key"
         )
     return PurchaseResult(result.purchase, True)
+
+
+class _InFlight(Exception):
+    """A refusal that requests of the same buyer still in flight may explain: wait for them,
+    then answer ``refusal()`` (or, with ``retry``, try once more)."""
+
+    def __init__(self, refusal: Callable[[], Awaitable[Exception]], *, retry: bool) -> None:
+        super().__init__("refused while the buyer has requests in flight")
+        self.refusal = refusal
+        self.retry = retry
+
+
+def _sold_out(pool: str, quantity: int) -> SoldOut:
+    return SoldOut(f"stock pool {pool!r} cannot serve {quantity}", pool=pool, requested=quantity)
+
+
+def _not_found(sale_id: str) -> NotFound:
+    return NotFound(f"flash sale {sale_id} does not exist", flash_sale_id=sale_id)
 
 
 def _rebuilding(sale_id: str) -> ServiceUnavailable:

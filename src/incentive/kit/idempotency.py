@@ -28,7 +28,9 @@ Rules:
 - The header is required; 1-200 printable ASCII characters, else 422 naming the header.
 - Keys are scoped by the caller (``role:id``): two callers may use the same key.
 - The fingerprint is sha256(method, path with query, body). Same key + same fingerprint
-  replays the stored response with ``Idempotent-Replayed: true``; same key + another
+  replays the stored response — its original status code and body — with
+  ``Idempotent-Replayed: true`` (``answer()``: the one convention of every value-moving POST,
+  also of routes that keep their key elsewhere, such as flash-sale purchases); same key + another
   fingerprint is 409 ``idempotency-key-reused``, and nothing runs.
 - The record is claimed (inserted) before the work and completed with the response in the
   same transaction as the work. A failed request (any error) rolls back with its record, so
@@ -81,6 +83,14 @@ class Caller(Protocol):
 CallerDependency = Callable[..., Awaitable[Caller]]
 
 
+def answer(body: Any, status_code: int, *, replayed: bool) -> JSONResponse:
+    """The response of a value-moving POST. The one replay convention, for routes using
+    ``Claim`` and for those keeping their own key (purchases): a replay is the original
+    status code and body, with ``Idempotent-Replayed: true``."""
+    headers = {REPLAYED_HEADER: "true"} if replayed else None
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
 def fingerprint(method: str, path: str, body: bytes) -> str:
     h = hashlib.sha256()
     for part in (method.upper().encode(), path.encode(), body):
@@ -108,9 +118,7 @@ class Claim:
 
     def replayed_response(self) -> JSONResponse:
         assert self.replay_status is not None
-        return JSONResponse(
-            self.replay_body, status_code=self.replay_status, headers={REPLAYED_HEADER: "true"}
-        )
+        return answer(self.replay_body, self.replay_status, replayed=True)
 
     async def complete(self, status_code: int, body: Any) -> None:
         """Store the response in the record and run the ``on_complete`` hook (the audit
@@ -297,7 +305,7 @@ def idempotent(
             result = await func(*args, **kwargs)
             body = jsonable_encoder(result)
             await claim.complete(status_code, body)
-            return JSONResponse(body, status_code=status_code)
+            return answer(body, status_code, replayed=False)
 
         params = [p for p in sig.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
         if passes_claim:

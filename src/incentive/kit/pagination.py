@@ -120,13 +120,17 @@ class Keyset:
     def order(self) -> list[Any]:
         return [c.desc() if self.descending else c.asc() for c in self.columns]
 
+    def key_of(self, row: Any) -> tuple[Any, ...]:
+        """A mapped row's key: its attributes named like the columns."""
+        return tuple(getattr(row, c.key) for c in self.columns)
+
     def cut(
-        self, rows: Sequence[Row], limit: int, key: Callable[[Row], tuple[Any, ...]]
+        self, rows: Sequence[Row], limit: int, key: Callable[[Row], tuple[Any, ...]] | None = None
     ) -> Slice[Row]:
         """The first ``limit`` of ``limit + 1`` fetched rows, and the cursor if there are more."""
         items = list(rows[:limit])
         more = len(rows) > limit
-        return Slice(items, encode_cursor(key(items[-1])) if more else None)
+        return Slice(items, encode_cursor((key or self.key_of)(items[-1])) if more else None)
 
     async def fetch(
         self,
@@ -135,7 +139,6 @@ class Keyset:
         *,
         cursor: str | None,
         limit: int,
-        key: Callable[[Any], tuple[Any, ...]],
     ) -> Slice[Any]:
         """Run ``stmt`` (one entity per row) for the page after ``cursor``."""
         check_limit(limit)
@@ -144,7 +147,7 @@ class Keyset:
         rows = list(
             (await session.execute(stmt.order_by(*self.order()).limit(limit + 1))).scalars()
         )
-        return self.cut(rows, limit, key)
+        return self.cut(rows, limit)
 
     def slice_sorted(
         self,

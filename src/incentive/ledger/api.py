@@ -15,6 +15,7 @@ from incentive.ledger import service
 from incentive.ledger.errors import (
     AccountNotFound,
     AssetMismatch,
+    BalanceLimit,
     InsufficientFunds,
     TransferKeyReused,
 )
@@ -37,7 +38,14 @@ PathId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 OPERATOR = (*AUTHENTICATED, *VALIDATION, Forbidden)
 OWNED = (*OPERATOR, AccountNotFound)
-MOVING = (*OWNED, InsufficientFunds, AssetMismatch, TransferKeyReused, IdempotencyConflict)
+MOVING = (
+    *OWNED,
+    InsufficientFunds,
+    BalanceLimit,
+    AssetMismatch,
+    TransferKeyReused,
+    IdempotencyConflict,
+)
 
 
 def _owners(principal: Principal) -> list[tuple[str, str]]:
@@ -51,9 +59,8 @@ def _owners(principal: Principal) -> list[tuple[str, str]]:
 def _authorize(principal: Principal, account: Account) -> None:
     if principal.is_operator or (account.owner_type, account.owner_id) in _owners(principal):
         return
-    # Same answer whether or not the account exists would need a 404 for both; a 403 here
-    # only reveals that the id exists, never its owner or balance.
-    raise Forbidden("not your account")
+    # The same answer as for an account that does not exist: an id reveals nothing.
+    raise AccountNotFound(f"account {account.id} does not exist", account_id=account.id)
 
 
 def _page(page: Slice[Transfer]) -> TransferPage:

@@ -21,6 +21,14 @@ class InsufficientFunds(LedgerError, Conflict):
     title = "Insufficient funds"
 
 
+class BalanceLimit(LedgerError, Conflict):
+    """The transfer would take a balance outside BIGINT (above 2^63-1 or below -2^63);
+    nothing was written."""
+
+    slug = "balance-limit"
+    title = "Balance limit reached"
+
+
 class AssetMismatch(LedgerError, Conflict):
     """Debit and credit accounts hold different assets (points cannot become fen)."""
 

@@ -24,6 +24,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from incentive.db import Base, BigId, UTCDateTime, utcnow
 
+# A balance is a BIGINT on both engines; SQLite would silently turn a sum beyond it into a REAL.
+BALANCE_MAX = 2**63 - 1
+BALANCE_MIN = -(2**63)
+
 
 class Account(Base):
     """A balance of one asset (``POINTS``, ``CNY`` in fen...) held by one owner.

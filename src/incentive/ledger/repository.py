@@ -19,12 +19,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol, cast
 
-from sqlalchemy import Select, Table, literal, or_, select, text, update
+from sqlalchemy import Select, Table, and_, literal, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from incentive.db import insert, one_of
-from incentive.ledger.models import Account, Transfer
+from incentive.ledger.models import BALANCE_MAX, BALANCE_MIN, Account, Transfer
 
 
 class NewTransfer(Protocol):
@@ -222,11 +222,45 @@ async def claim_transfer(
     return None if inserted is None else (int(inserted[0]), str(inserted[1]))
 
 
+class Bounds(NamedTuple):
+    """The balances from which adding ``delta`` stays in range, as parameters computed in
+    Python: the guard itself never adds, so it cannot overflow in SQL."""
+
+    floor: int  # lowest balance an account without allow_negative may hold before the change
+    negative_floor: int  # lowest for an allow_negative account
+    ceiling: int  # highest for any account
+
+
+def bounds(delta: int) -> Bounds:
+    """``balance + delta`` stays within ``[0 or BALANCE_MIN, BALANCE_MAX]`` exactly when the
+    balance is within these bounds (|delta| must not exceed 2^62)."""
+    return Bounds(
+        floor=-delta,
+        negative_floor=max(BALANCE_MIN, BALANCE_MIN - delta),
+        ceiling=min(BALANCE_MAX, BALANCE_MAX - delta),
+    )
+
+
+def _within(b: Bounds) -> Any:
+    return and_(
+        Account.balance <= b.ceiling,
+        or_(
+            Account.balance >= b.floor,
+            and_(Account.allow_negative, Account.balance >= b.negative_floor),
+        ),
+    )
+
+
 async def move_balance(
     session: AsyncSession, debit_account_id: int, credit_account_id: int, amount: int
-) -> bool:
-    """Debit then credit ``amount``; False, with no balance changed, when the debit account is
-    not ``allow_negative`` and holds less. Row locks are taken in ascending account id."""
+) -> int | None:
+    """Debit then credit ``amount`` with guarded UPDATEs; None, or the id of the refused
+    account with no balance changed.
+
+    The debit is refused when the account is not ``allow_negative`` and holds less, or would
+    go below ``BALANCE_MIN``; the credit when it would go above ``BALANCE_MAX`` (the debit is
+    then undone under the row lock this transaction holds). Row locks are taken in ascending
+    account id."""
     if credit_account_id < debit_account_id and not _is_sqlite(session):
         # Keep the id order of row locks: take the credit row first, change it after the debit.
         await session.execute(
@@ -234,27 +268,32 @@ async def move_balance(
             .where(Account.id == credit_account_id)
             .with_for_update(key_share=True)
         )
-    debited = (
+    if not await _add(session, debit_account_id, -amount):
+        return debit_account_id
+    if not await _add(session, credit_account_id, amount):
+        # Our own debit, on a row this transaction has locked: adding back cannot overflow.
         await session.execute(
             update(Account)
-            .where(
-                Account.id == debit_account_id,
-                or_(Account.allow_negative, Account.balance >= amount),
-            )
-            .values(balance=Account.balance - amount)
-            .returning(Account.balance)
+            .where(Account.id == debit_account_id)
+            .values(balance=Account.balance + amount)
+            .execution_options(synchronize_session=False)
+        )
+        return credit_account_id
+    return None
+
+
+async def _add(session: AsyncSession, account_id: int, delta: int) -> bool:
+    """One conditional UPDATE: add ``delta`` if the balance stays in range; False otherwise."""
+    changed = (
+        await session.execute(
+            update(Account)
+            .where(Account.id == account_id, _within(bounds(delta)))
+            .values(balance=Account.balance + delta)
+            .returning(Account.id)
             .execution_options(synchronize_session=False)
         )
     ).first()
-    if debited is None:
-        return False
-    await session.execute(
-        update(Account)
-        .where(Account.id == credit_account_id)
-        .values(balance=Account.balance + amount)
-        .execution_options(synchronize_session=False)
-    )
-    return True
+    return changed is not None
 
 
 # --------------------------------------------------------------------------- batches
@@ -361,37 +400,25 @@ async def _sqlite_insert(
 _PG_APPLY_DELTAS = text(
     """
     UPDATE accounts AS a SET balance = a.balance + d.delta
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:deltas AS bigint[])) AS d(id, delta)
-    WHERE a.id = d.id AND (a.allow_negative OR a.balance + d.delta >= 0)
+    FROM unnest(
+        CAST(:ids AS bigint[]), CAST(:deltas AS bigint[]), CAST(:floors AS bigint[]),
+        CAST(:negative_floors AS bigint[]), CAST(:ceilings AS bigint[])
+    ) AS d(id, delta, floor, negative_floor, ceiling)
+    WHERE a.id = d.id AND a.balance <= d.ceiling
+      AND (a.balance >= d.floor OR (a.allow_negative AND a.balance >= d.negative_floor))
     RETURNING a.id
     """
 )
 
 
 async def apply_deltas(session: AsyncSession, deltas: dict[int, int]) -> list[int]:
-    """Add each account's delta to its balance unless that takes an account without
-    ``allow_negative`` below zero; returns those refused accounts' ids, ascending (the others
-    are changed: the caller rolls back its savepoint when any was refused). Row locks are
-    taken in ascending account id."""
+    """Add each account's delta (|delta| <= 2^62) to its balance unless that takes an account
+    without ``allow_negative`` below zero or any balance out of ``[BALANCE_MIN, BALANCE_MAX]``;
+    returns those refused accounts' ids, ascending (the others are changed: the caller rolls
+    back its savepoint when any was refused). Row locks are taken in ascending account id."""
     ids = sorted(deltas)
     if _is_sqlite(session):
-        updated: set[int] = set()
-        for account_id in ids:
-            delta = deltas[account_id]
-            row = (
-                await session.execute(
-                    update(Account)
-                    .where(
-                        Account.id == account_id,
-                        or_(Account.allow_negative, Account.balance + delta >= 0),
-                    )
-                    .values(balance=Account.balance + delta)
-                    .returning(Account.id)
-                    .execution_options(synchronize_session=False)
-                )
-            ).first()
-            if row is not None:
-                updated.add(account_id)
+        updated = {i for i in ids if await _add(session, i, deltas[i])}
     else:
         # Row locks in id order first; the UPDATE's own join order is up to the planner.
         await session.execute(
@@ -400,8 +427,16 @@ async def apply_deltas(session: AsyncSession, deltas: dict[int, int]) -> list[in
             .order_by(Account.id)
             .with_for_update(key_share=True)
         )
+        limits = [bounds(deltas[i]) for i in ids]
         rows = await session.execute(
-            _PG_APPLY_DELTAS, {"ids": ids, "deltas": [deltas[i] for i in ids]}
+            _PG_APPLY_DELTAS,
+            {
+                "ids": ids,
+                "deltas": [deltas[i] for i in ids],
+                "floors": [b.floor for b in limits],
+                "negative_floors": [b.negative_floor for b in limits],
+                "ceilings": [b.ceiling for b in limits],
+            },
         )
         updated = {int(r[0]) for r in rows}
     return [i for i in ids if i not in updated]

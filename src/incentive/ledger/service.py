@@ -7,8 +7,10 @@ Contract shared by every function here:
   same asset) carrying a globally unique idempotency key. Repeating a key with the same
   content returns the original transfer and moves nothing; the same key with other content
   raises ``TransferKeyReused`` (409) and writes nothing.
-- An account without ``allow_negative`` never goes below zero: each balance changes with one
-  conditional ``UPDATE ... WHERE balance >= :amount`` (never read-modify-write).
+- An account without ``allow_negative`` never goes below zero, and no balance ever leaves
+  BIGINT (``BALANCE_MIN`` .. ``BALANCE_MAX``; ``BalanceLimit``, 409): each balance changes
+  with one conditional ``UPDATE ... WHERE balance BETWEEN :floor AND :ceiling``, the bounds
+  computed in Python with unbounded ints (never read-modify-write, never an overflowing sum).
 - Lock order is fixed: first the transfer's idempotency key (unique index, keys in sorted
   order), then account rows in ascending primary key. Two ledger transactions can therefore
   wait for each other but never deadlock.
@@ -24,9 +26,9 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
-from sqlalchemy import Select, and_, delete, or_, select, union
+from sqlalchemy import Select, and_, delete, false, or_, select, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.db import one_of, utcnow
@@ -36,6 +38,7 @@ from incentive.ledger import repository
 from incentive.ledger.errors import (
     AccountNotFound,
     AssetMismatch,
+    BalanceLimit,
     InsufficientFunds,
     TransferKeyReused,
 )
@@ -138,28 +141,22 @@ async def find_account(
 ACCOUNT_ORDER = Keyset((Account.id,), tuple[KeyInt], descending=False)
 
 
+def _accounts_of(owners: Iterable[tuple[str, str]]) -> Select[Any]:
+    owned = (and_(Account.owner_type == t, Account.owner_id == o) for t, o in owners)
+    return select(Account).where(or_(false(), *owned)).execution_options(populate_existing=True)
+
+
 async def account_page(
     session: AsyncSession, owners: Iterable[tuple[str, str]], cursor: str | None, limit: int
 ) -> Slice[Account]:
     """The accounts of the given ``(owner_type, owner_id)`` pairs, by id, one page."""
-    pairs = list(owners)
-    cond = or_(*(and_(Account.owner_type == t, Account.owner_id == o) for t, o in pairs))
-    stmt = select(Account).where(cond).execution_options(populate_existing=True)
-    return await ACCOUNT_ORDER.fetch(
-        session, stmt, cursor=cursor, limit=limit, key=lambda a: (a.id,)
-    )
+    stmt = _accounts_of(owners)
+    return await ACCOUNT_ORDER.fetch(session, stmt, cursor=cursor, limit=limit)
 
 
 async def accounts_of(session: AsyncSession, owners: Iterable[tuple[str, str]]) -> list[Account]:
     """Every account of the given ``(owner_type, owner_id)`` pairs, by id."""
-    pairs = list(owners)
-    if not pairs:
-        return []
-    cond = or_(*(and_(Account.owner_type == t, Account.owner_id == o) for t, o in pairs))
-    rows = await session.execute(
-        select(Account).where(cond).order_by(Account.id).execution_options(populate_existing=True)
-    )
-    return list(rows.scalars())
+    return list((await session.execute(_accounts_of(owners).order_by(Account.id))).scalars())
 
 
 # --------------------------------------------------------------------------- transfers
@@ -207,6 +204,7 @@ async def transfer(
     - Same key, other content: ``TransferKeyReused`` (409), nothing written.
     - Debit account not ``allow_negative`` and balance < amount: ``InsufficientFunds``
       (409), no balance changed and no transfer row left.
+    - Either balance would leave BIGINT: ``BalanceLimit`` (409), likewise nothing left.
     - Unknown account: ``AccountNotFound`` (404); different assets: ``AssetMismatch`` (409).
 
     A concurrent call with the same key waits for the first one's transaction (unique index)
@@ -221,15 +219,13 @@ async def transfer(
     if claimed is None:
         return await _replay_or_explain(session, item, meta)
     transfer_id, asset = claimed
-    if not await repository.move_balance(session, debit_account_id, credit_account_id, amount):
-        # Nothing else changed yet: removing our own uncommitted row leaves no trace.
+    refused = await repository.move_balance(session, debit_account_id, credit_account_id, amount)
+    if refused is not None:
+        # No balance changed: removing our own uncommitted row leaves no trace.
         await session.execute(delete(Transfer).where(Transfer.id == transfer_id))
-        REFUSALS.labels("insufficient_funds").inc()
-        raise InsufficientFunds(
-            f"account {debit_account_id} cannot pay {amount} {asset}",
-            account_id=debit_account_id,
-            amount=amount,
-        )
+        facts = (await _load_accounts(session, {refused}))[refused]
+        short = [] if refused == credit_account_id or facts.allow_negative else [refused]
+        _refuse(f"moving {amount} {asset}", [refused], short, account_id=refused, amount=amount)
     TRANSFERS.labels(asset, "single").inc()
     return Transfer(
         id=transfer_id,
@@ -275,7 +271,8 @@ async def batch_transfer(session: AsyncSession, items: Sequence[TransferItem]) -
       raises ``TransferKeyReused`` and nothing of the batch is written.
     - Keys must be unique within the batch (``InvalidField``).
     - The batch is checked on its net effect: every account without ``allow_negative`` must end
-      at or above zero, else ``InsufficientFunds`` and nothing is written.
+      at or above zero, else ``InsufficientFunds``; every balance must end within BIGINT, else
+      ``BalanceLimit``; either way nothing is written.
     - PostgreSQL: set-based, a fixed number of statements whatever the batch size (one
       ``INSERT ... SELECT FROM unnest(...)``, one lock of the touched accounts in id order,
       one ``UPDATE ... FROM unnest(...)`` of the aggregated deltas). SQLite: executemany.
@@ -319,17 +316,25 @@ async def batch_transfer(session: AsyncSession, items: Sequence[TransferItem]) -
             if abs(delta) > MAX_BATCH_DELTA:
                 raise InvalidField("items", "net-change-limit", f"account {account_id} net change")
         if deltas:
-            short = await repository.apply_deltas(session, deltas)
-            if short:
-                raise InsufficientFunds(
-                    f"the batch would take account(s) {short[:20]} below zero; nothing was written",
-                    account_ids=short[:100],
-                )
+            refused_ids = await repository.apply_deltas(session, deltas)
+            if refused_ids:
+                short = [i for i in refused_ids if deltas[i] < 0 and not accounts[i].allow_negative]
+                _refuse("the batch", refused_ids, short)
     for asset, count in collections.Counter(
         accounts[i.debit_account_id].asset for i in applied
     ).items():
         TRANSFERS.labels(asset, "batch").inc(count)
     return BatchResult(created=len(applied), skipped_keys=sorted(skipped))
+
+
+def _refuse(what: str, refused: list[int], short: list[int], **extra: Any) -> NoReturn:
+    """Raise for balance changes the guarded UPDATEs refused (nothing was written): the
+    ``short`` non-negative accounts' shortfall first, else the balance limit (BIGINT)."""
+    ids, error = (short, InsufficientFunds) if short else (refused, BalanceLimit)
+    REFUSALS.labels(error.slug.replace("-", "_")).inc()
+    why = "below zero" if short else "past BIGINT"
+    extra = extra or {"account_ids": ids[:100]}
+    raise error(f"{what} would take account(s) {ids[:20]} {why}; nothing was written", **extra)
 
 
 def aggregate_deltas(items: Iterable[TransferItem]) -> dict[int, int]:
@@ -404,7 +409,7 @@ async def history_of_accounts(
     rows = await session.execute(
         select(Transfer).where(Transfer.id.in_(page_ids)).order_by(Transfer.id.desc())
     )
-    return HISTORY_ORDER.cut(list(rows.scalars()), limit, lambda t: (t.id,))
+    return HISTORY_ORDER.cut(list(rows.scalars()), limit)
 
 
 # --------------------------------------------------------------------------- internals

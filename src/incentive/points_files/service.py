@@ -246,9 +246,7 @@ async def list_files(
         q = q.where(PointsFile.partner_id == partner_id)
     if state is not None:
         q = q.where(PointsFile.state == state)
-    page = await FILE_ORDER.fetch(
-        session, q, cursor=cursor, limit=limit, key=lambda f: (f.received_at, f.id)
-    )
+    page = await FILE_ORDER.fetch(session, q, cursor=cursor, limit=limit)
     files, next_cursor = page.items, page.next_cursor
     codes = await auth_service.partner_codes(session, {f.partner_id for f in files})
     return [(f, codes[f.partner_id]) for f in files], next_cursor
