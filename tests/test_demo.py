@@ -32,4 +32,4 @@ async def test_demo_data_loads_once_balanced_and_usable(
     assert r.status_code == 200, r.text
     token = r.json()["access_token"]
     r = await client.get("/api/v1/me/accounts", headers={"Authorization": f"Bearer {token}"})
-    assert [a["balance"] for a in r.json()] == [demo.WELCOME_POINTS]
+    assert [a["balance"] for a in r.json()["items"]] == [demo.WELCOME_POINTS]

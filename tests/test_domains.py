@@ -40,7 +40,9 @@ async def test_cli_knows_every_live_config_key_the_api_lists(
     db: Database, app: Any, client: httpx.AsyncClient, database_url: str, data_dir: Path
 ) -> None:
     op = await make_user(db, app, username="cfg-op", role="operator")
-    listed_by_api = (await client.get("/api/v1/config", headers=op.headers)).json()
+    listed = (await client.get("/api/v1/config?limit=200", headers=op.headers)).json()
+    assert listed["next_cursor"] is None
+    listed_by_api = listed["items"]
     # Tests register keys of their own (test_*) in this process only.
     api_keys = {v["key"] for v in listed_by_api if not v["key"].startswith("test_")}
     code, out, err = await _cli(database_url, data_dir, "config", "list")

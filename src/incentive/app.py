@@ -7,13 +7,16 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 from sqlalchemy import text
 
 from incentive import __version__, domains
 from incentive.auth.keyring import KeyRing
 from incentive.db import Database, set_database
+from incentive.deps import declared_query_only
 from incentive.errors import NotFound, Unauthorized, install_handlers, problems
 from incentive.observability import (
     RequestContextMiddleware,
@@ -26,6 +29,13 @@ log = logging.getLogger(__name__)
 
 # A background task gets the app and runs until cancelled (config refresher, outbox relay...).
 BackgroundTask = Callable[[FastAPI], Awaitable[None]]
+
+
+def operation_id(route: APIRoute) -> str:
+    """The operation id is the route's name in camelCase (``create_flash_sale`` ->
+    ``createFlashSale``): it names the resource, and client generators use it as is."""
+    first, *rest = route.name.split("_")
+    return first + "".join(word.capitalize() for word in rest)
 
 
 def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
@@ -52,12 +62,18 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             if owns_db:
                 await database.dispose()
 
-    app = FastAPI(
+    # FastAPIOffline serves Swagger UI and ReDoc from files in the package: /docs works on a
+    # host without internet access.
+    app = FastAPIOffline(
         title="Incentive",
         version=__version__,
         description="Marketing middle platform: ledger, campaigns, coupons, flash sales, "
         "partner points files. Errors are RFC 9457 application/problem+json.",
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
+        dependencies=[Depends(declared_query_only)],
+        # No badge fetched from the public schema validator.
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.settings = settings
     app.state.keyring = KeyRing.load(settings.data_dir / "keys", settings.signing_key_file)
@@ -69,12 +85,20 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     for router in domains.routers():
         app.include_router(router, prefix="/api/v1")
 
-    @app.get("/healthz", tags=["operations"])
+    @app.get("/healthz", name="get_health", tags=["operations"])
     async def healthz() -> dict[str, str]:
+        """Liveness: 200 while the process serves requests (checks nothing else)."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"], responses={503: {"description": "not ready"}})
+    @app.get(
+        "/readyz",
+        name="get_readiness",
+        tags=["operations"],
+        responses={503: {"description": "not ready"}},
+    )
     async def readyz(request: Request) -> JSONResponse:
+        """Readiness: 200 when the database (and Redis, if configured) answer; 503 otherwise,
+        with each check's result."""
         checks: dict[str, str] = {}
         ok = True
         try:
@@ -99,6 +123,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
 
     @app.get(
         "/metrics",
+        name="get_metrics",
         tags=["operations"],
         response_class=PlainTextResponse,
         responses=problems(Unauthorized, NotFound),

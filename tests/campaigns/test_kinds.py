@@ -184,7 +184,7 @@ async def test_campaigns_end_by_themselves_at_ends_at(
     assert await end_due_campaigns(db) == []  # nothing twice
     for cid in (due, paused):
         r = await client.get(f"/api/v1/campaigns/{cid}/history", headers=world.ma.headers)
-        last = r.json()[-1]
+        last = r.json()["items"][-1]
         assert (last["to_status"], last["actor"]) == ("ended", "system")
         assert ("end", "ended", "") in probe.calls
     r = await client.get(f"/api/v1/campaigns/{later['id']}", headers=world.ma.headers)

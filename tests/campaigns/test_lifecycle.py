@@ -38,7 +38,7 @@ async def test_full_lifecycle_and_history(
 
     r = await client.get(f"/api/v1/campaigns/{cid}/history", headers=world.ma.headers)
     assert r.status_code == 200
-    history = r.json()
+    history = r.json()["items"]
     assert [(h["from_status"], h["to_status"]) for h in history] == [
         (None, "draft"),
         ("draft", "pending_review"),
@@ -90,7 +90,7 @@ async def test_invalid_transition_is_409_naming_from_and_to(
     after = (await client.get(f"/api/v1/campaigns/{c['id']}", headers=world.op.headers)).json()
     assert after == before
     hist = await client.get(f"/api/v1/campaigns/{c['id']}/history", headers=world.op.headers)
-    assert len(hist.json()) == len(path) + 1
+    assert len(hist.json()["items"]) == len(path) + 1
     assert len(await announced(db, c["id"])) == len(path)
 
 
@@ -189,4 +189,4 @@ async def test_concurrent_pause_and_end_one_wins(client: httpx.AsyncClient, worl
     assert len(tos) == len(set(tos))
     assert all(r.status_code in (200, 409) for r in results)
     hist = await client.get(f"/api/v1/campaigns/{c['id']}/history", headers=world.ma.headers)
-    assert len(hist.json()) == 4 + len(ok)
+    assert len(hist.json()["items"]) == 4 + len(ok)

@@ -23,9 +23,10 @@ async def test_list_shows_every_key_with_defaults(
     db: Database, app: Any, client: httpx.AsyncClient
 ) -> None:
     op = await make_user(db, app, username="op", role="operator")
-    r = await client.get("/api/v1/config", headers=op.headers)
+    r = await client.get("/api/v1/config?limit=200", headers=op.headers)
     assert r.status_code == 200
-    by_key = {item["key"]: item for item in r.json()}
+    assert r.json()["next_cursor"] is None
+    by_key = {item["key"]: item for item in r.json()["items"]}
     buckets = by_key["flash_sale.buckets"]
     assert buckets["value"] == 16
     assert buckets["default"] == 16
@@ -62,7 +63,7 @@ async def test_put_changes_value_applies_locally_and_audits(
     )
     assert r.json()["version"] == 2
     r = await client.get("/api/v1/config/flash_sale.buckets/audit", headers=op.headers)
-    trail = r.json()
+    trail = r.json()["items"]
     assert [(a["old_value"], a["new_value"], a["version"]) for a in trail] == [
         (64, 32, 2),
         (16, 64, 1),
@@ -161,6 +162,6 @@ async def test_expected_version_and_reset(
     assert r.status_code == 200
     assert r.json()["is_default"] is True
     assert r.json()["value"] == 4
-    trail = (await client.get(f"{url}/audit", headers=op.headers)).json()
+    trail = (await client.get(f"{url}/audit", headers=op.headers)).json()["items"]
     assert trail[0]["action"] == "reset"
     assert (trail[0]["old_value"], trail[0]["new_value"]) == (8, 4)

@@ -68,7 +68,7 @@ async def test_customer_sees_only_own_accounts_and_transfers(
     w = await _setup(db, app)
     r = await client.get("/api/v1/me/accounts", headers=w["alice"].headers)
     assert r.status_code == 200
-    assert [(x["id"], x["balance"]) for x in r.json()] == [(w["a"], 100)]
+    assert [(x["id"], x["balance"]) for x in r.json()["items"]] == [(w["a"], 100)]
     r = await client.get("/api/v1/me/transfers", headers=w["alice"].headers)
     body = r.json()
     assert r.status_code == 200
@@ -121,7 +121,7 @@ async def test_merchant_staff_see_their_merchant_accounts(
     async with db.unit_of_work() as s:
         acc = await ledger.open_account(s, owner_type="merchant", owner_id=m.id, asset="CNY")
     r = await client.get("/api/v1/me/accounts", headers=staff.headers)
-    assert [x["id"] for x in r.json()] == [acc.id]
+    assert [x["id"] for x in r.json()["items"]] == [acc.id]
     assert (
         await client.get(f"/api/v1/accounts/{acc.id}", headers=staff.headers)
     ).status_code == 200

@@ -55,6 +55,7 @@ def _pair_out(pair: sessions.TokenPair) -> TokenPairOut:
 
 @router.post(
     "/auth/token",
+    name="create_token",
     response_model=TokenPairOut,
     responses=problems(*VALIDATION, InvalidCredentials, LoginThrottled),
 )
@@ -77,6 +78,7 @@ async def login(body: LoginIn, request: Request, session: Session) -> TokenPairO
 
 @router.post(
     "/auth/refresh",
+    name="refresh_token",
     response_model=TokenPairOut,
     responses=problems(*VALIDATION, InvalidRefreshToken, RefreshTokenReused),
 )
@@ -93,6 +95,7 @@ async def refresh(body: RefreshIn, request: Request, session: Session) -> TokenP
 
 @router.post(
     "/auth/logout",
+    name="revoke_token",
     status_code=204,
     response_class=Response,
     responses=problems(*AUTHENTICATED),
@@ -103,8 +106,11 @@ async def logout(principal: CurrentUser, request: Request, session: Session) -> 
     return Response(status_code=204)
 
 
-@router.get("/me", response_model=MeOut, responses=problems(*AUTHENTICATED))
+@router.get(
+    "/me", name="get_current_user", response_model=MeOut, responses=problems(*AUTHENTICATED)
+)
 async def me(principal: CurrentUser) -> MeOut:
+    """Who the bearer token speaks for: id, username, role and merchant."""
     return MeOut(
         id=principal.id,
         username=principal.name,

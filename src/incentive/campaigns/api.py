@@ -37,6 +37,7 @@ from incentive.campaigns.schemas import (
     Status,
     TransitionIn,
     TransitionOut,
+    TransitionPage,
 )
 from incentive.deps import Session
 from incentive.errors import (
@@ -50,6 +51,7 @@ from incentive.errors import (
 )
 from incentive.kit.idempotency import Claim, idempotent
 from incentive.kit.jsonbody import JSONBodyRoute
+from incentive.kit.pagination import DEFAULT_LIMIT, Cursor, Limit
 from incentive.kit.text import Line
 
 router = APIRouter(prefix="/campaigns", tags=["campaigns"], route_class=JSONBodyRoute)
@@ -93,8 +95,8 @@ async def list_campaigns(
     status: Annotated[Status | None, Query()] = None,
     kind: Annotated[KindName | None, Query()] = None,
     merchant: Annotated[Line | None, Query(min_length=1, max_length=32)] = None,
-    cursor: Annotated[str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_-]+$")] = None,
-    limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = 50,
+    cursor: Cursor = None,
+    limit: Limit = DEFAULT_LIMIT,
 ) -> CampaignPage:
     """Newest first. Customers see active campaigns only; merchant staff their merchant's
     campaigns and active ones; operators everything."""
@@ -114,6 +116,7 @@ async def list_campaigns(
 async def get_campaign(
     campaign_id: CampaignId, principal: CurrentUser, session: Session
 ) -> CampaignOut:
+    """One campaign the caller may see (404 otherwise)."""
     return _out(await service.visible_campaign(session, principal, campaign_id))
 
 
@@ -136,6 +139,7 @@ async def edit_campaign(
 
 @router.post(
     "/{campaign_id}/transitions",
+    name="transition_campaign",
     response_model=CampaignOut,
     responses=problems(*MANAGED, InvalidTransition, CampaignVersionConflict, Conflict),
 )
@@ -155,24 +159,41 @@ async def transition(
 
 
 @router.get(
-    "/{campaign_id}/history", response_model=list[TransitionOut], responses=problems(*MANAGED)
+    "/{campaign_id}/history",
+    response_model=TransitionPage,
+    responses=problems(*MANAGED),
+    name="list_campaign_transitions",
 )
 async def history(
-    campaign_id: CampaignId, principal: MerchantStaff, session: Session
-) -> list[TransitionOut]:
+    campaign_id: CampaignId,
+    principal: MerchantStaff,
+    session: Session,
+    cursor: Cursor = None,
+    limit: Limit = DEFAULT_LIMIT,
+) -> TransitionPage:
     """Every status change, oldest first (creation included)."""
     campaign = await service.managed_campaign(session, principal, campaign_id)
-    return [TransitionOut.model_validate(t) for t in await flows.history(session, campaign.id)]
+    page = await flows.history(session, campaign.id, cursor=cursor, limit=limit)
+    return TransitionPage(
+        items=[TransitionOut.model_validate(t) for t in page.items], next_cursor=page.next_cursor
+    )
 
 
-@router.get("/{campaign_id}/budget", response_model=BudgetOut, responses=problems(*MANAGED))
+@router.get(
+    "/{campaign_id}/budget",
+    name="get_campaign_budget",
+    response_model=BudgetOut,
+    responses=problems(*MANAGED),
+)
 async def budget(campaign_id: CampaignId, principal: MerchantStaff, session: Session) -> BudgetOut:
+    """The campaign's budget account: asset, amount funded and balance left."""
     campaign = await service.managed_campaign(session, principal, campaign_id)
     return BudgetOut.model_validate(await service.budget(session, campaign))
 
 
 @router.post(
     "/{campaign_id}/budget",
+    name="fund_campaign_budget",
     response_model=BudgetOut,
     status_code=201,
     responses=problems(*MANAGED, CampaignClosed, IdempotencyConflict, Conflict),

@@ -30,6 +30,7 @@ from incentive.campaigns.service import facts, get_campaign, managed_campaign
 from incentive.db import utcnow
 from incentive.errors import Forbidden, InvalidField
 from incentive.events import service as events
+from incentive.kit.pagination import KeyInt, Keyset, Slice
 
 log = logging.getLogger(__name__)
 
@@ -227,10 +228,12 @@ async def end_due(session: AsyncSession, *, limit: int = END_PAGE) -> list[str]:
     return ended
 
 
-async def history(session: AsyncSession, campaign_id: str) -> list[CampaignTransition]:
-    rows = await session.execute(
-        select(CampaignTransition)
-        .where(CampaignTransition.campaign_id == campaign_id)
-        .order_by(CampaignTransition.id)
-    )
-    return list(rows.scalars())
+HISTORY_ORDER = Keyset((CampaignTransition.id,), tuple[KeyInt], descending=False)
+
+
+async def history(
+    session: AsyncSession, campaign_id: str, *, cursor: str | None = None, limit: int = 50
+) -> Slice[CampaignTransition]:
+    """Status changes of one campaign, oldest first."""
+    stmt = select(CampaignTransition).where(CampaignTransition.campaign_id == campaign_id)
+    return await HISTORY_ORDER.fetch(session, stmt, cursor=cursor, limit=limit)

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from incentive.campaigns.kinds import KindName, RulesDocument
+from incentive.kit.pagination import Page
 from incentive.kit.text import Line, Name, Prose
 
 Status = Literal[
@@ -84,9 +85,8 @@ class CampaignOut(BaseModel):
     version: int
 
 
-class CampaignPage(BaseModel):
-    items: list[CampaignOut]
-    next_cursor: str | None
+class CampaignPage(Page[CampaignOut]):
+    """Campaigns, newest first."""
 
 
 class TransitionOut(BaseModel):
@@ -100,6 +100,10 @@ class TransitionOut(BaseModel):
     actor_role: str
     reason: str
     at: datetime
+
+
+class TransitionPage(Page[TransitionOut]):
+    """Status changes, oldest first."""
 
 
 class BudgetIn(BaseModel):

@@ -13,8 +13,6 @@ Contract:
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,11 +28,11 @@ from incentive.campaigns.kinds import CampaignFacts, get_kind, parse_rules, stor
 from incentive.campaigns.models import Campaign, CampaignTransition
 from incentive.db import utcnow
 from incentive.errors import Forbidden, InvalidField, NotFound
+from incentive.kit.pagination import KeyId, Keyset, KeyTime, Slice
 from incentive.ledger import service as ledger
 
 BUDGET_ACCOUNT_NAME = "budget"
 EDITABLE = ("draft", "rejected")
-MAX_PAGE = 200
 
 # --------------------------------------------------------------------------- rules
 
@@ -257,27 +255,7 @@ async def edit_campaign(
 # --------------------------------------------------------------------------- listing
 
 
-@dataclass
-class CampaignPage:
-    items: list[Campaign]
-    next_cursor: str | None
-
-
-def _encode_cursor(campaign: Campaign) -> str:
-    raw = f"{campaign.created_at.isoformat()}|{campaign.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        at, campaign_id = raw.split("|", 1)
-        created_at = datetime.fromisoformat(at)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidField("cursor", "format", "cursor: use next_cursor of a page") from None
-    if created_at.tzinfo is None or not campaign_id:
-        raise InvalidField("cursor", "format", "cursor: use next_cursor of a page")
-    return created_at, campaign_id
+CAMPAIGN_ORDER = Keyset((Campaign.created_at, Campaign.id), tuple[KeyTime, KeyId])
 
 
 async def list_campaigns(
@@ -289,10 +267,9 @@ async def list_campaigns(
     merchant_id: str | None = None,
     cursor: str | None = None,
     limit: int = 50,
-) -> CampaignPage:
+) -> Slice[Campaign]:
     """Newest first. Operators see every campaign; merchant staff their merchant's and the
     active ones; customers only active campaigns whose window has not closed."""
-    limit = max(1, min(limit, MAX_PAGE))
     stmt = select(Campaign)
     if principal.is_operator:
         pass
@@ -314,20 +291,7 @@ async def list_campaigns(
         stmt = stmt.where(Campaign.kind == kind)
     if merchant_id is not None:
         stmt = stmt.where(Campaign.merchant_id == merchant_id)
-    if cursor:
-        at, last_id = _decode_cursor(cursor)
-        stmt = stmt.where(
-            or_(Campaign.created_at < at, and_(Campaign.created_at == at, Campaign.id < last_id))
-        )
-    rows = list(
-        (
-            await session.execute(
-                stmt.order_by(Campaign.created_at.desc(), Campaign.id.desc()).limit(limit + 1)
-            )
-        ).scalars()
-    )
-    items = rows[:limit]
-    return CampaignPage(items, _encode_cursor(items[-1]) if len(rows) > limit else None)
+    return await CAMPAIGN_ORDER.fetch(session, stmt, cursor=cursor, limit=limit)
 
 
 # --------------------------------------------------------------------------- budget

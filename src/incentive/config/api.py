@@ -14,12 +14,15 @@ from incentive.config.registry import MAX_KEY_LENGTH, get_key
 from incentive.config.schemas import (
     AppliedValue,
     ConfigAuditOut,
+    ConfigAuditPage,
     ConfigValueIn,
     ConfigValueOut,
+    ConfigValuePage,
 )
 from incentive.deps import Session
 from incentive.errors import AUTHENTICATED, VALIDATION, Forbidden, problems
 from incentive.kit.jsonbody import JSONBodyRoute
+from incentive.kit.pagination import DEFAULT_LIMIT, Cursor, Limit
 from incentive.kit.text import Line
 from incentive.observability import request_id_var
 
@@ -32,12 +35,25 @@ OPERATOR = (*AUTHENTICATED, Forbidden)
 KEYED = (*OPERATOR, *VALIDATION, UnknownConfigKey)
 
 
-@router.get("", response_model=list[ConfigValueOut], responses=problems(*OPERATOR))
-async def list_config(_: Operator, session: Session) -> list[ConfigValueOut]:
-    return [ConfigValueOut.of(v) for v in await service.list_values(session)]
+@router.get(
+    "",
+    name="list_config_values",
+    response_model=ConfigValuePage,
+    responses=problems(*OPERATOR, *VALIDATION),
+)
+async def list_config(
+    _: Operator, session: Session, cursor: Cursor = None, limit: Limit = DEFAULT_LIMIT
+) -> ConfigValuePage:
+    """Every live-configuration key with its effective value, by name."""
+    page = await service.value_page(session, cursor=cursor, limit=limit)
+    return ConfigValuePage(
+        items=[ConfigValueOut.of(v) for v in page.items], next_cursor=page.next_cursor
+    )
 
 
-@router.get("/{key}", response_model=ConfigValueOut, responses=problems(*KEYED))
+@router.get(
+    "/{key}", name="get_config_value", response_model=ConfigValueOut, responses=problems(*KEYED)
+)
 async def get_config(
     key: KeyPath, _: Operator, session: Session, request: Request
 ) -> ConfigValueOut:
@@ -51,12 +67,15 @@ async def get_config(
 
 @router.put(
     "/{key}",
+    name="set_config_value",
     response_model=ConfigValueOut,
     responses=problems(*KEYED, InvalidConfigValue, ConfigVersionConflict),
 )
 async def put_config(
     key: KeyPath, body: ConfigValueIn, principal: Operator, session: Session
 ) -> ConfigValueOut:
+    """Change the value (validated against the key's schema, audited, applied in every
+    process within a refresh interval); `expected_version` guards against lost updates."""
     value = await service.set_value(
         session,
         key,
@@ -68,7 +87,9 @@ async def put_config(
     return ConfigValueOut.of(value)
 
 
-@router.delete("/{key}", response_model=ConfigValueOut, responses=problems(*KEYED))
+@router.delete(
+    "/{key}", name="reset_config_value", response_model=ConfigValueOut, responses=problems(*KEYED)
+)
 async def reset_config(
     key: KeyPath,
     principal: Operator,
@@ -86,13 +107,21 @@ async def reset_config(
     return ConfigValueOut.of(value)
 
 
-@router.get("/{key}/audit", response_model=list[ConfigAuditOut], responses=problems(*KEYED))
+@router.get(
+    "/{key}/audit",
+    name="list_config_changes",
+    response_model=ConfigAuditPage,
+    responses=problems(*KEYED),
+)
 async def config_audit(
     key: KeyPath,
     _: Operator,
     session: Session,
-    before_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
-    limit: Annotated[int, Query(ge=1, le=service.MAX_AUDIT_LIMIT)] = 50,
-) -> list[ConfigAuditOut]:
-    rows = await service.audit_trail(session, key, before_id=before_id, limit=limit)
-    return [ConfigAuditOut.model_validate(r) for r in rows]
+    cursor: Cursor = None,
+    limit: Limit = DEFAULT_LIMIT,
+) -> ConfigAuditPage:
+    """Every change of the key (set and reset), newest first: who, when, old and new value."""
+    page = await service.audit_trail(session, key, cursor=cursor, limit=limit)
+    return ConfigAuditPage(
+        items=[ConfigAuditOut.model_validate(r) for r in page.items], next_cursor=page.next_cursor
+    )

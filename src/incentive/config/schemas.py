@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from incentive.config.service import ConfigValue
+from incentive.kit.pagination import Page
 
 
 class AppliedValue(BaseModel):
@@ -68,3 +69,11 @@ class ConfigAuditOut(BaseModel):
     actor: str
     at: datetime
     request_id: str | None
+
+
+class ConfigValuePage(Page[ConfigValueOut]):
+    """Keys by name."""
+
+
+class ConfigAuditPage(Page[ConfigAuditOut]):
+    """Changes, newest first."""

@@ -21,8 +21,7 @@ from incentive.config.live import live_config
 from incentive.config.models import REVISION_ROW_ID, ConfigAudit, ConfigEntry, ConfigRevision
 from incentive.config.registry import ConfigKey, get_key, registered_keys
 from incentive.db import utcnow
-
-MAX_AUDIT_LIMIT = 500
+from incentive.kit.pagination import KeyId, KeyInt, Keyset, Slice
 
 
 @dataclass(frozen=True)
@@ -53,6 +52,19 @@ async def list_values(session: AsyncSession) -> list[ConfigValue]:
     """Every registered key with its effective value, sorted by name."""
     entries = {e.key: e for e in (await session.execute(select(ConfigEntry))).scalars()}
     return [_effective(k, entries.get(k.name)) for k in registered_keys()]
+
+
+# The keys live in the process's registry, so their list is paged in memory, by name.
+VALUE_ORDER = Keyset((), tuple[KeyId], descending=False)
+AUDIT_ORDER = Keyset((ConfigAudit.id,), tuple[KeyInt])
+
+
+async def value_page(
+    session: AsyncSession, *, cursor: str | None, limit: int
+) -> Slice[ConfigValue]:
+    """One page of ``list_values``."""
+    values = await list_values(session)
+    return VALUE_ORDER.slice_sorted(values, cursor=cursor, limit=limit, key=lambda v: (v.key.name,))
 
 
 async def set_value(
@@ -115,15 +127,12 @@ async def reset_value(
 
 
 async def audit_trail(
-    session: AsyncSession, name: str, *, before_id: int | None = None, limit: int = 50
-) -> list[ConfigAudit]:
-    """Changes of one key, newest first; ``before_id`` pages backwards."""
+    session: AsyncSession, name: str, *, cursor: str | None = None, limit: int = 50
+) -> Slice[ConfigAudit]:
+    """Changes of one key, newest first."""
     get_key(name)
     query = select(ConfigAudit).where(ConfigAudit.key == name)
-    if before_id is not None:
-        query = query.where(ConfigAudit.id < before_id)
-    query = query.order_by(ConfigAudit.id.desc()).limit(min(max(limit, 1), MAX_AUDIT_LIMIT))
-    return list((await session.execute(query)).scalars())
+    return await AUDIT_ORDER.fetch(session, query, cursor=cursor, limit=limit)
 
 
 async def _locked_entry(session: AsyncSession, name: str) -> ConfigEntry | None:

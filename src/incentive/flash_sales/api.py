@@ -107,7 +107,11 @@ def _purchase_out(p: Purchase) -> PurchaseOut:
 
 
 @router.post(
-    "", response_model=FlashSaleOut, status_code=201, responses=problems(*MANAGING, NotFound)
+    "",
+    name="create_flash_sale",
+    response_model=FlashSaleOut,
+    status_code=201,
+    responses=problems(*MANAGING, NotFound),
 )
 async def create(
     body: FlashSaleIn, principal: MerchantStaff, session: Session, request: Request
@@ -117,10 +121,13 @@ async def create(
     return await _out(session, _engine(request), sale)
 
 
-@router.get("/{sale_id}", response_model=FlashSaleOut, responses=problems(*SEEING))
+@router.get(
+    "/{sale_id}", name="get_flash_sale", response_model=FlashSaleOut, responses=problems(*SEEING)
+)
 async def get(
     sale_id: SaleId, principal: CurrentUser, session: Session, request: Request
 ) -> FlashSaleOut:
+    """The sale with live stock: sold, remaining, per-bucket levels and flow state."""
     await campaigns.visible_campaign(session, principal, sale_id)
     sale = await service.get_sale(session, sale_id)
     return await _out(session, _engine(request), sale)
@@ -128,6 +135,7 @@ async def get(
 
 @router.post(
     "/{sale_id}/activate",
+    name="activate_flash_sale",
     response_model=FlashSaleOut,
     responses=problems(*MANAGED, AlreadyActivated, InvalidTransition),
 )
@@ -141,6 +149,7 @@ async def activate(
 
 @router.post(
     "/{sale_id}/purchases",
+    name="create_flash_sale_purchase",
     response_model=PurchaseOut,
     status_code=201,
     responses={
@@ -175,6 +184,7 @@ async def purchase(
 
 @router.post(
     "/{sale_id}/reconcile",
+    name="reconcile_flash_sale_stock",
     response_model=ReconcileOut,
     responses=problems(*MANAGED, NotOnSale, ServiceUnavailable),
 )

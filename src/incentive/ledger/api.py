@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path
 
 from incentive.auth.principal import CurrentUser, Operator, Principal
 from incentive.deps import Session
 from incentive.errors import AUTHENTICATED, VALIDATION, Forbidden, IdempotencyConflict, problems
 from incentive.kit.idempotency import Claim, idempotent
 from incentive.kit.jsonbody import JSONBodyRoute
+from incentive.kit.pagination import DEFAULT_LIMIT, Cursor, Limit, Slice
 from incentive.ledger import service
 from incentive.ledger.errors import (
     AccountNotFound,
@@ -19,14 +20,14 @@ from incentive.ledger.errors import (
     InsufficientFunds,
     TransferKeyReused,
 )
-from incentive.ledger.models import Account
+from incentive.ledger.models import Account, Transfer
 from incentive.ledger.owners import check_owner_exists
 from incentive.ledger.schemas import (
     AccountIn,
     AccountOut,
+    AccountPage,
     BatchIn,
     BatchOut,
-    HistoryLimit,
     TransferIn,
     TransferOut,
     TransferPage,
@@ -35,11 +36,6 @@ from incentive.ledger.schemas import (
 router = APIRouter(tags=["ledger"], route_class=JSONBodyRoute)
 
 PathId = Annotated[int, Path(ge=1, le=2**63 - 1)]
-
-Cursor = Annotated[
-    str | None,
-    Query(pattern=r"^[0-9]{0,18}$", description="`next_cursor` of the previous page"),
-]
 
 
 OPERATOR = (*AUTHENTICATED, *VALIDATION, Forbidden)
@@ -69,37 +65,42 @@ def _authorize(principal: Principal, account: Account) -> None:
     raise AccountNotFound(f"account {account.id} does not exist", account_id=account.id)
 
 
-def _page(page: service.HistoryPage) -> TransferPage:
+def _page(page: Slice[Transfer]) -> TransferPage:
     return TransferPage(
-        items=[TransferOut.model_validate(t) for t in page.items],
-        next_cursor=None if page.next_cursor is None else str(page.next_cursor),
+        items=[TransferOut.model_validate(t) for t in page.items], next_cursor=page.next_cursor
     )
-
-
-def _cursor(cursor: str | None) -> int | None:
-    return int(cursor) if cursor else None
-
-
-@router.get("/me/accounts", response_model=list[AccountOut], responses=problems(*AUTHENTICATED))
-async def my_accounts(principal: CurrentUser, session: Session) -> list[AccountOut]:
-    accounts = await service.accounts_of(session, _owners(principal))
-    return [AccountOut.model_validate(a) for a in accounts]
 
 
 @router.get(
-    "/me/transfers", response_model=TransferPage, responses=problems(*AUTHENTICATED, *VALIDATION)
+    "/me/accounts",
+    name="list_my_accounts",
+    response_model=AccountPage,
+    responses=problems(*AUTHENTICATED, *VALIDATION),
+)
+async def my_accounts(
+    principal: CurrentUser, session: Session, cursor: Cursor = None, limit: Limit = DEFAULT_LIMIT
+) -> AccountPage:
+    """The caller's accounts (and, for merchant staff, their merchant's), by id."""
+    page = await service.account_page(session, _owners(principal), cursor, limit)
+    return AccountPage(
+        items=[AccountOut.model_validate(a) for a in page.items], next_cursor=page.next_cursor
+    )
+
+
+@router.get(
+    "/me/transfers",
+    name="list_my_transfers",
+    response_model=TransferPage,
+    responses=problems(*AUTHENTICATED, *VALIDATION),
 )
 async def my_transfers(
-    principal: CurrentUser,
-    session: Session,
-    cursor: Cursor = None,
-    limit: Annotated[HistoryLimit, Query()] = 50,
+    principal: CurrentUser, session: Session, cursor: Cursor = None, limit: Limit = DEFAULT_LIMIT
 ) -> TransferPage:
+    """Transfers touching any of the caller's accounts, newest first, each once."""
     accounts = await service.accounts_of(session, _owners(principal))
-    page = await service.history_of_accounts(
-        session, [a.id for a in accounts], _cursor(cursor), limit
+    return _page(
+        await service.history_of_accounts(session, [a.id for a in accounts], cursor, limit)
     )
-    return _page(page)
 
 
 @router.post("/accounts", response_model=AccountOut, status_code=200, responses=problems(*OPERATOR))
@@ -119,24 +120,29 @@ async def open_account(body: AccountIn, principal: Operator, session: Session) -
 
 @router.get("/accounts/{account_id}", response_model=AccountOut, responses=problems(*OWNED))
 async def get_account(account_id: PathId, principal: CurrentUser, session: Session) -> AccountOut:
+    """One account and its balance (its owners and operators)."""
     account = await service.get_account(session, account_id)
     _authorize(principal, account)
     return AccountOut.model_validate(account)
 
 
 @router.get(
-    "/accounts/{account_id}/transfers", response_model=TransferPage, responses=problems(*OWNED)
+    "/accounts/{account_id}/transfers",
+    name="list_account_transfers",
+    response_model=TransferPage,
+    responses=problems(*OWNED),
 )
 async def account_transfers(
     account_id: PathId,
     principal: CurrentUser,
     session: Session,
     cursor: Cursor = None,
-    limit: Annotated[HistoryLimit, Query()] = 50,
+    limit: Limit = DEFAULT_LIMIT,
 ) -> TransferPage:
+    """Transfers touching the account, newest first (its owners and operators)."""
     account = await service.get_account(session, account_id)
     _authorize(principal, account)
-    return _page(await service.history(session, account_id, _cursor(cursor), limit))
+    return _page(await service.history(session, account_id, cursor, limit))
 
 
 @router.post("/transfers", response_model=TransferOut, status_code=201, responses=problems(*MOVING))
@@ -159,7 +165,11 @@ async def create_transfer(
 
 
 @router.post(
-    "/transfers/batch", response_model=BatchOut, status_code=200, responses=problems(*MOVING)
+    "/transfers/batch",
+    name="create_transfer_batch",
+    response_model=BatchOut,
+    status_code=200,
+    responses=problems(*MOVING),
 )
 @idempotent(status_code=200)
 async def create_batch(body: BatchIn, principal: Operator, session: Session) -> BatchOut:

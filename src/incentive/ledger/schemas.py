@@ -7,8 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from incentive.kit.pagination import Page
 from incentive.kit.text import Line, document_within
-from incentive.ledger.service import MAX_AMOUNT, MAX_HISTORY_LIMIT, OWNER_TYPES
+from incentive.ledger.service import MAX_AMOUNT, OWNER_TYPES
 
 MAX_METADATA_BYTES = 4096
 
@@ -27,7 +28,6 @@ OwnerType = Literal["user", "merchant", "campaign", "partner", "platform"]
 assert set(OWNER_TYPES) == set(OwnerType.__args__)  # type: ignore[attr-defined]
 
 MAX_BATCH_ITEMS = 10_000
-HistoryLimit = Annotated[int, Field(ge=1, le=MAX_HISTORY_LIMIT)]
 
 
 class AccountOut(BaseModel):
@@ -97,6 +97,9 @@ class BatchOut(BaseModel):
     skipped_keys: list[str]
 
 
-class TransferPage(BaseModel):
-    items: list[TransferOut]
-    next_cursor: str | None = Field(description="pass as `cursor` for the next (older) page")
+class TransferPage(Page[TransferOut]):
+    """Transfers, newest first."""
+
+
+class AccountPage(Page[AccountOut]):
+    """Accounts, by id."""

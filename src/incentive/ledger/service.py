@@ -28,11 +28,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from sqlalchemy import Select, and_, delete, or_, select, union
+from sqlalchemy import Select, and_, delete, false, or_, select, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.db import one_of, utcnow
 from incentive.errors import InvalidField
+from incentive.kit.pagination import KeyInt, Keyset, Slice, check_limit
 from incentive.ledger import repository
 from incentive.ledger.errors import (
     AccountNotFound,
@@ -52,7 +53,6 @@ MAX_AMOUNT = 10**15
 MAX_BATCH_DELTA = 2**62
 MAX_KEY_LENGTH = 255
 MAX_REFERENCE_LENGTH = 200
-MAX_HISTORY_LIMIT = 500
 
 ASSET_RE = re.compile(r"^[A-Z][A-Z0-9_]{1,15}$")
 KIND_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,31}$")
@@ -138,16 +138,25 @@ async def find_account(
     return await repository.account_by_owner(session, owner_type, owner_id, asset, name)
 
 
+ACCOUNT_ORDER = Keyset((Account.id,), tuple[KeyInt], descending=False)
+
+
+def _accounts_of(owners: Iterable[tuple[str, str]]) -> Select[Any]:
+    owned = (and_(Account.owner_type == t, Account.owner_id == o) for t, o in owners)
+    return select(Account).where(or_(false(), *owned)).execution_options(populate_existing=True)
+
+
+async def account_page(
+    session: AsyncSession, owners: Iterable[tuple[str, str]], cursor: str | None, limit: int
+) -> Slice[Account]:
+    """The accounts of the given ``(owner_type, owner_id)`` pairs, by id, one page."""
+    stmt = _accounts_of(owners)
+    return await ACCOUNT_ORDER.fetch(session, stmt, cursor=cursor, limit=limit)
+
+
 async def accounts_of(session: AsyncSession, owners: Iterable[tuple[str, str]]) -> list[Account]:
     """Every account of the given ``(owner_type, owner_id)`` pairs, by id."""
-    pairs = list(owners)
-    if not pairs:
-        return []
-    cond = or_(*(and_(Account.owner_type == t, Account.owner_id == o) for t, o in pairs))
-    rows = await session.execute(
-        select(Account).where(cond).order_by(Account.id).execution_options(populate_existing=True)
-    )
-    return list(rows.scalars())
+    return list((await session.execute(_accounts_of(owners).order_by(Account.id))).scalars())
 
 
 # --------------------------------------------------------------------------- transfers
@@ -365,33 +374,30 @@ async def _check_replayed(
 # --------------------------------------------------------------------------- history
 
 
-@dataclass
-class HistoryPage:
-    items: list[Transfer]
-    next_cursor: int | None
+HISTORY_ORDER = Keyset((Transfer.id,), tuple[KeyInt])
 
 
 async def history(
-    session: AsyncSession, account_id: int, cursor: int | None = None, limit: int = 50
-) -> HistoryPage:
+    session: AsyncSession, account_id: int, cursor: str | None = None, limit: int = 50
+) -> Slice[Transfer]:
     """Transfers touching the account, newest first; pass ``next_cursor`` to continue."""
     await get_account(session, account_id)
     return await history_of_accounts(session, [account_id], cursor, limit)
 
 
 async def history_of_accounts(
-    session: AsyncSession, account_ids: Sequence[int], cursor: int | None = None, limit: int = 50
-) -> HistoryPage:
-    """Transfers touching any of the accounts, newest first, each once (cursor = last id)."""
-    if not 1 <= limit <= MAX_HISTORY_LIMIT:
-        raise InvalidField("limit", "range", f"limit: between 1 and {MAX_HISTORY_LIMIT}")
+    session: AsyncSession, account_ids: Sequence[int], cursor: str | None = None, limit: int = 50
+) -> Slice[Transfer]:
+    """Transfers touching any of the accounts, newest first, each once."""
+    check_limit(limit)
+    after = HISTORY_ORDER.after(cursor) if cursor else None
     if not account_ids:
-        return HistoryPage([], None)
+        return Slice([], None)
 
     def side(column: Any) -> Select[Any]:
         q = select(Transfer.id).where(column.in_(list(account_ids)))
-        if cursor is not None:
-            q = q.where(Transfer.id < cursor)
+        if after is not None:
+            q = q.where(after)
         # Each side walks its (account, id) index backwards and stops after `limit` rows.
         return q.order_by(Transfer.id.desc()).limit(limit + 1)
 
@@ -403,11 +409,7 @@ async def history_of_accounts(
     rows = await session.execute(
         select(Transfer).where(Transfer.id.in_(page_ids)).order_by(Transfer.id.desc())
     )
-    found = list(rows.scalars())
-    if len(found) > limit:
-        found = found[:limit]
-        return HistoryPage(found, found[-1].id)
-    return HistoryPage(found, None)
+    return HISTORY_ORDER.cut(list(rows.scalars()), limit)
 
 
 # --------------------------------------------------------------------------- internals
@@ -482,8 +484,8 @@ __all__ = [
     "MAX_AMOUNT",
     "OWNER_TYPES",
     "BatchResult",
-    "HistoryPage",
     "TransferItem",
+    "account_page",
     "accounts_of",
     "aggregate_deltas",
     "batch_transfer",

@@ -12,7 +12,7 @@ from incentive.auth.principal import Principal, current_partner, current_user
 from incentive.deps import Session
 from incentive.errors import AUTHENTICATED, VALIDATION, Forbidden, problems
 from incentive.kit.jsonbody import JSONBodyRoute
-from incentive.kit.text import Line
+from incentive.kit.pagination import DEFAULT_LIMIT, Cursor, Limit
 from incentive.points_files import intake, service
 from incentive.points_files.errors import (
     AnswerNotReady,
@@ -165,8 +165,8 @@ async def list_points_files(
     viewer: Viewer,
     partner: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.-]{2,64}$")] = None,
     state: Annotated[str | None, Query(pattern="^(" + "|".join(FILE_STATES) + ")$")] = None,
-    cursor: Annotated[Line | None, Query(max_length=100)] = None,
-    limit: Annotated[int, Query(ge=1, le=service.MAX_LIST_LIMIT)] = 50,
+    cursor: Cursor = None,
+    limit: Limit = DEFAULT_LIMIT,
 ) -> PointsFilePage:
     """Newest first. Partners see their own files only (``partner`` must be theirs)."""
     partner_id: str | None = None
@@ -199,6 +199,7 @@ async def list_points_files(
 
 @router.get(
     "/points-files/{file_id}/feedback",
+    name="get_points_file_feedback",
     response_class=FileResponse,
     responses={
         200: {"content": {"application/pgp-encrypted": {}}},

@@ -22,6 +22,7 @@ from incentive.config.live import LiveConfig, live_config
 from incentive.db import Database
 from incentive.errors import IncentiveError
 from incentive.kit.commands import command_database, echo_json, fail, run_work
+from incentive.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from incentive.points_files import service
 from incentive.points_files.crypto import default_gnupg_home, init_platform_key
 from incentive.points_files.errors import PointsCryptoError
@@ -225,7 +226,7 @@ def show(file_id: str) -> None:
 def list_files(
     partner: str | None = typer.Option(None, "--partner"),
     state: str | None = typer.Option(None, "--state"),
-    limit: int = typer.Option(50, "--limit", min=1, max=500),
+    limit: int = typer.Option(DEFAULT_LIMIT, "--limit", min=1, max=MAX_LIMIT),
     cursor: str | None = typer.Option(None, "--cursor", help="next_cursor of the previous page"),
 ) -> None:
     """Newest files first (JSON: items and next_cursor; pass --cursor for the next page)."""

@@ -6,6 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from incentive.kit.pagination import Page
+
 
 class RecordCounts(BaseModel):
     total: int
@@ -54,9 +56,8 @@ class PointsFileSummary(BaseModel):
     received_at: datetime
 
 
-class PointsFilePage(BaseModel):
-    items: list[PointsFileSummary]
-    next_cursor: str | None
+class PointsFilePage(Page[PointsFileSummary]):
+    """Points files, newest first."""
 
 
 class PointsFileAccepted(BaseModel):

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.auth import service as auth_service
 from incentive.db import utcnow
 from incentive.errors import InvalidField, NotFound
+from incentive.kit.pagination import KeyId, Keyset, KeyTime
 from incentive.ledger import service as ledger
 from incentive.points_files import storage
 from incentive.points_files.backends.transports import open_transport
@@ -32,9 +32,6 @@ from incentive.points_files.models import (
     max_plain_bytes_of,
 )
 from incentive.settings import Settings
-
-MAX_LIST_LIMIT = 200
-
 
 # --------------------------------------------------------------------------- partner settings
 
@@ -240,6 +237,9 @@ async def progress(session: AsyncSession, row: PointsFile) -> Progress:
     return Progress(row, code, counts, done, in_flight, total, throughput, eta)
 
 
+FILE_ORDER = Keyset((PointsFile.received_at, PointsFile.id), tuple[KeyTime, KeyId])
+
+
 async def list_files(
     session: AsyncSession,
     *,
@@ -249,8 +249,6 @@ async def list_files(
     limit: int,
 ) -> tuple[list[tuple[PointsFile, str]], str | None]:
     """Newest first; ``cursor`` is the ``next_cursor`` of the previous page."""
-    if not 1 <= limit <= MAX_LIST_LIMIT:
-        raise InvalidField("limit", "range", f"limit: 1 to {MAX_LIST_LIMIT}")
     if state is not None and state not in FILE_STATES:
         raise InvalidField("state", "enum", f"state: one of {list(FILE_STATES)}")
     q = select(PointsFile)
@@ -258,25 +256,8 @@ async def list_files(
         q = q.where(PointsFile.partner_id == partner_id)
     if state is not None:
         q = q.where(PointsFile.state == state)
-    if cursor:
-        try:
-            at_text, last_id = cursor.split("~", 1)
-            at = datetime.fromisoformat(at_text)
-        except ValueError as exc:
-            raise InvalidField("cursor", "format", "cursor: the next_cursor of a page") from exc
-        q = q.where(
-            or_(
-                PointsFile.received_at < at,
-                (PointsFile.received_at == at) & (PointsFile.id < last_id),
-            )
-        )
-    q = q.order_by(PointsFile.received_at.desc(), PointsFile.id.desc()).limit(limit + 1)
-    files = list((await session.execute(q)).scalars())
-    next_cursor = None
-    if len(files) > limit:
-        files = files[:limit]
-        last = files[-1]
-        next_cursor = f"{last.received_at.isoformat()}~{last.id}"
+    page = await FILE_ORDER.fetch(session, q, cursor=cursor, limit=limit)
+    files, next_cursor = page.items, page.next_cursor
     codes = await auth_service.partner_codes(session, {f.partner_id for f in files})
     return [(f, codes[f.partner_id]) for f in files], next_cursor
 

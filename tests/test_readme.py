@@ -1,0 +1,93 @@
+"""README.md's shell examples, run as pasted, in order, against a real `incentive serve`.
+
+Every ```sh block runs unless the line before it is ``<!-- readme: not run (reason) -->``.
+The blocks share one bash session (``set -euo pipefail``), as a reader pasting them one after
+another would; ``BASE`` points at the test's server. What they did is then checked from the
+outside: the purchase, alice's points, the partner's feedback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from incentive import demo
+from incentive.auth.models import User
+from incentive.db import Database
+from incentive.flash_sales.models import Purchase
+from incentive.ledger.models import Account
+from incentive.points_files.format import Header, write_points_file
+from tests.points_files.kit import NOW
+from tests.points_files.test_crypto import _kill_agent
+from tests.servers import running_server
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BLOCK = re.compile(r"(?:^(<!-- readme: not run \([^)]+\) -->)\n)?^```sh\n(.*?)^```", re.M | re.S)
+
+
+def readme_examples() -> list[str]:
+    return [body for skip, body in BLOCK.findall(README.read_text()) if not skip]
+
+
+def test_the_readme_has_runnable_examples_and_says_why_others_are_not_run() -> None:
+    text = README.read_text()
+    assert len(readme_examples()) >= 6
+    assert text.count("```sh") == len(BLOCK.findall(text)), "an sh block the test cannot parse"
+
+
+async def _points(db: Database, username: str) -> int:
+    async with db.unit_of_work() as s:
+        user_id = await s.scalar(select(User.id).where(User.username == username))
+        balance = await s.scalar(
+            select(func.coalesce(func.sum(Account.balance), 0)).where(
+                Account.owner_type == "user", Account.owner_id == user_id, Account.asset == "POINTS"
+            )
+        )
+        return int(balance or 0)
+
+
+async def test_readme_examples_run_as_pasted(
+    db: Database, database_url: str, tmp_path: Path
+) -> None:
+    await demo.load_if_empty(db)
+    before = await _points(db, "alice")
+    work, data = tmp_path / "work", tmp_path / "data"
+    work.mkdir()
+    data.mkdir()
+    with (work / "points.txt").open("wb") as out:  # the partner's own file
+        write_points_file(out, Header("ACME", 1, NOW), [("r1", "alice", 250, NOW, "readme")])
+    script = "set -euo pipefail\n" + "\n".join(readme_examples())
+    async with running_server(data, database_url) as server:
+        env = {
+            **server.env,
+            "BASE": server.base_url,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        }
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "bash",
+                "-c",
+                script,
+                cwd=work,
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout=300)
+        finally:
+            for home in (work / "acme-gnupg", data / "points_files" / "gnupg"):
+                _kill_agent(home)
+        text = out.decode(errors="replace")
+        assert proc.returncode == 0, text[-6000:]
+        assert "unhandled error" not in server.log()
+    # The feedback the partner decrypted credits its one record; alice got exactly those
+    # points, and exactly one purchase was recorded.
+    assert re.search(r"^R\|r1\|alice\|250\|OK\|", text, re.M), text[-3000:]
+    assert await _points(db, "alice") == before + 250
+    async with db.unit_of_work() as s:
+        assert await s.scalar(select(func.count()).select_from(Purchase)) == 1
