@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from incentive import __version__, domains
 from incentive.auth.keyring import KeyRing
@@ -61,6 +62,10 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.background_tasks = []
     configure_logging(settings.log_level, settings.log_json)
     app.add_middleware(RequestContextMiddleware)
+    if settings.forwarded_allow_ips:
+        # Outermost: the client address every layer sees (logs, login throttling) is the
+        # X-Forwarded-For client only when the peer is one of the configured proxies.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
     install_handlers(app)
 
     for router in domains.routers():
