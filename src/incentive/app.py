@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from sqlalchemy import text
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from incentive import __version__, domains
 from incentive.auth.keyring import KeyRing
@@ -80,6 +81,10 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.background_tasks = []
     configure_logging(settings.log_level, settings.log_json)
     app.add_middleware(RequestContextMiddleware)
+    if settings.forwarded_allow_ips:
+        # Outermost: the client address every layer sees (logs, login throttling) is the
+        # X-Forwarded-For client only when the peer is one of the configured proxies.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
     install_handlers(app)
 
     for router in domains.routers():

@@ -32,6 +32,8 @@ def serve(
         workers=workers,
         log_config=None,
         access_log=False,
+        # The app trusts X-Forwarded-For itself, from INCENTIVE_FORWARDED_ALLOW_IPS only.
+        proxy_headers=False,
     )
 
 

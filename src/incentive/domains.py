@@ -64,7 +64,7 @@ MODULES = {
 
 
 DOMAINS: tuple[Domain, ...] = (
-    Domain("auth", models=True, router=True, cli=True),
+    Domain("auth", models=True, router=True, cli=True, runtime=True),
     Domain("kit", models=True),
     Domain("config", models=True, router=True, cli=True, keys=True, runtime=True),
     Domain("ledger", models=True, router=True),

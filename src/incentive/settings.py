@@ -30,8 +30,29 @@ class Settings(BaseSettings):
     )
     access_token_ttl_seconds: int = 900
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
-    login_max_failures: int = 5
-    login_window_seconds: int = 300
+    login_window_seconds: int = Field(
+        default=300, ge=1, description="the moving window of every login ceiling (seconds)"
+    )
+    login_max_failures: int = Field(
+        default=5, ge=1, description="failed logins of one username from one address per window"
+    )
+    login_max_failures_per_username: int = Field(
+        default=50, ge=1, description="failed logins of one username from any address per window"
+    )
+    login_max_failures_per_address: int = Field(
+        default=100, ge=1, description="failed logins from one address, any username, per window"
+    )
+    login_max_per_username: int = Field(
+        default=20, ge=1, description="successful logins of one username per window"
+    )
+    max_sessions_per_user: int = Field(
+        default=10, ge=1, description="live sessions per user; a new login revokes the oldest"
+    )
+    forwarded_allow_ips: str = Field(
+        default="",
+        description="comma-separated proxy addresses/networks whose X-Forwarded-For is "
+        "trusted ('*' for any); empty trusts none",
+    )
     demo_data: bool = True
     metrics_token: SecretStr | None = Field(
         default=None,

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 from fastapi import APIRouter, FastAPI
 
-from incentive.auth.principal import Customer, MerchantStaff, Operator
+from incentive.auth.principal import CurrentPartner, Customer, MerchantStaff, Operator
 
 PASSWORD = "correct horse battery"
 
@@ -42,5 +42,9 @@ def guarded_router() -> APIRouter:
     @router.get("/merchant-staff")
     async def merchant_staff(principal: MerchantStaff) -> dict[str, str | None]:
         return {"id": principal.id, "merchant_id": principal.merchant_id}
+
+    @router.get("/partner-only")
+    async def partner_only(principal: CurrentPartner) -> dict[str, str]:
+        return {"id": principal.id, "code": principal.name}
 
     return router

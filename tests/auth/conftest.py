@@ -1,8 +1,10 @@
-"""Fixtures for the auth tests: row counts and an app with role-guarded throwaway routes."""
+"""Fixtures for the auth tests: the deployment's settings (Redis login throttle on the
+PostgreSQL + Redis run), row counts, and an app with role-guarded throwaway routes."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,9 +13,55 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 
 from incentive.app import create_app
+from incentive.auth.throttle import LoginThrottle
 from incentive.db import Base, Database
 from incentive.settings import Settings
 from tests.auth.clients import client_from, guarded_router
+
+Ceilings = dict[str, Any]
+
+
+async def deployment_settings(data_dir: Path, redis_url: str | None, **ceilings: Any) -> Settings:
+    """Settings of the deployment under test; with Redis, its database is flushed first so
+    no login counter of an earlier test is left."""
+    if redis_url:
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(redis_url)
+        try:
+            await client.flushdb()
+        finally:
+            await client.aclose()
+    return Settings(
+        data_dir=data_dir,
+        database_url=None,
+        redis_url=redis_url,
+        demo_data=False,
+        log_json=True,
+        log_level="WARNING",
+        **ceilings,
+    )
+
+
+@pytest.fixture
+async def settings(data_dir: Path, redis_url: str | None) -> Settings:
+    return await deployment_settings(data_dir, redis_url)
+
+
+@pytest.fixture
+async def throttle(settings: Settings) -> AsyncIterator[LoginThrottle]:
+    """The login throttle of the deployment under test, for calling ``sessions.login``."""
+    if settings.redis_url is None:
+        yield LoginThrottle.for_settings(settings, None)
+        return
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(settings.redis_url)
+    try:
+        yield LoginThrottle.for_settings(settings, client.connection_pool)
+    finally:
+        await client.aclose()
+
 
 RowCounter = Callable[[type[Any]], Awaitable[int]]
 TableCounts = Callable[[], Awaitable[dict[str, int]]]

@@ -15,8 +15,8 @@ from typer.testing import CliRunner, Result
 
 from incentive.auth.cli import register
 from incentive.auth.keyring import KeyRing
-from incentive.auth.models import AuditEntry, Partner, User
-from incentive.auth.principal import hash_api_key
+from incentive.auth.models import AuditEntry, PartnerApiKey, User
+from incentive.auth.partner_keys import hash_api_key
 from incentive.db import Database
 from incentive.settings import get_settings
 
@@ -81,21 +81,23 @@ def test_create_merchant_staff_and_partner_on_a_fresh_data_dir(
 
     partner = _json(_invoke(incentive, ["partners", "create", "BANK", "--name", "Bank"]))
     assert partner["api_key"].startswith("inc_")
-    assert partner["api_key_prefix"] == partner["api_key"][:12]
+    assert [k["prefix"] for k in partner["keys"]] == [partner["api_key"][:12]]
+    assert partner["disabled"] is False
 
-    async def stored() -> tuple[User, Partner]:
+    async def stored() -> tuple[User, PartnerApiKey]:
         db = Database(f"sqlite+aiosqlite:///{cli_data_dir / 'incentive.db'}")
         try:
             async with db.unit_of_work() as s:
                 user = (await s.execute(select(User))).scalar_one()
-                row = (await s.execute(select(Partner))).scalar_one()
+                row = (await s.execute(select(PartnerApiKey))).scalar_one()
                 return user, row
         finally:
             await db.dispose()
 
     user, row = asyncio.run(stored())
     assert user.password_hash.startswith("$argon2id$")
-    assert row.api_key_hash == hash_api_key(partner["api_key"])
+    assert row.key_hash == hash_api_key(partner["api_key"])
+    assert row.id == partner["keys"][0]["id"]
     assert _count(cli_data_dir, AuditEntry) == 3
 
 
@@ -176,7 +178,6 @@ def test_purge_expired_on_an_empty_database(cli_data_dir: Path, incentive: typer
     assert _json(_invoke(incentive, ["sessions", "purge-expired"])) == {
         "revoked_tokens": 0,
         "refresh_tokens": 0,
-        "login_failures": 0,
     }
 
 

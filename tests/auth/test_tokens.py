@@ -296,6 +296,33 @@ async def test_key_rotation_old_tokens_verify_and_new_tokens_use_new_kid(
         assert (await old_process.get(ME, headers=bearer(after["access_token"]))).status_code == 200
 
 
+async def test_a_token_signed_by_a_key_removed_after_rotation_is_401(
+    app: FastAPI, settings: Settings, db: Database
+) -> None:
+    await make_user_row(db, username="alice")
+    directory = settings.data_dir / "keys"
+    async with client_from(app, "127.0.0.1") as old_process:
+        before = await login(old_process, "alice")
+    keyring.generate(directory)
+    restarted = create_app(settings, db)
+    async with (
+        restarted.router.lifespan_context(restarted),
+        client_from(restarted, "127.0.0.1") as new_process,
+    ):
+        # Verified (and cached) while the old key is still in the directory...
+        assert (
+            await new_process.get(ME, headers=bearer(before["access_token"]))
+        ).status_code == 200
+        after = await login(new_process, "alice")
+        # ...then the rotation ends: the old key's file is deleted.
+        old_files = sorted(directory.glob("signing-*.pem"))[:-1]
+        assert len(old_files) == 1
+        old_files[0].unlink()
+
+        await _assert_401(new_process, bearer(before["access_token"]), "unknown signing key")
+        assert (await new_process.get(ME, headers=bearer(after["access_token"]))).status_code == 200
+
+
 def test_generate_numbers_after_the_newest_file_and_keeps_keys_private(
     settings: Settings,
 ) -> None:

@@ -1,25 +1,40 @@
-"""Auth HTTP API: login, refresh, logout, and who am I."""
+"""Auth HTTP API: login, refresh, logout, who am I; partners' API keys (operators)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
 
-from incentive.auth import sessions
+from incentive.auth import partner_keys, sessions
 from incentive.auth.errors import (
     InvalidCredentials,
     InvalidRefreshToken,
     LoginThrottled,
     RefreshTokenReused,
 )
-from incentive.auth.principal import CurrentUser, keyring
-from incentive.auth.schemas import LoginIn, MeOut, RefreshIn, TokenPairOut
+from incentive.auth.models import Partner, PartnerApiKey
+from incentive.auth.principal import CurrentUser, Operator, keyring
+from incentive.auth.schemas import (
+    IssuedKeyOut,
+    KeyRotationIn,
+    LoginIn,
+    MeOut,
+    PartnerKeyOut,
+    PartnerOut,
+    RefreshIn,
+    TokenPairOut,
+)
+from incentive.auth.throttle import LoginThrottle
 from incentive.deps import Session
 from incentive.errors import (
     AUTHENTICATED,
     PROBLEM_CONTENT_TYPE,
     VALIDATION,
+    Forbidden,
     IncentiveError,
+    NotFound,
     problems,
 )
 from incentive.kit.jsonbody import JSONBodyRoute
@@ -34,9 +49,9 @@ def _settings(request: Request) -> Settings:
 
 
 def _refusal(request: Request, exc: IncentiveError) -> JSONResponse:
-    # Returned, not raised: the refusal wrote security state (a counted login failure, a
-    # revoked token family) that the request's unit of work must commit, and raising out
-    # of the endpoint would roll it back.
+    # Returned, not raised: the refusal wrote security state (a revoked token family) that
+    # the request's unit of work must commit, and raising out of the endpoint would roll
+    # it back.
     return JSONResponse(
         exc.to_problem(request.url.path),
         status_code=exc.status,
@@ -60,19 +75,24 @@ def _pair_out(pair: sessions.TokenPair) -> TokenPairOut:
     responses=problems(*VALIDATION, InvalidCredentials, LoginThrottled),
 )
 async def login(body: LoginIn, request: Request, session: Session) -> TokenPairOut | Response:
-    """Exchange username and password for an access token and a rotating refresh token."""
+    """Exchange username and password for an access token and a rotating refresh token.
+
+    Throttled (429 with ``Retry-After``) per username and address, per username, per address,
+    and for successful logins per username; the address is the peer's, or the
+    ``X-Forwarded-For`` client when the peer is a trusted proxy
+    (``INCENTIVE_FORWARDED_ALLOW_IPS``). A new session beyond the per-user cap revokes the
+    least recently refreshed one."""
+    throttle: LoginThrottle = request.app.state.login_throttle
     client_address = request.client.host if request.client else None
-    try:
-        pair = await sessions.login(
-            session,
-            keyring(request),
-            _settings(request),
-            body.username,
-            body.password,
-            client_address,
-        )
-    except InvalidCredentials as exc:
-        return _refusal(request, exc)
+    pair = await sessions.login(
+        session,
+        keyring(request),
+        _settings(request),
+        throttle,
+        body.username,
+        body.password,
+        client_address,
+    )
     return _pair_out(pair)
 
 
@@ -117,3 +137,80 @@ async def me(principal: CurrentUser) -> MeOut:
         role=principal.role,
         merchant_id=principal.merchant_id,
     )
+
+
+PartnerCode = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{2,64}$")]
+OPERATOR_ON_PARTNER = (*AUTHENTICATED, *VALIDATION, Forbidden, NotFound)
+
+
+def _key_out(key: PartnerApiKey) -> PartnerKeyOut:
+    return PartnerKeyOut(
+        id=key.id, prefix=key.prefix, created_at=key.created_at, expires_at=key.expires_at
+    )
+
+
+async def _partner_out(session: Session, partner: Partner) -> PartnerOut:
+    keys = await partner_keys.usable_keys(session, partner.id)
+    return PartnerOut(
+        id=partner.id,
+        code=partner.code,
+        name=partner.name,
+        disabled=partner.disabled_at is not None,
+        keys=[_key_out(k) for k in keys],
+    )
+
+
+@router.get("/partners/{code}", response_model=PartnerOut, responses=problems(*OPERATOR_ON_PARTNER))
+async def get_partner(code: PartnerCode, _: Operator, session: Session) -> PartnerOut:
+    """A partner, whether it is disabled, and its API keys that work now (operators)."""
+    return await _partner_out(session, await partner_keys.partner_by_code(session, code))
+
+
+@router.post(
+    "/partners/{code}/api-keys",
+    status_code=201,
+    response_model=IssuedKeyOut,
+    responses=problems(*OPERATOR_ON_PARTNER),
+)
+async def rotate_partner_key(
+    code: PartnerCode, body: KeyRotationIn, principal: Operator, session: Session
+) -> IssuedKeyOut:
+    """Issue a new API key (shown once); the keys in use keep working for ``grace_seconds``
+    (operators; audited)."""
+    issued = await partner_keys.rotate_key(session, code, body.grace_seconds, actor=principal)
+    return IssuedKeyOut(key=_key_out(issued.row), api_key=issued.api_key)
+
+
+@router.delete(
+    "/partners/{code}/api-keys/{key_id}",
+    status_code=204,
+    response_class=Response,
+    responses=problems(*OPERATOR_ON_PARTNER),
+)
+async def revoke_partner_key(
+    code: PartnerCode,
+    key_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")],
+    principal: Operator,
+    session: Session,
+) -> Response:
+    """Revoke one API key at once: its next request is a 401 (operators; audited)."""
+    await partner_keys.revoke_key(session, code, key_id, actor=principal)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/partners/{code}/disable", response_model=PartnerOut, responses=problems(*OPERATOR_ON_PARTNER)
+)
+async def disable_partner(code: PartnerCode, principal: Operator, session: Session) -> PartnerOut:
+    """Refuse every key of the partner (401) until enabled again (operators; audited)."""
+    partner = await partner_keys.set_partner_disabled(session, code, True, actor=principal)
+    return await _partner_out(session, partner)
+
+
+@router.post(
+    "/partners/{code}/enable", response_model=PartnerOut, responses=problems(*OPERATOR_ON_PARTNER)
+)
+async def enable_partner(code: PartnerCode, principal: Operator, session: Session) -> PartnerOut:
+    """Accept the partner's working keys again (operators; audited)."""
+    partner = await partner_keys.set_partner_disabled(session, code, False, actor=principal)
+    return await _partner_out(session, partner)

@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from incentive.auth import keyring, passwords, service, sessions
-from incentive.auth.models import ROLES, Merchant, Partner, User
+from incentive.auth import keyring, partner_keys, passwords, service, sessions
+from incentive.auth.models import ROLES, Merchant, Partner, PartnerApiKey, User
 from incentive.errors import BadRequest
 from incentive.kit.commands import echo_json, fail, run_work
 from incentive.settings import get_settings
@@ -58,14 +58,29 @@ def _merchant_json(merchant: Merchant) -> dict[str, Any]:
     }
 
 
-def _partner_json(partner: Partner) -> dict[str, Any]:
+def _partner_json(partner: Partner, keys: list[PartnerApiKey]) -> dict[str, Any]:
     return {
         "id": partner.id,
         "code": partner.code,
         "name": partner.name,
-        "api_key_prefix": partner.api_key_prefix,
+        "disabled": partner.disabled_at is not None,
         "created_at": partner.created_at.isoformat(),
+        "keys": [_key_json(k) for k in keys],
     }
+
+
+def _key_json(key: PartnerApiKey) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "prefix": key.prefix,
+        "created_at": key.created_at.isoformat(),
+        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+    }
+
+
+async def _partner_now(session: AsyncSession, partner: Partner) -> dict[str, Any]:
+    return _partner_json(partner, await partner_keys.usable_keys(session, partner.id))
 
 
 def _read_password() -> str:
@@ -149,9 +164,69 @@ def create_partner(
 
     async def work(session: AsyncSession) -> dict[str, Any]:
         partner, api_key = await service.create_partner(session, code, name)
-        return _partner_json(partner) | {"api_key": api_key}
+        return await _partner_now(session, partner) | {"api_key": api_key}
 
     echo_json(run_work(work))
+
+
+@partners_app.command("show")
+def show_partner(code: str) -> None:
+    """A partner, whether it is disabled, and its API keys that work now."""
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        return await _partner_now(session, await partner_keys.partner_by_code(session, code))
+
+    echo_json(run_work(work))
+
+
+@partners_app.command("rotate-key")
+def rotate_partner_key(
+    code: str,
+    grace_seconds: int = typer.Option(
+        86_400,
+        "--grace-seconds",
+        min=0,
+        max=partner_keys.MAX_GRACE_SECONDS,
+        help="how long the keys in use now keep working (0: they stop at once)",
+    ),
+) -> None:
+    """Issue a new API key (printed once); the keys in use keep working for the grace."""
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        issued = await partner_keys.rotate_key(session, code, grace_seconds)
+        return {"key": _key_json(issued.row), "api_key": issued.api_key}
+
+    echo_json(run_work(work))
+
+
+@partners_app.command("revoke-key")
+def revoke_partner_key(code: str, key_id: str) -> None:
+    """Revoke one API key of the partner at once (see `partners show` for the ids)."""
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        return _key_json(await partner_keys.revoke_key(session, code, key_id))
+
+    echo_json(run_work(work))
+
+
+def _set_partner_disabled(code: str, disabled: bool) -> None:
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        partner = await partner_keys.set_partner_disabled(session, code, disabled)
+        return await _partner_now(session, partner)
+
+    echo_json(run_work(work))
+
+
+@partners_app.command("disable")
+def disable_partner(code: str) -> None:
+    """Refuse every API key of the partner until it is enabled again."""
+    _set_partner_disabled(code, True)
+
+
+@partners_app.command("enable")
+def enable_partner(code: str) -> None:
+    """Accept the partner's working API keys again."""
+    _set_partner_disabled(code, False)
 
 
 @keys_app.command("rotate-signing")
@@ -174,14 +249,10 @@ def rotate_signing() -> None:
 
 @sessions_app.command("purge-expired")
 def purge_expired() -> None:
-    """Delete expired revoked/refresh tokens and ended login-failure windows."""
+    """Delete expired revoked and refresh tokens."""
 
     async def work(session: AsyncSession) -> dict[str, Any]:
-        counts = await sessions.purge_expired(session, get_settings())
-        return {
-            "revoked_tokens": counts.revoked_tokens,
-            "refresh_tokens": counts.refresh_tokens,
-            "login_failures": counts.login_failures,
-        }
+        counts = await sessions.purge_expired(session)
+        return {"revoked_tokens": counts.revoked_tokens, "refresh_tokens": counts.refresh_tokens}
 
     echo_json(run_work(work))

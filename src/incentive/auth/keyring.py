@@ -2,9 +2,11 @@
 
 The newest key signs; every key in the directory verifies, so rotating is: ``incentive keys
 rotate-signing`` (new key signs from now), wait the access-token lifetime, delete the old file.
-A process that meets a token with an unknown ``kid`` re-reads the directory (at most once per
-``RELOAD_INTERVAL_SECONDS``), so processes sharing the directory pick up a rotation without a
-restart; until restarted, a process keeps signing with the key that was newest at its start.
+A process re-reads the directory whenever it changed (its mtime, one ``stat`` per
+verification) and, when it meets a token with an unknown ``kid``, at most once per
+``RELOAD_INTERVAL_SECONDS``; so processes sharing the directory pick up a rotation without a
+restart, and a token signed by a deleted key is refused from then on. Until restarted, a
+process keeps signing (and verifying) with the key that was newest at its start.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ class KeyRing:
         self.by_kid = {k.kid: k for k in keys}
         self._directory = directory
         self._reloaded_at: float | None = None
+        self._directory_version = self._current_directory_version()
 
     @classmethod
     def load(cls, directory: Path, key_file: Path | None = None) -> KeyRing:
@@ -108,16 +111,33 @@ class KeyRing:
         keys = _load_all(directory) or [generate(directory)]
         return cls(keys, directory)
 
+    def _current_directory_version(self) -> int | None:
+        if self._directory is None:
+            return None
+        try:
+            return self._directory.stat().st_mtime_ns
+        except OSError:
+            return None
+
+    def _reload(self, directory: Path) -> None:
+        self.by_kid = {k.kid: k for k in _load_all(directory)} | {self.active.kid: self.active}
+
     def verification_key(self, kid: str) -> SigningKey | None:
-        """The key for ``kid``; an unknown kid re-reads the key directory, rate-limited."""
+        """The key for ``kid`` as the directory holds it now: a deleted key no longer
+        verifies. An unknown kid re-reads the directory too, rate-limited (a file system
+        whose mtime is coarse may hide a new key for a moment)."""
+        if self._directory is None:
+            return self.by_kid.get(kid)
+        version = self._current_directory_version()
+        if version != self._directory_version:
+            self._directory_version = version
+            self._reload(self._directory)
         key = self.by_kid.get(kid)
-        if key is not None or self._directory is None:
+        if key is not None:
             return key
         now = time.monotonic()
         if self._reloaded_at is not None and now - self._reloaded_at < RELOAD_INTERVAL_SECONDS:
             return None
         self._reloaded_at = now
-        self.by_kid = {k.kid: k for k in _load_all(self._directory)} | {
-            self.active.kid: self.active
-        }
+        self._reload(self._directory)
         return self.by_kid.get(kid)

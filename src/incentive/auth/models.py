@@ -34,16 +34,32 @@ class User(Base):
 
 
 class Partner(Base):
-    """A partner system (bank, airline...) authenticating with an API key (hashed at rest)."""
+    """A partner system (bank, airline...) authenticating with its API keys.
+
+    A disabled partner (``disabled_at`` set) is refused whatever key it presents."""
 
     __tablename__ = "partners"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     code: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(200))
-    api_key_prefix: Mapped[str] = mapped_column(String(16))
-    api_key_hash: Mapped[str] = mapped_column(String(128), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class PartnerApiKey(Base):
+    """One API key of a partner, hashed at rest. It works until ``expires_at`` (set when a
+    newer key replaces it, after the grace period) or until revoked."""
+
+    __tablename__ = "partner_api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    partner_id: Mapped[str] = mapped_column(ForeignKey("partners.id"), index=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class RefreshToken(Base):
@@ -70,16 +86,6 @@ class RevokedToken(Base):
     jti: Mapped[str] = mapped_column(String(32), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     revoked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-
-
-class LoginFailure(Base):
-    """Failed login attempts in the current window, keyed by ``user:<name>`` or ``ip:<addr>``."""
-
-    __tablename__ = "login_failures"
-
-    key: Mapped[str] = mapped_column(String(200), primary_key=True)
-    window_start: Mapped[datetime] = mapped_column(UTCDateTime)
-    failures: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class AuditEntry(Base):

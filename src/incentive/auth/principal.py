@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
@@ -15,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from incentive.auth.audit import record_idempotent_call
 from incentive.auth.keyring import KeyRing
 from incentive.auth.metrics import REJECTED_CREDENTIALS
-from incentive.auth.models import Partner, RevokedToken, User
+from incentive.auth.models import RevokedToken, User
+from incentive.auth.partner_keys import partner_for_key
 from incentive.auth.tokens import decode_access_token
 from incentive.deps import Session, database
 from incentive.errors import Forbidden, Unauthorized
@@ -38,11 +38,6 @@ class Principal:
 
 _bearer = HTTPBearer(auto_error=False, description="JWT access token from /api/v1/auth/token")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="partner API key")
-
-
-def hash_api_key(key: str) -> str:
-    # API keys are 256-bit random strings, so a fast hash is safe and allows indexed lookup.
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def keyring(request: Request) -> KeyRing:
@@ -100,13 +95,12 @@ async def current_partner(
     if not api_key:
         REJECTED_CREDENTIALS.labels("api_key").inc()
         raise Unauthorized("missing X-API-Key")
-    partner = (
-        await session.execute(select(Partner).where(Partner.api_key_hash == hash_api_key(api_key)))
-    ).scalar_one_or_none()
+    partner = await partner_for_key(session, api_key)
     if partner is None:
         REJECTED_CREDENTIALS.labels("api_key").inc()
+        # One answer for unknown, expired and revoked keys and disabled partners.
         raise Unauthorized("unknown API key")
-    principal = Principal(partner.id, partner.code, "partner")
+    principal = Principal(partner[0], partner[1], "partner")
     request.state.principal = principal
     return principal
 

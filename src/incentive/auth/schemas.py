@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,3 +36,34 @@ class TokenPairOut(BaseModel):
     refresh_token: str
     token_type: Literal["bearer"] = "bearer"
     expires_in: int = Field(description="access token lifetime in seconds")
+
+
+class PartnerKeyOut(BaseModel):
+    id: str
+    prefix: str = Field(description="the key's first characters, to recognise it")
+    created_at: datetime
+    expires_at: datetime | None = Field(description="set once a newer key replaced this one")
+
+
+class PartnerOut(BaseModel):
+    id: str
+    code: str
+    name: str
+    disabled: bool
+    keys: list[PartnerKeyOut] = Field(description="the keys that work now")
+
+
+class KeyRotationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grace_seconds: int = Field(
+        default=86_400,
+        ge=0,
+        le=30 * 24 * 3600,
+        description="how long the keys in use now keep working (0: they stop at once)",
+    )
+
+
+class IssuedKeyOut(BaseModel):
+    key: PartnerKeyOut
+    api_key: str = Field(description="the new key; shown this once, only its hash is kept")

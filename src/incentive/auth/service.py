@@ -8,7 +8,6 @@ is re-exported here for the domains that audit their own changes).
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -18,8 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from incentive.auth.audit import record_audit
 from incentive.auth.errors import NameTaken
 from incentive.auth.models import ROLES, Merchant, Partner, User
+from incentive.auth.partner_keys import API_KEY_PREFIX, issue_key
 from incentive.auth.passwords import check_password, hash_password
-from incentive.auth.principal import Principal, hash_api_key
+from incentive.auth.principal import Principal
 from incentive.db import utcnow
 from incentive.errors import InvalidField
 from incentive.kit.text import (
@@ -32,7 +32,6 @@ from incentive.kit.text import (
 USERNAME_RULE = re.compile(r"[A-Za-z0-9_.-]{3,64}")
 CODE_RULE = re.compile(r"[A-Za-z0-9_.-]{2,64}")
 NAME_MAX_LENGTH = 200
-API_KEY_PREFIX = "inc_"
 MERCHANT_ROLE = "merchant"
 
 
@@ -164,24 +163,18 @@ async def create_partner(
     existing = await session.execute(select(Partner.id).where(Partner.code == code))
     if existing.first() is not None:
         raise NameTaken("code", code)
-    api_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
-    partner = Partner(
-        code=code,
-        name=name,
-        api_key_prefix=api_key[:12],
-        api_key_hash=hash_api_key(api_key),
-        created_at=utcnow(),
-    )
+    partner = Partner(code=code, name=name, created_at=utcnow())
     session.add(partner)
     await session.flush()
+    issued = await issue_key(session, partner)
     await record_audit(
         session,
         actor,
         "partner.create",
         f"partner:{partner.id}",
-        {"code": code, "api_key_prefix": partner.api_key_prefix},
+        {"code": code, "api_key_prefix": issued.row.prefix, "key_id": issued.row.id},
     )
-    return partner, api_key
+    return partner, issued.api_key
 
 
 async def partner_id_by_code(session: AsyncSession, code: str) -> str | None:

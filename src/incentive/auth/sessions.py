@@ -1,34 +1,32 @@
 """Sign-in: login with throttling, rotating refresh tokens, logout, revocation, blocking.
 
-Services flush and never commit; the entry point's unit of work does. Two refusals here write
-security state that must survive the refusal: a failed login counts a failure, and a reused
-refresh token revokes its family. ``login()`` and ``refresh()`` flush that state *before*
-raising, so their entry point must commit it (the HTTP API answers these refusals as a
-response instead of raising them out of the unit of work).
+Services flush and never commit; the entry point's unit of work does. One refusal here writes
+security state that must survive the refusal: a reused refresh token revokes its family.
+``refresh()`` flushes that state *before* raising, so its entry point must commit it (the
+HTTP API answers these refusals as a response instead of raising them out of the unit of
+work). Login failures are counted by ``auth.throttle``, outside the database.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, delete, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.auth.audit import record_audit
 from incentive.auth.errors import (
     InvalidCredentials,
     InvalidRefreshToken,
-    LoginThrottled,
     RefreshTokenReused,
 )
 from incentive.auth.keyring import KeyRing
 from incentive.auth.metrics import LOGINS
-from incentive.auth.models import LoginFailure, RefreshToken, RevokedToken, User
+from incentive.auth.models import RefreshToken, RevokedToken, User
 from incentive.auth.passwords import (
     PASSWORD_MAX_LENGTH,
     dummy_hash,
@@ -38,6 +36,7 @@ from incentive.auth.passwords import (
 )
 from incentive.auth.principal import Principal
 from incentive.auth.service import user_by_username
+from incentive.auth.throttle import LoginThrottle
 from incentive.auth.tokens import issue_access_token
 from incentive.db import insert as db_insert
 from incentive.db import new_id, utcnow
@@ -58,80 +57,62 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _throttle_keys(username: str, client_address: str | None) -> list[str]:
-    return [f"user:{username.lower()[:180]}", f"ip:{(client_address or 'unknown')[:180]}"]
-
-
-async def _refuse_if_throttled(
-    session: AsyncSession, keys: list[str], now: datetime, settings: Settings
-) -> None:
-    window = timedelta(seconds=settings.login_window_seconds)
-    rows = await session.execute(select(LoginFailure).where(LoginFailure.key.in_(keys)))
-    retry_after = 0
-    for row in rows.scalars():
-        ends = row.window_start + window
-        if row.failures >= settings.login_max_failures and ends > now:
-            retry_after = max(retry_after, math.ceil((ends - now).total_seconds()))
-    if retry_after:
-        LOGINS.labels("throttled").inc()
-        raise LoginThrottled(
-            "too many failed logins for this username or address; retry later",
-            retry_after=retry_after,
-        )
-
-
-async def _count_failure(
-    session: AsyncSession, keys: list[str], now: datetime, settings: Settings
-) -> None:
-    # One atomic upsert per key: concurrent failures all count, and a stale window restarts.
-    window_over = LoginFailure.window_start <= now - timedelta(
-        seconds=settings.login_window_seconds
-    )
-    for key in sorted(keys):
-        stmt = db_insert(session, LoginFailure).values(key=key, window_start=now, failures=1)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[LoginFailure.key],
-            set_={
-                "failures": case((window_over, 1), else_=LoginFailure.failures + 1),
-                "window_start": case(
-                    (window_over, stmt.excluded.window_start), else_=LoginFailure.window_start
-                ),
-            },
-        )
-        await session.execute(stmt)
-
-
 async def login(
     session: AsyncSession,
     ring: KeyRing,
     settings: Settings,
+    throttle: LoginThrottle,
     username: str,
     password: str,
     client_address: str | None,
 ) -> TokenPair:
     """Check the password and open a new session (a new refresh-token family).
 
-    Refuses with ``LoginThrottled`` (nothing written) when this username or this address
-    reached ``login_max_failures`` within ``login_window_seconds``. A wrong password, an
-    unknown or a blocked user all get the same ``InvalidCredentials`` after the same work;
-    the failure is counted for both keys and flushed before raising, so the caller commits it.
+    Refuses with ``LoginThrottled`` before any password work when a ceiling of
+    ``auth.throttle`` is reached (nothing written). A wrong password, an unknown or a blocked
+    user all get the same ``InvalidCredentials`` after the same work, and count as a failure.
+    A success takes one of the username's logins (atomically: concurrent logins beyond the
+    ceiling are refused), then the user's row is locked so that concurrent logins of one user
+    open their sessions one at a time: after this one, at most ``max_sessions_per_user``
+    stay live, the least recently refreshed revoked first.
     """
-    now = utcnow()
-    keys = _throttle_keys(username, client_address)
-    await _refuse_if_throttled(session, keys, now, settings)
+    address = client_address or "unknown"
+    await throttle.admit(username, address)
     user = await user_by_username(session, username) if len(username) <= 64 else None
     password_hash = user.password_hash if user is not None else dummy_hash()
     matches = await password_matches(password_hash, password[:PASSWORD_MAX_LENGTH])
     if user is None or not matches or user.blocked or len(password) > PASSWORD_MAX_LENGTH:
-        await _count_failure(session, keys, now, settings)
-        await session.flush()
+        await throttle.count_failure(username, address)
         LOGINS.labels("invalid").inc()
         raise InvalidCredentials("invalid username or password")
-    await session.execute(delete(LoginFailure).where(LoginFailure.key == keys[0]))
+    await throttle.count_success(username, address)
+    await session.execute(select(User.id).where(User.id == user.id).with_for_update())
     if needs_rehash(user.password_hash):
         user.password_hash = await hash_password(password)
     LOGINS.labels("success").inc()
-    return await _issue_pair(session, ring, settings, user, family_id=new_id())
+    pair = await _issue_pair(session, ring, settings, user, family_id=new_id())
+    await _revoke_sessions_beyond(session, settings, user.id, settings.max_sessions_per_user)
+    return pair
+
+
+async def _revoke_sessions_beyond(
+    session: AsyncSession, settings: Settings, user_id: str, keep: int
+) -> None:
+    # A live session is a family whose newest refresh token is unused, unrevoked, unexpired:
+    # rotation marks the previous token used, so each live family has exactly one such row.
+    live = await session.execute(
+        select(RefreshToken.family_id)
+        .where(
+            RefreshToken.user_id == user_id,
+            RefreshToken.used_at.is_(None),
+            RefreshToken.revoked_at.is_(None),
+            RefreshToken.expires_at > utcnow(),
+        )
+        .order_by(RefreshToken.created_at.desc(), RefreshToken.id.desc())
+        .offset(keep)
+    )
+    for family_id in sorted(set(live.scalars())):
+        await revoke_family(session, family_id, settings)
 
 
 async def _issue_pair(
@@ -301,27 +282,17 @@ async def set_user_blocked(
 class PurgeCounts:
     revoked_tokens: int
     refresh_tokens: int
-    login_failures: int
 
 
-async def purge_expired(session: AsyncSession, settings: Settings) -> PurgeCounts:
+async def purge_expired(session: AsyncSession) -> PurgeCounts:
     """Delete rows that can no longer matter: revoked access tokens and refresh tokens past
-    their expiry (a token past expiry is refused anyway), and login failures whose window
-    has ended."""
+    their expiry (a token past expiry is refused anyway)."""
     now = utcnow()
-    window_start = now - timedelta(seconds=settings.login_window_seconds)
     revoked = await session.execute(delete(RevokedToken).where(RevokedToken.expires_at < now))
     refresh_tokens = await session.execute(
         delete(RefreshToken).where(RefreshToken.expires_at < now)
     )
-    failures = await session.execute(
-        delete(LoginFailure).where(LoginFailure.window_start < window_start)
-    )
-    return PurgeCounts(
-        revoked_tokens=_rowcount(revoked),
-        refresh_tokens=_rowcount(refresh_tokens),
-        login_failures=_rowcount(failures),
-    )
+    return PurgeCounts(revoked_tokens=_rowcount(revoked), refresh_tokens=_rowcount(refresh_tokens))
 
 
 def _rowcount(result: Any) -> int:
