@@ -2,7 +2,7 @@
 points beyond 64 bits kept as text
 
 Revision ID: 0010_points_file_attempts
-Revises: 0008_flash_sale_rules
+Revises: 0009_money_bigint
 Create Date: 2026-12-01
 """
 
@@ -16,7 +16,7 @@ CHECKS = {
     "max_plain_bytes_positive": "max_plain_bytes > 0",
 }
 revision = "0010_points_file_attempts"
-down_revision = "0008_flash_sale_rules"
+down_revision = "0009_money_bigint"
 branch_labels = None
 depends_on = None
 
