@@ -8,7 +8,7 @@ throttling counts in Redis or in process memory (``auth.throttle``), so ``login_
 is dropped.
 
 Revision ID: 0011_partner_keys
-Revises: 0008_flash_sale_rules
+Revises: 0010_points_file_attempts
 Create Date: 2026-12-01
 """
 
@@ -20,7 +20,7 @@ from alembic import op
 import incentive.db
 
 revision = "0011_partner_keys"
-down_revision = "0008_flash_sale_rules"
+down_revision = "0010_points_file_attempts"
 branch_labels = None
 depends_on = None
 
