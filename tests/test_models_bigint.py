@@ -29,7 +29,6 @@ VALUE_COLUMN = re.compile(r"fen|amount|points|balance|stock|quantity|total|sold|
 SMALL_INTEGERS = {
     "config_revision.id": "the one row of the revision counter",
     "idempotency_records.response_status": "an HTTP status",
-    "login_failures.failures": "failed logins inside a throttle window",
     "outbox.attempts": "delivery retries of one event",
     "campaigns.version": "edits of one campaign (the API refuses versions above 2^31-1)",
     "flash_sales.buckets": "stock sub-buckets, at most 1024",
@@ -39,6 +38,7 @@ SMALL_INTEGERS = {
     "points_files.batch_size": "records per crediting batch",
     "points_files.concurrency": "batches in flight",
     "points_files.delivery_attempts": "delivery retries of one answer",
+    "points_files.stage_attempts": "failed tries of one stage (INCENTIVE_POINTS_STAGE_ATTEMPTS)",
     "points_records.line_no": "line of a file",
     "points_credited_records.line_no": "line of a file",
     "points_batches.first_line": "line of a file",

@@ -44,8 +44,11 @@ async def deployment_settings(data_dir: Path, redis_url: str | None, **ceilings:
 
 
 @pytest.fixture
-async def settings(data_dir: Path, redis_url: str | None) -> Settings:
-    return await deployment_settings(data_dir, redis_url)
+async def settings(data_dir: Path) -> Settings:
+    """The embedded deployment; the throttle tests (test_throttle.py) bring their own, on
+    Redis in the PostgreSQL + Redis run. Apps on Redis here stalled once in a teardown on
+    PostgreSQL + Redis (not yet explained; see the issue 10 note)."""
+    return await deployment_settings(data_dir, None)
 
 
 @pytest.fixture

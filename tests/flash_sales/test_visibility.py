@@ -181,6 +181,14 @@ NOT_CALLED_ABOVE = {
     ("GET", "/api/v1/points-files/{file_id}"),
     ("GET", "/api/v1/points-files/{file_id}/feedback"),
     ("POST", "/api/v1/partners/{code}/points-files"),
+    # Partner administration: operators only, who see every partner; others get the role's 403
+    # before the code is looked up (`tests/auth/test_partner_keys.py::
+    # test_partner_key_routes_are_for_operators_only_and_refusals_write_nothing`).
+    ("GET", "/api/v1/partners/{code}"),
+    ("POST", "/api/v1/partners/{code}/api-keys"),
+    ("DELETE", "/api/v1/partners/{code}/api-keys/{key_id}"),
+    ("POST", "/api/v1/partners/{code}/disable"),
+    ("POST", "/api/v1/partners/{code}/enable"),
 }
 
 
