@@ -109,7 +109,7 @@ async def list_campaigns(
         cursor=cursor,
         limit=limit,
     )
-    return CampaignPage(items=[_out(c) for c in page.items], next_cursor=page.next_cursor)
+    return CampaignPage.of(page, _out)
 
 
 @router.get("/{campaign_id}", response_model=CampaignOut, responses=problems(*SEEING))
@@ -174,9 +174,7 @@ async def history(
     """Every status change, oldest first (creation included)."""
     campaign = await service.managed_campaign(session, principal, campaign_id)
     page = await flows.history(session, campaign.id, cursor=cursor, limit=limit)
-    return TransitionPage(
-        items=[TransitionOut.model_validate(t) for t in page.items], next_cursor=page.next_cursor
-    )
+    return TransitionPage.of(page, TransitionOut.model_validate)
 
 
 @router.get(

@@ -46,9 +46,7 @@ async def list_config(
 ) -> ConfigValuePage:
     """Every live-configuration key with its effective value, by name."""
     page = await service.value_page(session, cursor=cursor, limit=limit)
-    return ConfigValuePage(
-        items=[ConfigValueOut.of(v) for v in page.items], next_cursor=page.next_cursor
-    )
+    return ConfigValuePage.of(page, ConfigValueOut.of)
 
 
 @router.get(
@@ -122,6 +120,4 @@ async def config_audit(
 ) -> ConfigAuditPage:
     """Every change of the key (set and reset), newest first: who, when, old and new value."""
     page = await service.audit_trail(session, key, cursor=cursor, limit=limit)
-    return ConfigAuditPage(
-        items=[ConfigAuditOut.model_validate(r) for r in page.items], next_cursor=page.next_cursor
-    )
+    return ConfigAuditPage.of(page, ConfigAuditOut.model_validate)

@@ -21,7 +21,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Self, TypeVar
 
 from fastapi import Query
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, StringConstraints, TypeAdapter
@@ -65,19 +65,24 @@ T = TypeVar("T")
 Row = TypeVar("Row")
 
 
-class Page(BaseModel, Generic[T]):
-    """One page of a list as the API answers it; ``next_cursor`` is null on the last page."""
-
-    items: list[T]
-    next_cursor: str | None = Field(description="pass as `cursor` for the next page")
-
-
 @dataclass(frozen=True)
 class Slice(Generic[Row]):
     """One page of a list as a service returns it (rows, not response shapes)."""
 
     items: list[Row]
     next_cursor: str | None
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list as the API answers it; ``next_cursor`` is null on the last page."""
+
+    items: list[T]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page")
+
+    @classmethod
+    def of(cls, page: Slice[Any], shape: Callable[[Any], T]) -> Self:
+        """The answer for a service's ``page``, each row given its response ``shape``."""
+        return cls(items=[shape(row) for row in page.items], next_cursor=page.next_cursor)
 
 
 def encode_cursor(key: Sequence[Any]) -> str:

@@ -43,13 +43,13 @@ BLANK = "blank"
 
 
 def refused_character(value: str, refused: re.Pattern[str] = REFUSED_EVERYWHERE) -> str | None:
-    """``U+XXXX`` of the first refused character of ``value``, or None."""
+    """``U+hhhh`` (hex code point) of the first refused character of ``value``, or None."""
     found = refused.search(value)
     return None if found is None else f"U+{ord(found.group()):04X}"
 
 
 def escape_refused(value: str) -> str:
-    """``value`` with each character refused in a line written as ``\\uXXXX`` (to quote it)."""
+    """``value`` with each character refused in a line written as a ``\\u`` escape (to quote it)."""
     return REFUSED_IN_LINE.sub(lambda m: f"\\u{ord(m.group()):04x}", value)
 
 
@@ -92,7 +92,7 @@ Name = Annotated[Line, AfterValidator(_not_blank), Field(min_length=1, max_lengt
 
 
 def refused_in_document(document: Any) -> Iterator[tuple[tuple[str | int, ...], str]]:
-    """(path, ``U+XXXX``) of each refused character in the strings and object keys of a JSON
+    """(path, ``U+hhhh``) of each refused character in the strings and object keys of a JSON
     document, walked without recursion (a body's depth is the caller's choice)."""
     todo: list[tuple[tuple[str | int, ...], Any]] = [((), document)]
     while todo:

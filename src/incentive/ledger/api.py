@@ -66,9 +66,7 @@ def _authorize(principal: Principal, account: Account) -> None:
 
 
 def _page(page: Slice[Transfer]) -> TransferPage:
-    return TransferPage(
-        items=[TransferOut.model_validate(t) for t in page.items], next_cursor=page.next_cursor
-    )
+    return TransferPage.of(page, TransferOut.model_validate)
 
 
 @router.get(
@@ -82,9 +80,7 @@ async def my_accounts(
 ) -> AccountPage:
     """The caller's accounts (and, for merchant staff, their merchant's), by id."""
     page = await service.account_page(session, _owners(principal), cursor, limit)
-    return AccountPage(
-        items=[AccountOut.model_validate(a) for a in page.items], next_cursor=page.next_cursor
-    )
+    return AccountPage.of(page, AccountOut.model_validate)
 
 
 @router.get(
