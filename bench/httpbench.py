@@ -1,0 +1,204 @@
+"""What every HTTP bench shares: a real ``incentive serve``, ``wrk`` load, and the server's own
+CPU time per request.
+
+Server CPU per request is the server process tree's CPU time (user + system, every uvicorn
+worker included) over a run divided by the requests answered: it moves least between runs on
+this shared 2-core machine, so every HTTP figure prints it beside its rate.
+
+    with Server(env, workers=1) as server:
+        run = server.wrk("/api/v1/me", tokens=tokens, seconds=15, connections=200)
+        run["rps"], run["p99_ms"], run["server_cpu_ms"]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+# One connection per client; each request a caller's token (round robin over ``tokens``) and,
+# for writes, an Idempotency-Key unique to this run (``run`` is fresh per call, so a measured
+# run never replays the warm-up's keys). Statuses are counted per thread and summed in done().
+WRK_SCRIPT = """
+local tokens = {%(tokens)s}
+local counter = 0
+local threads = {}
+local next_id = 0
+s2xx, s409, s503, sother = 0, 0, 0, 0
+function setup(thread)
+  thread:set("id", next_id)
+  next_id = next_id + 1
+  table.insert(threads, thread)
+end
+function request()
+  counter = counter + 1
+  local headers = {}
+  if #tokens > 0 then
+    headers["Authorization"] = "Bearer " .. tokens[(counter * 7 + id * 131) %% #tokens + 1]
+  end
+  local body = nil
+  if "%(method)s" == "POST" then
+    headers["Idempotency-Key"] = "%(run)s-" .. id .. "-" .. counter
+    headers["Content-Type"] = "application/json"
+    body = %(body)s
+  end
+  return wrk.format("%(method)s", "%(path)s", headers, body)
+end
+function response(status, headers, body)
+  if status < 300 then s2xx = s2xx + 1
+  elseif status == 409 then s409 = s409 + 1
+  elseif status == 503 then s503 = s503 + 1
+  else sother = sother + 1 end
+end
+function done(summary, latency, requests)
+  local t = {s2xx = 0, s409 = 0, s503 = 0, sother = 0}
+  for _, thread in ipairs(threads) do
+    for k, _ in pairs(t) do t[k] = t[k] + thread:get(k) end
+  end
+  io.write(string.format(
+    'WRK {"requests": %%d, "seconds": %%.3f, "errors": %%d, "p50_us": %%d, "p99_us": %%d, ' ..
+    '"ok": %%d, "conflict_409": %%d, "unavailable_503": %%d, "other": %%d}\\n',
+    summary.requests, summary.duration / 1e6,
+    summary.errors.connect + summary.errors.read + summary.errors.write +
+    summary.errors.timeout, latency:percentile(50), latency:percentile(99),
+    t.s2xx, t.s409, t.s503, t.sother))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and every live descendant (uvicorn workers)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / _TICK
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += times.get(current, 0.0)
+        todo.extend(child for child, parent in parents.items() if parent == current)
+    return total
+
+
+def wrk(
+    base: str,
+    path: str,
+    *,
+    tokens: list[str] | tuple[str, ...] = (),
+    method: str = "GET",
+    body: str | None = None,
+    seconds: int = 15,
+    connections: int = 200,
+) -> dict[str, Any]:
+    """One ``wrk -t2`` run; requests/s, p50/p99 and statuses counted by class."""
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not on PATH (apt-get install wrk)")
+    script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    script.write_text(
+        WRK_SCRIPT
+        % {
+            "tokens": ",".join(f'"{t}"' for t in tokens),
+            "method": method,
+            "path": path,
+            "run": secrets.token_hex(4),
+            "body": json.dumps(body) if body is not None else "nil",
+        }
+    )
+    try:
+        command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s"]
+        out = subprocess.run(
+            [*command, "-s", str(script), base + path], check=True, capture_output=True, text=True
+        ).stdout
+    finally:
+        script.unlink()
+    line = next(x for x in out.splitlines() if x.startswith("WRK "))
+    figures: dict[str, Any] = json.loads(line[4:])
+    figures["rps"] = round(figures["requests"] / figures["seconds"])
+    figures["p50_ms"] = round(figures.pop("p50_us") / 1000, 1)
+    figures["p99_ms"] = round(figures.pop("p99_us") / 1000, 1)
+    return figures
+
+
+class Server:
+    """``incentive serve`` on a free loopback port with ``env``; stopped on exit."""
+
+    def __init__(self, env: dict[str, str], *, workers: int = 1, log: Path | None = None) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = log or Path(tempfile.mkstemp(suffix=".log")[1])
+        command = [sys.executable, "-m", "incentive.cli", "serve", "--port", str(self.port)]
+        if workers > 1:
+            command += ["--workers", str(workers)]
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                command, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(self.base + "/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start; see {self.log}")
+            time.sleep(0.1)
+
+    def wrk(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        """:func:`wrk` against this server, with its CPU milliseconds per request answered."""
+        before = tree_cpu_seconds(self.proc.pid)
+        figures = wrk(self.base, path, **kwargs)
+        used = tree_cpu_seconds(self.proc.pid) - before
+        figures["server_cpu_ms"] = round(1000 * used / max(figures["requests"], 1), 3)
+        return figures
+
+    def errors_logged(self) -> int:
+        lines = self.log.read_text(errors="replace").splitlines()
+        return sum('"level": "ERROR"' in line or "Traceback" in line for line in lines)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
