@@ -8,7 +8,7 @@ was sold (oversold = undersold = 0) and no bucket/row is below zero. Cases: embe
 Redis with N buckets and with one key (N=1); Redis Cluster (3 masters) with N buckets;
 PostgreSQL one hot row (``UPDATE ... SET n = n - q WHERE id = 1 AND n >= q``) and N rows.
 
-**http**: a real ``incentive serve`` (one uvicorn worker) on PostgreSQL with the Redis stock
+**http**: a real ``incentive serve`` (``--workers``, default 1) on PostgreSQL with the Redis stock
 engine; ``wrk`` (``apt-get install wrk``) with ``--concurrency`` connections posts purchases
 of quantity 1 (a different customer token and Idempotency-Key per request) for
 ``--seconds``, then hits the same server's bare JSON endpoint (``GET /healthz``) the same way.
@@ -513,14 +513,25 @@ async def _committed(db: Database, sale_id: str) -> int:
     return int(total or 0)
 
 
-def _serve(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def _serve(port: int, env: dict[str, str], log: Path, workers: int) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "incentive.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "incentive.cli", "serve", "--port", str(port)]
+            + ["--workers", str(workers)],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+def _pool(env: dict[str, str]) -> str:
+    """The server's database pool as its settings make it (size + overflow)."""
+    from incentive.settings import Settings
+
+    fields = Settings.model_fields
+    size = env.get("INCENTIVE_DB_POOL_SIZE", fields["db_pool_size"].default)
+    overflow = env.get("INCENTIVE_DB_MAX_OVERFLOW", fields["db_max_overflow"].default)
+    return f"{size}+{overflow}"
 
 
 async def http_part(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
@@ -544,7 +555,7 @@ async def http_part(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
             "INCENTIVE_DEMO_DATA": "false",
             "INCENTIVE_LOG_LEVEL": "WARNING",
         }
-        proc = _serve(port, env, data_dir / "server.log")
+        proc = _serve(port, env, data_dir / "server.log", args.workers)
         base = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
             for _ in range(300):
@@ -585,7 +596,8 @@ async def http_part(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
         shutil.rmtree(data_dir, ignore_errors=True)
     ratio = purchases["rps"] / bare["rps"]
     return {
-        "server": "incentive serve, 1 uvicorn worker, PostgreSQL + Redis stock (16 buckets)",
+        "server": f"incentive serve --workers {args.workers}, PostgreSQL + Redis stock "
+        f"(16 buckets), database pool per process {_pool(env)}",
         "load": f"wrk -t2 -c{conns} -d{seconds}s",
         "customers": args.customers,
         "purchases": purchases,
@@ -625,6 +637,7 @@ async def main() -> None:
     parser.add_argument("--pg-stock", type=int, default=10_000)
     parser.add_argument("--customers", type=int, default=2_000)
     parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--workers", type=int, default=1, help="`incentive serve --workers`")
     parser.add_argument("--soldout-stock", type=int, default=5_000)
     args = parser.parse_args()
     parts = {p.strip() for p in args.parts.split(",")}

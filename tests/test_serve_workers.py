@@ -20,6 +20,7 @@ import pytest
 
 from incentive.auth.keyring import KeyRing
 from incentive.db import Database
+from incentive.settings import Settings
 from tests.factories import make_user
 from tests.flash_sales.conftest import Sales, make_customers
 from tests.servers import free_port
@@ -174,3 +175,13 @@ async def test_serve_refuses_several_workers_when_state_lives_in_one_process(
                 await proc.wait()
         assert proc.returncode == 2, (out + err).decode()
         assert b"--workers 2 needs PostgreSQL and Redis" in err
+
+
+def test_default_pools_fit_postgresql_default_max_connections_with_room_to_spare() -> None:
+    """README's arithmetic: `serve --workers 2` + one `incentive worker` + one CLI command at
+    their default pools fit PostgreSQL's default max_connections (100, 3 reserved), with a
+    whole rolling restart of the two API processes still on top."""
+    fields = Settings.model_fields  # the defaults, whatever this environment sets
+    per_process = fields["db_pool_size"].default + fields["db_max_overflow"].default
+    usable = 100 - 3
+    assert (2 + 1 + 1) * per_process + 2 * per_process <= usable

@@ -63,6 +63,8 @@ import logging
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import redis.exceptions as redis_exc
+import sqlalchemy.exc as sa_exc
 from pydantic import BaseModel, ConfigDict
 
 from incentive.kit.text import escape_refused
@@ -231,6 +233,18 @@ _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53")
 _UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 
 
+# The driver and pool errors that may mean a store cannot serve now; store_unavailable says
+# which do. Lost or refused connections surface as the builtin ConnectionError (asyncpg's
+# connect) or as redis-py's; a Redis pool with no free connection as redis-py's too.
+STORE_ERRORS: tuple[type[Exception], ...] = (
+    sa_exc.TimeoutError,
+    sa_exc.DBAPIError,
+    ConnectionError,
+    redis_exc.ConnectionError,
+    redis_exc.TimeoutError,
+)
+
+
 def store_unavailable(exc: BaseException) -> ServiceUnavailable | None:
     """The 503 for a driver or pool error meaning the database or Redis cannot serve this
     request now (every connection in use, too many clients, starting up, refused, lost,
@@ -240,39 +254,22 @@ def store_unavailable(exc: BaseException) -> ServiceUnavailable | None:
     unit of work, ``Database.reader()``, the purchase group commit): a client that sends more
     than the pools hold is told to retry, never answered with a 500.
     """
-    import redis.exceptions as redis_errors
-    from sqlalchemy import exc as sa
-
-    if isinstance(exc, sa.TimeoutError):
+    if isinstance(exc, sa_exc.TimeoutError):
         return ServiceUnavailable("every database connection is in use, retry shortly")
-    if isinstance(exc, sa.DBAPIError):
+    if isinstance(exc, sa_exc.DBAPIError):
         sqlstate = str(getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", ""))
-        if exc.connection_invalidated or isinstance(exc, sa.OperationalError):
+        if exc.connection_invalidated or isinstance(exc, sa_exc.OperationalError):
             return ServiceUnavailable("database connection lost or busy, retry shortly")
         if sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES or sqlstate in _UNAVAILABLE_SQLSTATES:
             return ServiceUnavailable(
                 "the database cannot take more work now, retry shortly", retry_after=2
             )
-        return None
-    if isinstance(exc, ConnectionError | redis_errors.ConnectionError | redis_errors.TimeoutError):
-        # Refused, reset or no free connection in a Redis pool.
+        return None  # a constraint, a syntax error...: not the store's capacity
+    if isinstance(exc, STORE_ERRORS):
         return ServiceUnavailable(
             "a data store is unreachable or saturated, retry shortly", retry_after=2
         )
     return None
-
-
-def _store_errors() -> tuple[type[Exception], ...]:
-    import redis.exceptions as redis_errors
-    from sqlalchemy import exc as sa
-
-    return (
-        sa.TimeoutError,
-        sa.DBAPIError,
-        ConnectionError,
-        redis_errors.ConnectionError,
-        redis_errors.TimeoutError,
-    )
 
 
 # --------------------------------------------------------------------------- HTTP rendering
@@ -350,7 +347,7 @@ def install_handlers(app: FastAPI) -> None:
         )
         return respond(503, unavailable.to_problem(request.url.path), unavailable.headers())
 
-    for store_error in _store_errors():
+    for store_error in STORE_ERRORS:
         app.add_exception_handler(store_error, _store)
 
     @app.exception_handler(RequestValidationError)

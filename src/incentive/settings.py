@@ -72,7 +72,7 @@ class Settings(BaseSettings):
         "(closed again after use)",
     )
     db_pool_timeout: float = Field(
-        default=5.0,
+        default=30.0,
         gt=0,
         description="seconds a request waits for a free database connection before it is "
         "answered 503 with Retry-After",
