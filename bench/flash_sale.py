@@ -8,7 +8,7 @@ was sold (oversold = undersold = 0) and no bucket/row is below zero. Cases: embe
 Redis with N buckets and with one key (N=1); Redis Cluster (3 masters) with N buckets;
 PostgreSQL one hot row (``UPDATE ... SET n = n - q WHERE id = 1 AND n >= q``) and N rows.
 
-**http**: a real ``incentive serve`` (one uvicorn worker) on PostgreSQL with the Redis stock
+**http**: a real ``incentive serve`` (``--workers``, default 1) on PostgreSQL with the Redis stock
 engine; ``wrk`` (``apt-get install wrk``) with ``--concurrency`` connections posts purchases
 of quantity 1 (a different customer token and Idempotency-Key per request) for
 ``--seconds``, then hits the same server's bare JSON endpoint (``GET /healthz``) the same way.
@@ -431,6 +431,16 @@ async def _committed(db: Database, sale_id: str) -> int:
     return int(total or 0)
 
 
+def _pool(env: dict[str, str]) -> str:
+    """The server's database pool as its settings make it (size + overflow)."""
+    from incentive.settings import Settings
+
+    fields = Settings.model_fields
+    size = env.get("INCENTIVE_DB_POOL_SIZE", fields["db_pool_size"].default)
+    overflow = env.get("INCENTIVE_DB_MAX_OVERFLOW", fields["db_max_overflow"].default)
+    return f"{size}+{overflow}"
+
+
 async def http_part(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         return {"skipped": "wrk is not on PATH (apt-get install wrk)"}
@@ -483,8 +493,8 @@ async def http_part(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
         shutil.rmtree(data_dir, ignore_errors=True)
     ratio = purchases["rps"] / bare["rps"]
     return {
-        "server": f"incentive serve, {args.workers} uvicorn worker(s), PostgreSQL + Redis stock "
-        f"({args.buckets} buckets)",
+        "server": f"incentive serve --workers {args.workers}, PostgreSQL + Redis stock "
+        f"({args.buckets} buckets), database pool per process {_pool(env)}",
         "load": f"wrk -t2 -c{conns} -d{seconds}s",
         "customers": args.customers,
         "purchases": purchases,

@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from incentive import bootstrap
 
-        database = db or Database(settings.resolved_database_url)
+        database = db or Database.for_settings(settings)
         app.state.db = database
         set_database(database)
         await bootstrap.start(app, settings, database, migrate=owns_db)

@@ -31,7 +31,14 @@ async def start(app: FastAPI, settings: Settings, db: Database, *, migrate: bool
     if settings.redis_url:
         import redis.asyncio as aioredis
 
-        app.state.redis = aioredis.from_url(settings.redis_url)
+        # Bounded: a burst of requests waits for one of a few connections (then 503s)
+        # instead of opening one per request.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=settings.redis_pool_size,
+            timeout=settings.redis_pool_timeout,
+        )
+        app.state.redis = aioredis.Redis.from_pool(pool)
     for runtime in domains.runtimes():
         if hasattr(runtime, "start"):
             await runtime.start(app)

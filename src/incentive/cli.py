@@ -7,8 +7,9 @@ import asyncio
 import typer
 
 from incentive import domains, migrations
+from incentive.auth.keyring import KeyRing
 from incentive.db import Database
-from incentive.settings import get_settings
+from incentive.settings import Settings, get_settings
 
 app = typer.Typer(no_args_is_help=True, help="Incentive marketing platform")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema")
@@ -19,11 +20,31 @@ app.add_typer(db_app, name="db")
 def serve(
     host: str = typer.Option("127.0.0.1", help="bind address"),
     port: int = typer.Option(8000, help="bind port"),
-    workers: int = typer.Option(1, help="API processes"),
+    workers: int = typer.Option(
+        1,
+        min=1,
+        help="API processes sharing the port (PostgreSQL + Redis only); see README "
+        "'Choosing --workers and the pool sizes'",
+    ),
 ) -> None:
-    """Run the HTTP API (and, on the embedded default, the background worker)."""
+    """Run the HTTP API (and, unless INCENTIVE_EMBEDDED_WORKER=false, the background work).
+
+    With ``--workers N`` a supervisor starts N processes on one listening socket and stops
+    them all on SIGINT/SIGTERM. Every process runs the same start-up: the outbox relay,
+    stream consumers and worker jobs claim their work from the database or Redis, so N of
+    them are safe; each records its own purchases (group commit).
+    """
     import uvicorn
 
+    if workers > 1:
+        settings = get_settings()
+        refusal = _single_process_state(settings)
+        if refusal:
+            typer.echo(f"--workers {workers} needs PostgreSQL and Redis: {refusal}", err=True)
+            raise typer.Exit(2)
+        # One signing key for every process: created here, before they start, so that N
+        # processes starting on an empty key directory do not each create their own.
+        KeyRing.load(settings.data_dir / "keys", settings.signing_key_file)
     uvicorn.run(
         "incentive.app:create_app",
         factory=True,
@@ -35,6 +56,21 @@ def serve(
         # The app trusts X-Forwarded-For itself, from INCENTIVE_FORWARDED_ALLOW_IPS only.
         proxy_headers=False,
     )
+
+
+def _single_process_state(settings: Settings) -> str | None:
+    """Why this deployment's state cannot be shared by several API processes, if it cannot."""
+    if settings.is_sqlite:
+        return (
+            "the embedded SQLite database is migrated and seeded by the process that serves "
+            "it; set INCENTIVE_DATABASE_URL"
+        )
+    if not settings.redis_url:
+        return (
+            "without INCENTIVE_REDIS_URL the stock, the login throttle and event delivery "
+            "live in each process's memory (stock would be sold once per process)"
+        )
+    return None
 
 
 @app.command()
@@ -70,7 +106,7 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
 
     async def _run() -> None:
-        db = Database(settings.resolved_database_url)
+        db = Database.for_settings(settings)
         try:
             await migrations.upgrade(db.engine, revision)
         finally:

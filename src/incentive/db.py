@@ -39,6 +39,8 @@ from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
 
+from incentive.settings import Settings
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -104,10 +106,26 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-class Database:
-    """One engine + session factory per process (or per test)."""
+_POOL = Settings.model_fields
 
-    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 30) -> None:
+
+class Database:
+    """One engine + session factory per process (or per test).
+
+    On PostgreSQL the process holds at most ``pool_size + max_overflow`` connections; a
+    caller that finds none free waits ``pool_timeout`` seconds, then gets the pool's
+    ``TimeoutError``, answered as a 503 (``errors.py``). The defaults are the settings'.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        echo: bool = False,
+        pool_size: int = _POOL["db_pool_size"].default,
+        max_overflow: int = _POOL["db_max_overflow"].default,
+        pool_timeout: float = _POOL["db_pool_timeout"].default,
+    ) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {"echo": echo}
@@ -116,9 +134,10 @@ class Database:
         else:
             # Connections above pool_size are opened and closed per use: keep that rare.
             kwargs["pool_size"] = pool_size
-            kwargs["max_overflow"] = 10
+            kwargs["max_overflow"] = max_overflow
+            kwargs["pool_timeout"] = pool_timeout
             # No pre-ping: it costs three round trips per checkout. A dropped connection is
-            # invalidated on first use and surfaces as a 503 (deps.py); readiness reports it.
+            # invalidated on first use and surfaces as a 503 (errors.py); readiness reports it.
             kwargs["pool_recycle"] = 1800
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
@@ -129,6 +148,16 @@ class Database:
         self._idle = asyncio.Event()
         self._idle.set()
         self._draining = False
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Database:
+        """The process's database, its pool sized by ``INCENTIVE_DB_POOL_*``."""
+        return cls(
+            settings.resolved_database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout=settings.db_pool_timeout,
+        )
 
     @asynccontextmanager
     async def unit_of_work(self) -> AsyncIterator[AsyncSession]:

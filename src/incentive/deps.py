@@ -9,11 +9,11 @@ from fastapi import Depends, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.db import Database
-from incentive.errors import Conflict, ServiceUnavailable
+from incentive.errors import Conflict
 
 
 def database(request: Request) -> Database:
@@ -23,20 +23,14 @@ def database(request: Request) -> Database:
 
 async def _session(request: Request) -> AsyncIterator[AsyncSession]:
     # scope="function" (below) runs the commit right after the endpoint returns and before
-    # the response is sent, so a 2xx is only ever sent for committed work. Driver errors that
-    # a caller can provoke (a concurrent duplicate, a busy database) are converted here, at
-    # the boundary, instead of surfacing as 500s.
+    # the response is sent, so a 2xx is only ever sent for committed work. A concurrent
+    # duplicate found at commit is a 409 here; a busy, full or lost database is a 503 on every
+    # route, by the handler of errors.store_unavailable.
     try:
         async with database(request).unit_of_work() as session:
             yield session
     except IntegrityError as exc:
         raise Conflict("the change conflicts with existing data (a concurrent duplicate?)") from exc
-    except OperationalError as exc:
-        raise ServiceUnavailable("database busy, retry shortly", retry_after=1) from exc
-    except DBAPIError as exc:
-        if exc.connection_invalidated:
-            raise ServiceUnavailable("database connection lost, retry", retry_after=1) from exc
-        raise
 
 
 Session = Annotated[AsyncSession, Depends(_session, scope="function")]

@@ -63,6 +63,8 @@ import logging
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import redis.exceptions as redis_exc
+import sqlalchemy.exc as sa_exc
 from pydantic import BaseModel, ConfigDict
 
 from incentive.kit.text import escape_refused
@@ -222,6 +224,54 @@ class ServiceUnavailable(IncentiveError):
         return {"Retry-After": str(self.retry_after)}
 
 
+# ------------------------------------------------------------------ stores that cannot serve
+
+# SQLSTATE classes and codes meaning "the server cannot take this now, retry": connection
+# exceptions (08), insufficient resources (53: 53300 too many clients / too many connections
+# for a role), and a server shutting down or starting up (57P01-57P03).
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53")
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+
+
+# The driver and pool errors that may mean a store cannot serve now; store_unavailable says
+# which do. Lost or refused connections surface as the builtin ConnectionError (asyncpg's
+# connect) or as redis-py's; a Redis pool with no free connection as redis-py's too.
+STORE_ERRORS: tuple[type[Exception], ...] = (
+    sa_exc.TimeoutError,
+    sa_exc.DBAPIError,
+    ConnectionError,
+    redis_exc.ConnectionError,
+    redis_exc.TimeoutError,
+)
+
+
+def store_unavailable(exc: BaseException) -> ServiceUnavailable | None:
+    """The 503 for a driver or pool error meaning the database or Redis cannot serve this
+    request now (every connection in use, too many clients, starting up, refused, lost,
+    SQLite busy), or None for any other error.
+
+    Converted here once, for every route and whatever path reached the store (the request's
+    unit of work, ``Database.reader()``, the purchase group commit): a client that sends more
+    than the pools hold is told to retry, never answered with a 500.
+    """
+    if isinstance(exc, sa_exc.TimeoutError):
+        return ServiceUnavailable("every database connection is in use, retry shortly")
+    if isinstance(exc, sa_exc.DBAPIError):
+        sqlstate = str(getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", ""))
+        if exc.connection_invalidated or isinstance(exc, sa_exc.OperationalError):
+            return ServiceUnavailable("database connection lost or busy, retry shortly")
+        if sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES or sqlstate in _UNAVAILABLE_SQLSTATES:
+            return ServiceUnavailable(
+                "the database cannot take more work now, retry shortly", retry_after=2
+            )
+        return None  # a constraint, a syntax error...: not the store's capacity
+    if isinstance(exc, STORE_ERRORS):
+        return ServiceUnavailable(
+            "a data store is unreachable or saturated, retry shortly", retry_after=2
+        )
+    return None
+
+
 # --------------------------------------------------------------------------- HTTP rendering
 
 
@@ -261,7 +311,8 @@ def problems(*errors: type[IncentiveError]) -> dict[int | str, dict[str, Any]]:
 
 def install_handlers(app: FastAPI) -> None:
     """Every error leaves as ``application/problem+json``: domain errors with their own status,
-    validation as 422 naming each field and rule. Anything unexpected is answered by
+    validation as 422 naming each field and rule, a database or Redis that cannot serve now
+    (``store_unavailable``) as 503 with ``Retry-After``. Anything unexpected is answered by
     ``observability.RequestContextMiddleware`` (a 500 with the request id, one log line)."""
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
@@ -284,6 +335,20 @@ def install_handlers(app: FastAPI) -> None:
         elif exc.status >= 500:
             log.error("domain error", exc_info=exc)
         return respond(exc.status, exc.to_problem(request.url.path), exc.headers())
+
+    async def _store(request: Request, exc: Exception) -> JSONResponse:
+        unavailable = store_unavailable(exc)
+        if unavailable is None:
+            raise exc  # not a store that is full or away: a real failure, answered as a 500
+        # One line, no traceback: under overload there are many, and each is an answer.
+        log.warning(
+            "store unavailable",
+            extra={"error": f"{type(exc).__name__}: {exc}"[:300], "path": request.url.path},
+        )
+        return respond(503, unavailable.to_problem(request.url.path), unavailable.headers())
+
+    for store_error in STORE_ERRORS:
+        app.add_exception_handler(store_error, _store)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -59,6 +59,36 @@ class Settings(BaseSettings):
         description="bearer token the Prometheus scraper sends to /metrics; unset = /metrics "
         "is not served (its series name ids of sales that are not public)",
     )
+    db_pool_size: int = Field(
+        default=10,
+        ge=1,
+        description="PostgreSQL connections each process keeps open (its pool); see README "
+        "'Sizing the connection pools'",
+    )
+    db_max_overflow: int = Field(
+        default=5,
+        ge=0,
+        description="connections a process may open beyond db_pool_size under a burst "
+        "(closed again after use)",
+    )
+    db_pool_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds a request waits for a free database connection before it is "
+        "answered 503 with Retry-After",
+    )
+    redis_pool_size: int = Field(
+        default=16,
+        ge=4,
+        description="connections in each of a process's two Redis pools (the shared client, "
+        "whose event consumers and config listener each hold one while they wait, and the "
+        "stock engine, per node on a cluster)",
+    )
+    redis_pool_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="seconds a caller waits for a free Redis connection before a 503",
+    )
     log_level: str = "INFO"
     log_json: bool = True
     embedded_worker: bool = True

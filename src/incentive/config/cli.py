@@ -30,7 +30,7 @@ def _run(work: Callable[[AsyncSession], Awaitable[T]], *, changed: bool = False)
     settings = get_settings()
 
     async def _go() -> T:
-        db = Database(settings.resolved_database_url)
+        db = Database.for_settings(settings)
         try:
             async with db.unit_of_work() as session:
                 result = await work(session)

@@ -26,7 +26,7 @@ def status() -> None:
     settings = get_settings()
 
     async def _run() -> tuple[int, float]:
-        db = Database(settings.resolved_database_url)
+        db = Database.for_settings(settings)
         try:
             return await Relay(db, InProcessTransport(db)).measure_lag()
         finally:

@@ -33,7 +33,7 @@ def _run(sale_id: str, force: bool) -> None:
         raise typer.Exit(2)
 
     async def _go() -> str:
-        db = Database(settings.resolved_database_url)
+        db = Database.for_settings(settings)
         engine = stock_engine_from_url(url)
         config = LiveConfig(db)
         try:

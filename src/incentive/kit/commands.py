@@ -35,7 +35,7 @@ def echo_json(payload: dict[str, Any]) -> None:
 async def command_database() -> AsyncIterator[Database]:
     """The configured database for one command; the embedded one is created if missing."""
     settings = get_settings()
-    db = Database(settings.resolved_database_url)
+    db = Database.for_settings(settings)
     try:
         if db.is_sqlite:
             settings.data_dir.mkdir(parents=True, exist_ok=True)

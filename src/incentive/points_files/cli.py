@@ -184,7 +184,7 @@ def process(
 
 async def _progress(file_id: str) -> dict[str, Any]:
     settings = get_settings()
-    db = Database(settings.resolved_database_url)
+    db = Database.for_settings(settings)
     try:
         async with db.unit_of_work() as s:
             row = await service.get_file(s, file_id)

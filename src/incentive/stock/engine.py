@@ -147,7 +147,9 @@ def check_levels(levels: Sequence[int]) -> list[int]:
     return out
 
 
-def stock_engine_from_url(url: str | None, *, max_connections: int = 16) -> StockEngine:
+def stock_engine_from_url(
+    url: str | None, *, max_connections: int = 16, pool_timeout: float = 5.0
+) -> StockEngine:
     """Build the engine for a deployment.
 
     - ``None`` → embedded, in-process engine (the zero-service default; one process only).
@@ -156,7 +158,8 @@ def stock_engine_from_url(url: str | None, *, max_connections: int = 16) -> Stoc
       host is any node, the others are discovered.
 
     ``max_connections`` caps the connections (per node on a cluster) one engine opens;
-    callers beyond it wait for a free connection instead of failing. A few connections
+    callers beyond it wait for a free connection (up to ``pool_timeout`` seconds on one
+    server, then a ``ConnectionError`` answered as a 503) instead of failing. A few connections
     shared by many callers beat one per caller: the Python client, not Redis, is the limit
     (``bench/flash_sale.py``).
     """
@@ -188,4 +191,6 @@ def stock_engine_from_url(url: str | None, *, max_connections: int = 16) -> Stoc
         return ClusterStockEngine.from_url(plain, max_connections=max_connections)
     from incentive.stock.backends.redis import RedisStockEngine
 
-    return RedisStockEngine.from_url(plain, max_connections=max_connections)
+    return RedisStockEngine.from_url(
+        plain, max_connections=max_connections, pool_timeout=pool_timeout
+    )

@@ -24,7 +24,11 @@ def current() -> StockEngine:
 
 async def start(app: FastAPI) -> None:
     settings = app.state.settings
-    engine = stock_engine_from_url(settings.stock_url or settings.redis_url)
+    engine = stock_engine_from_url(
+        settings.stock_url or settings.redis_url,
+        max_connections=settings.redis_pool_size,
+        pool_timeout=settings.redis_pool_timeout,
+    )
     app.state.stock = engine
     install(engine)
 

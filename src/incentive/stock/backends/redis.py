@@ -309,7 +309,9 @@ class RedisStockEngine(RedisBackedEngine):
         self._keys: dict[str, list[bytes]] = {}
 
     @classmethod
-    def from_url(cls, url: str, *, max_connections: int = 16) -> RedisStockEngine:
+    def from_url(
+        cls, url: str, *, max_connections: int = 16, pool_timeout: float = 5.0
+    ) -> RedisStockEngine:
         # Reconnect and resend on a dropped connection (a restarted server), never on a
         # timeout. A script resent after its reply was lost can take stock without a
         # deduction to show for it: an undersell that reconciliation gives back, never an
@@ -317,7 +319,7 @@ class RedisStockEngine(RedisBackedEngine):
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
-            timeout=30,
+            timeout=pool_timeout,
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), 3),
             retry_on_error=[RedisConnectionError],
         )
