@@ -340,9 +340,12 @@ class Crediting:
         async with worker.db.unit_of_work() as s:
             await repository.fence_batch(s, worker.id, batch.id, worker.lease_until())
             failed = await repository.claim_batch_record_ids(s, ctx.partner_id, ctx.id, batch)
-            staged = repository.batch_records(ctx.id, batch)
+            # Marked before the ledger's statements, so that the balances' row locks (the
+            # funding account's above all) are the last taken and held the shortest.
+            ok, points = await repository.mark_batch_credited(s, ctx.id, batch)
+            staged = repository.batch_records(ctx.id, batch, "credited")
             if not await target.credit_staged(partner, staged, s):
-                winners = await _items(s, ctx.id, batch)
+                winners = await _items(s, ctx.id, batch, "credited")
                 refusals = await target.credit(partner, winners, s)
                 await _release_refused(s, ctx, winners, refusals)
                 await _fail_records(
@@ -350,9 +353,11 @@ class Crediting:
                     ctx.id,
                     {r.line_no: (str(RecordReason.CREDIT_FAILED), r.detail) for r in refusals},
                 )
-                failed += len(refusals)
+                refused = {r.line_no for r in refusals}
+                failed += len(refused)
+                ok -= len(refused)
+                points -= sum(i.points for i in winners if i.line_no in refused)
             worker.crash.hit("batch_credited")
-            ok, points = await repository.mark_batch_credited(s, ctx.id, batch)
             await s.execute(
                 update(PointsBatch)
                 .where(PointsBatch.id == batch.id)
@@ -372,8 +377,10 @@ class Crediting:
         metrics.RECORDS_CREDITED.labels("failed").inc(failed)
 
 
-async def _items(session: AsyncSession, file_id: str, batch: ClaimedBatch) -> list[CreditItem]:
-    """The batch's records still to credit, in line order."""
+async def _items(
+    session: AsyncSession, file_id: str, batch: ClaimedBatch, state: str = "valid"
+) -> list[CreditItem]:
+    """The batch's records in ``state`` (``valid``: still to credit), in line order."""
     # Core columns (not ORM attributes): rows come back without the ORM's per-row
     # loading, which was a sixth of crediting's CPU.
     r = RECORDS.c
@@ -382,7 +389,7 @@ async def _items(session: AsyncSession, file_id: str, batch: ClaimedBatch) -> li
         .where(
             r.file_id == file_id,
             r.line_no.between(batch.first_line, batch.last_line),
-            r.state == "valid",
+            r.state == state,
         )
         .order_by(r.line_no)
     )

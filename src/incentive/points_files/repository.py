@@ -346,13 +346,13 @@ async def credited_ids(
 # Set-based forms of a crediting batch's steps, over the batch's line range (PostgreSQL).
 
 
-def batch_records(file_id: str, batch: ClaimedBatch) -> Select[Any]:
-    """The batch's records still to credit: ``record_id``, ``user_id``, ``points``, ``line_no``."""
+def batch_records(file_id: str, batch: ClaimedBatch, state: str) -> Select[Any]:
+    """The batch's records in ``state``: ``record_id``, ``user_id``, ``points``, ``line_no``."""
     r = RECORDS.c
     return select(r.record_id, r.user_id, r.points, r.line_no).where(
         r.file_id == file_id,
         r.line_no.between(batch.first_line, batch.last_line),
-        r.state == "valid",
+        r.state == state,
     )
 
 
