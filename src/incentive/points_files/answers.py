@@ -2,7 +2,8 @@
 file (``rejected`` -> ``exception_written``), then deliver it (-> ``delivered``).
 
 The feedback file is written from the database in line order (one ``R`` per ``D``), streamed
-(never whole in memory), encrypted and signed. Delivery puts the answer in the partner's
+(never whole in memory: ``COPY … TO STDOUT`` on PostgreSQL, chunks of ``FEEDBACK_CHUNK`` on
+SQLite), encrypted and signed. Delivery puts the answer in the partner's
 outbox, retried with backoff until the transport acknowledges; a partner without an outbox
 downloads its answer over HTTP, so its file is delivered at once.
 """

@@ -2,10 +2,12 @@
 
 - Decrypting checks the partner's signature and writes the plain file to the work directory.
 - Staging streams that file (never whole in memory) in chunks of
-  ``settings.points_stage_chunk`` records, each chunk validated against the members and the
-  credited record ids and written in one statement (COPY on PostgreSQL, executemany on
-  SQLite) in its own transaction. A restart of staging deletes the partial rows and starts
-  over.
+  ``settings.points_stage_chunk`` records, each in its own transaction. On PostgreSQL the
+  chunk's lines go as they are to COPY and SQL computes each record's values and verdict
+  (``copy_staging``); a file off that path, and every file on SQLite, is parsed by the reader
+  and each chunk validated in Python against the members and the credited record ids and
+  written in one statement (COPY on PostgreSQL, executemany on SQLite). A restart of staging
+  deletes the partial rows and starts over.
 - Validating flags record ids repeated inside the file (the first occurrence is credited).
 
 A whole-file problem (``FileRejected``) moves the file to ``rejected`` with its reason; its
