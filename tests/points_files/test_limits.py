@@ -17,6 +17,7 @@ from incentive.app import create_app
 from incentive.auth.models import User
 from incentive.db import Database
 from incentive.ledger import service as ledger
+from incentive.ledger.models import BALANCE_MAX
 from incentive.points_files import intake, service, storage
 from incentive.points_files.answer_format import RecordStatus
 from incentive.points_files.crypto import PointsCrypto
@@ -298,3 +299,60 @@ async def test_a_record_whose_key_is_taken_fails_alone(
 
 async def _user_id(session: AsyncSession, username: str) -> str:
     return str(await session.scalar(select(User.id).where(User.username == username)))
+
+
+async def test_a_record_past_the_balance_limit_fails_alone(
+    db: Database, quiet_settings: Settings, crypto: PointsCrypto, pgp: Pgp, tmp_path: Path
+) -> None:
+    """Bob's balance sits 15 below BIGINT's maximum: his record of 20 fails (CREDIT_FAILED,
+    the ledger's balance limit), his record of 5 and alice's records in the same batch are
+    credited, and no balance leaves BIGINT. On PostgreSQL the batch is first tried set-based
+    (``ledger.staged_credits``); its refusal must isolate the record, not fail the batch."""
+    partner_id, _ = await make_partner(db, crypto, pgp)
+    await make_members(db, ["alice", "bob"])
+    async with db.unit_of_work() as s:
+        source = await ledger.open_account(
+            s, owner_type="platform", owner_id="edge", asset="POINTS", allow_negative=True
+        )
+        bob = next(
+            iter(
+                (
+                    await ledger.open_accounts(
+                        s, owner_type="user", owner_ids=[await _user_id(s, "bob")], asset="POINTS"
+                    )
+                ).values()
+            )
+        )
+    edge = BALANCE_MAX - 15
+    amounts = [ledger.MAX_AMOUNT] * (edge // ledger.MAX_AMOUNT) + [edge % ledger.MAX_AMOUNT]
+    for start in range(0, len(amounts), 4000):
+        async with db.unit_of_work() as s:
+            await ledger.batch_transfer(
+                s,
+                [
+                    ledger.TransferItem(f"edge:{start + i}", source.id, bob, amount, "test_edge")
+                    for i, amount in enumerate(amounts[start : start + 4000])
+                ],
+            )
+    records = [
+        rec("r1", "alice", 10),
+        rec("r2", "bob", 20),
+        rec("r3", "bob", 5),
+        rec("r4", "alice", 30),
+    ]
+    enc = encrypt(pgp, plain_file(tmp_path / "p.txt", "ACME", 1, records))
+    file_id = await _receive(db, quiet_settings, enc)
+    await run_pipeline(db, quiet_settings)
+    done = await file_row(db, file_id)
+    assert done.answer_name is not None
+    results, totals = feedback_of(
+        pgp, storage.answer_path(quiet_settings, file_id, done.answer_name)
+    )
+    assert [(r.record_id, r.status, r.reason_code) for r in results] == [
+        ("r1", RecordStatus.OK, None),
+        ("r2", RecordStatus.FAILED, RecordReason.CREDIT_FAILED),
+        ("r3", RecordStatus.OK, None),
+        ("r4", RecordStatus.OK, None),
+    ]
+    assert totals.points_credited == 45
+    assert await member_balances(db) == {"alice": 40, "bob": BALANCE_MAX - 10}

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import Subquery, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.auth.audit import record_audit
@@ -153,6 +153,16 @@ async def members_by_username(session: AsyncSession, usernames: Iterable[str]) -
     return found
 
 
+def members_table() -> Subquery:
+    """The customers as a subquery ``(user_id, username, blocked)``, for callers that judge
+    many member names in one statement (a staged points file) instead of looking them up."""
+    return (
+        select(User.id.label("user_id"), User.username, User.blocked)
+        .where(User.role == "customer")
+        .subquery("members")
+    )
+
+
 async def create_partner(
     session: AsyncSession, code: str, name: str, *, actor: Principal | None = None
 ) -> tuple[Partner, str]:
@@ -213,6 +223,7 @@ __all__ = [
     "create_user",
     "identity_exists",
     "members_by_username",
+    "members_table",
     "merchant_by_code",
     "partner_codes",
     "partner_id_by_code",

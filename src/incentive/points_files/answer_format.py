@@ -82,7 +82,7 @@ def _check_echo_field(name: str, value: str) -> None:
         raise ValueError(f"{name} cannot be written: empty, '|' or a line break")
 
 
-def _answer_header_line(header: AnswerHeader) -> bytes:
+def answer_header_line(header: AnswerHeader) -> bytes:
     _check_echo_field("partner_code", header.partner_code)
     if header.file_seq < 1:
         raise ValueError("file_seq must be positive")
@@ -99,7 +99,7 @@ def write_feedback(
     lines need a reason code. Details are sanitised; record and member ids must already be
     valid (they come from a parsed file) and raise ``ValueError`` otherwise.
     """
-    out.write(_answer_header_line(header))
+    out.write(answer_header_line(header))
     count = ok = failed = credited = 0
     for result in results:
         if not RECORD_ID.fullmatch(result.record_id):
@@ -123,8 +123,15 @@ def write_feedback(
             f"R|{result.record_id}|{result.member_id}|{result.points}|{result.status}"
             f"|{reason}|{detail}\n".encode()
         )
-    out.write(f"T|{count}|{ok}|{failed}|{credited}\n".encode())
-    return FeedbackTotals(count, ok, failed, credited)
+    totals = FeedbackTotals(count, ok, failed, credited)
+    out.write(trailer_line(totals))
+    return totals
+
+
+def trailer_line(totals: FeedbackTotals) -> bytes:
+    """A feedback file's ``T`` line."""
+    t = totals
+    return f"T|{t.record_count}|{t.ok_count}|{t.failed_count}|{t.points_credited}\n".encode()
 
 
 def write_exception(
@@ -138,7 +145,7 @@ def write_exception(
 ) -> None:
     """Write an exception file (whole file rejected); ``detail`` is sanitised."""
     header = AnswerHeader(partner_code, file_seq, processed_at or datetime.now(UTC))
-    out.write(_answer_header_line(header))
+    out.write(answer_header_line(header))
     out.write(f"E|{RejectReason(reason_code)}|{sanitize_detail(detail)}\n".encode())
     out.write(b"T|0|0\n")
 

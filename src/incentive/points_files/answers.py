@@ -2,7 +2,8 @@
 file (``rejected`` -> ``exception_written``), then deliver it (-> ``delivered``).
 
 The feedback file is written from the database in line order (one ``R`` per ``D``), streamed
-(never whole in memory), encrypted and signed. Delivery puts the answer in the partner's
+(never whole in memory: ``COPY … TO STDOUT`` on PostgreSQL, chunks of ``FEEDBACK_CHUNK`` on
+SQLite), encrypted and signed. Delivery puts the answer in the partner's
 outbox, retried with backoff until the transport acknowledges; a partner without an outbox
 downloads its answer over HTTP, so its file is delivered at once.
 """
@@ -14,8 +15,10 @@ import logging
 import os
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from incentive.db import utcnow
 from incentive.points_files import metrics, repository, storage
@@ -24,6 +27,8 @@ from incentive.points_files.answer_format import (
     FeedbackTotals,
     RecordResult,
     RecordStatus,
+    answer_header_line,
+    trailer_line,
     write_exception,
     write_feedback,
 )
@@ -36,7 +41,7 @@ from incentive.points_files.format import (
     feedback_name,
     sanitize_detail,
 )
-from incentive.points_files.models import PointsRecord
+from incentive.points_files.models import RECORDS, PointsRecord
 from incentive.points_files.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -92,6 +97,62 @@ async def _feedback_chunk(
         return out, last_line
 
 
+# The R lines as PostgreSQL writes them (``COPY … TO STDOUT``), in line order. Every field
+# was checked when staged (ids, member ids) or written sanitised (details), and none holds a
+# control character, so CSV with control characters as delimiter and quote never quotes one.
+_FEEDBACK_LINES = """
+    SELECT 'R|' || record_id || '|' || member_id || '|' || coalesce(points::text, points_text)
+        || CASE WHEN state = 'credited' THEN '|OK||'
+                ELSE '|FAILED|' || reason || '|' || detail END
+    FROM points_records WHERE file_id = $1 ORDER BY line_no
+"""
+
+
+async def _feedback_by_copy(
+    worker: Worker, file_id: str, header: AnswerHeader, plain: Path
+) -> FeedbackTotals:
+    """PostgreSQL: the feedback file streamed by ``COPY`` from the records (never whole in
+    memory, nothing per record in Python), totals counted by the database."""
+    async with worker.db.unit_of_work() as s:
+        r = RECORDS.c
+        credited = r.state == "credited"
+        count, ok, failed, points, pending = (
+            await s.execute(
+                select(
+                    func.count(),
+                    func.count().filter(credited),
+                    func.count().filter(r.state == "failed"),
+                    func.coalesce(func.sum(r.points).filter(credited), 0),
+                    func.min(r.line_no).filter(r.state.not_in(("credited", "failed"))),
+                ).where(r.file_id == file_id)
+            )
+        ).one()
+        if pending is not None:
+            raise RuntimeError(f"record {file_id}:{pending} still not credited at feedback")
+        totals = FeedbackTotals(int(count), int(ok), int(failed), int(points))
+        raw = await (await s.connection()).get_raw_connection()
+        driver: Any = raw.driver_connection
+        with plain.open("wb") as out:
+            out.write(answer_header_line(header))
+
+            async def lines(data: bytes) -> None:
+                out.write(data)
+
+            await driver.copy_from_query(
+                _FEEDBACK_LINES,
+                file_id,
+                output=lines,
+                format="csv",
+                delimiter="\x02",
+                quote="\x01",
+            )
+            worker.crash.hit("feedback_line")
+            out.write(trailer_line(totals))
+            out.flush()
+            os.fsync(out.fileno())
+    return totals
+
+
 async def write_feedback_file(worker: Worker, file_id: str) -> None:
     """``credited`` -> ``feedback_written``."""
     async with worker.db.unit_of_work() as s:
@@ -124,7 +185,10 @@ async def write_feedback_file(worker: Worker, file_id: str) -> None:
             os.fsync(out.fileno())
         return totals
 
-    totals = await asyncio.to_thread(write)
+    if worker.db.is_sqlite:
+        totals = await asyncio.to_thread(write)
+    else:
+        totals = await _feedback_by_copy(worker, file_id, header, plain)
     if totals.record_count != ctx.record_count:
         raise RuntimeError(
             f"feedback of {file_id} has {totals.record_count} lines for {ctx.record_count} records"

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import Select, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.auth import service as auth_service
 from incentive.db import one_of, utcnow
 from incentive.points_files import metrics
 from incentive.points_files.models import (
+    RECORDS,
     PartnerPointsSettings,
     PointsBatch,
     PointsCreditedRecord,
@@ -339,3 +340,80 @@ async def credited_ids(
         )
         found.update(str(r) for r in rows.scalars())
     return found
+
+
+# --------------------------------------------------------------------------- staged batches
+# Set-based forms of a crediting batch's steps, over the batch's line range (PostgreSQL).
+
+
+def batch_records(file_id: str, batch: ClaimedBatch, state: str) -> Select[Any]:
+    """The batch's records in ``state``: ``record_id``, ``user_id``, ``points``, ``line_no``."""
+    r = RECORDS.c
+    return select(r.record_id, r.user_id, r.points, r.line_no).where(
+        r.file_id == file_id,
+        r.line_no.between(batch.first_line, batch.last_line),
+        r.state == state,
+    )
+
+
+_CLAIM_BATCH_IDS = text(
+    """
+    WITH claimed AS (
+        INSERT INTO points_credited_records (partner_id, record_id, file_id, line_no, credited_at)
+        SELECT CAST(:p AS varchar), record_id, file_id, line_no, CAST(:now AS timestamptz)
+        FROM points_records
+        WHERE file_id = :f AND line_no BETWEEN :first AND :last AND state = 'valid'
+        ORDER BY record_id
+        ON CONFLICT DO NOTHING
+        RETURNING line_no
+    )
+    UPDATE points_records SET state = 'failed', reason = 'DUPLICATE_RECORD',
+        detail = 'record_id already credited'
+    WHERE file_id = :f AND line_no BETWEEN :first AND :last AND state = 'valid'
+        AND line_no NOT IN (SELECT line_no FROM claimed)
+    """
+)
+
+
+async def claim_batch_record_ids(
+    session: AsyncSession, partner_id: str, file_id: str, batch: ClaimedBatch
+) -> int:
+    """Insert (partner, record id) for each record of the batch still to credit (ids in sorted
+    order); a record whose id someone else holds is failed ``DUPLICATE_RECORD``. Returns how
+    many were failed so."""
+    result = await session.execute(
+        _CLAIM_BATCH_IDS,
+        {
+            "p": partner_id,
+            "f": file_id,
+            "first": batch.first_line,
+            "last": batch.last_line,
+            "now": utcnow(),
+        },
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+_MARK_BATCH_CREDITED = text(
+    """
+    WITH credited AS (
+        UPDATE points_records SET state = 'credited'
+        WHERE file_id = :f AND line_no BETWEEN :first AND :last AND state = 'valid'
+        RETURNING points
+    )
+    SELECT count(*), coalesce(sum(points), 0) FROM credited
+    """
+)
+
+
+async def mark_batch_credited(
+    session: AsyncSession, file_id: str, batch: ClaimedBatch
+) -> tuple[int, int]:
+    """The batch's records still ``valid`` become ``credited``; (how many, their points)."""
+    count, points = (
+        await session.execute(
+            _MARK_BATCH_CREDITED,
+            {"f": file_id, "first": batch.first_line, "last": batch.last_line},
+        )
+    ).one()
+    return int(count), int(points)

@@ -2,10 +2,12 @@
 
 - Decrypting checks the partner's signature and writes the plain file to the work directory.
 - Staging streams that file (never whole in memory) in chunks of
-  ``settings.points_stage_chunk`` records, each chunk validated against the members and the
-  credited record ids and written in one statement (COPY on PostgreSQL, executemany on
-  SQLite) in its own transaction. A restart of staging deletes the partial rows and starts
-  over.
+  ``settings.points_stage_chunk`` records, each in its own transaction. On PostgreSQL the
+  chunk's lines go as they are to COPY and SQL computes each record's values and verdict
+  (``copy_staging``); a file off that path, and every file on SQLite, is parsed by the reader
+  and each chunk validated in Python against the members and the credited record ids and
+  written in one statement (COPY on PostgreSQL, executemany on SQLite). A restart of staging
+  deletes the partial rows and starts over.
 - Validating flags record ids repeated inside the file (the first occurrence is credited).
 
 A whole-file problem (``FileRejected``) moves the file to ``rejected`` with its reason; its
@@ -19,14 +21,16 @@ import functools
 import logging
 from collections.abc import Sequence
 from datetime import UTC, timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from sqlalchemy import delete, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.auth import service as auth_service
 from incentive.db import utcnow
-from incentive.points_files import metrics, repository, storage
+from incentive.points_files import copy_staging, metrics, repository, storage
+from incentive.points_files.copy_staging import Staged
 from incentive.points_files.errors import FileRejected
 from incentive.points_files.format import (
     INT64_MAX,
@@ -107,29 +111,12 @@ async def stage(worker: Worker, file_id: str) -> None:
         except FileRejected as exc:
             await reject(worker, file_id, "decrypted", exc.reason_code, exc.exception_detail)
             return
-    failed = 0
-    last_line = 1
-    chunk_size = worker.settings.points_stage_chunk
     try:
-        with plain.open("rb") as stream:
-            reader = PointsFileReader(
-                stream,
-                ctx.code,
-                expected_file_seq=ctx.file_seq,
-                max_records=ctx.max_records,
-                detect_duplicates=False,
-            )
-            chunk: list[DetailRecord] = []
-            for record in reader:
-                chunk.append(record)
-                if len(chunk) >= chunk_size:
-                    failed += await _stage_chunk(worker, ctx, chunk)
-                    last_line = chunk[-1].line_no
-                    chunk = []
-                    worker.crash.hit("staging")
-            if chunk:
-                failed += await _stage_chunk(worker, ctx, chunk)
-                last_line = chunk[-1].line_no
+        staged = None
+        if not worker.db.is_sqlite:
+            staged = await _stage_by_copy(worker, ctx, plain)
+        if staged is None:
+            staged = await _stage_by_reader(worker, ctx, plain)
     except FileRejected as exc:
         await reject(worker, file_id, "decrypted", exc.reason_code, exc.exception_detail)
         return
@@ -141,14 +128,86 @@ async def stage(worker: Worker, file_id: str) -> None:
             file_id,
             "decrypted",
             "staged",
-            record_count=reader.record_count,
-            points_total=reader.points_sum if reader.points_sum <= INT64_MAX else None,
-            last_line=last_line,
-            failed_count=failed,
+            record_count=staged.record_count,
+            points_total=staged.points_sum if staged.points_sum <= INT64_MAX else None,
+            last_line=staged.last_line,
+            failed_count=staged.failed,
             staged_at=utcnow(),
         )
     plain.unlink(missing_ok=True)
-    metrics.RECORDS_STAGED.inc(reader.record_count)
+    metrics.RECORDS_STAGED.inc(staged.record_count)
+
+
+def _open_reader(ctx: FileContext, stream: BinaryIO) -> PointsFileReader:
+    return PointsFileReader(
+        stream,
+        ctx.code,
+        expected_file_seq=ctx.file_seq,
+        max_records=ctx.max_records,
+        detect_duplicates=False,
+    )
+
+
+async def _stage_by_copy(worker: Worker, ctx: FileContext, plain: Path) -> Staged | None:
+    """PostgreSQL: the file's lines straight into COPY (``copy_staging``), chunk by chunk;
+    ``None`` (its partial rows deleted) when the file is off that path."""
+    staged = Staged()
+    chunk_size = worker.settings.points_stage_chunk
+    now = utcnow()
+    oldest = now - timedelta(days=ctx.stale_after_days)
+    newest = now + FUTURE_TOLERANCE
+    try:
+        with plain.open("rb") as stream:
+            _open_reader(ctx, stream)  # the header, checked as always
+            while True:
+                lines = copy_staging.read_lines(stream, chunk_size)
+                trailer = lines.pop() if lines and lines[-1].startswith(b"T|") else None
+                if trailer is None and len(lines) < chunk_size:
+                    raise copy_staging.OffTheHappyPath  # no trailer: the reader says why
+                if lines:
+                    data = copy_staging.chunk_of(lines)
+                    if staged.record_count + len(lines) > ctx.max_records:
+                        raise copy_staging.OffTheHappyPath
+                    async with worker.db.unit_of_work() as s:
+                        await repository.fence_file(s, worker.id, ctx.id, worker.lease_until())
+                        count, points, failed = await copy_staging.stage_chunk(
+                            s, ctx, data, staged.last_line + 1, oldest, newest
+                        )
+                    staged.record_count += count
+                    staged.points_sum += points
+                    staged.failed += failed
+                    staged.last_line += count
+                    worker.crash.hit("staging")
+                if trailer is not None:
+                    copy_staging.check_trailer(trailer, staged, stream.read(1))
+                    return staged
+    except copy_staging.OffTheHappyPath:
+        async with worker.db.unit_of_work() as s:
+            await repository.fence_file(s, worker.id, ctx.id, worker.lease_until())
+            await s.execute(delete(PointsRecord).where(PointsRecord.file_id == ctx.id))
+        return None
+
+
+async def _stage_by_reader(worker: Worker, ctx: FileContext, plain: Path) -> Staged:
+    """Every record parsed and judged in Python (``PointsFileReader``), chunk by chunk."""
+    staged = Staged()
+    chunk_size = worker.settings.points_stage_chunk
+    with plain.open("rb") as stream:
+        reader = _open_reader(ctx, stream)
+        chunk: list[DetailRecord] = []
+        for record in reader:
+            chunk.append(record)
+            if len(chunk) >= chunk_size:
+                staged.failed += await _stage_chunk(worker, ctx, chunk)
+                staged.last_line = chunk[-1].line_no
+                chunk = []
+                worker.crash.hit("staging")
+        if chunk:
+            staged.failed += await _stage_chunk(worker, ctx, chunk)
+            staged.last_line = chunk[-1].line_no
+    staged.record_count = reader.record_count
+    staged.points_sum = reader.points_sum
+    return staged
 
 
 async def _stage_chunk(worker: Worker, ctx: FileContext, chunk: Sequence[DetailRecord]) -> int:

@@ -5,7 +5,9 @@
   key ``partner:<code>:<record_id>``; a refused batch is split until only the refused
   records fail (``_credit_isolating``). It runs inside the batch's own transaction
   (``in_transaction = True``), so the credit, the record states and the batch's completion
-  commit together or not at all.
+  commit together or not at all. On PostgreSQL a batch of staged records is credited
+  set-based first (``credit_staged``: ``ledger.staged_credits``, no Python per record); only
+  a batch the ledger refuses that way goes through ``credit`` and its splitting.
 - ``HttpTarget``: an external loyalty system. ``POST <url>`` with JSON
   ``{"partner": code, "items": [{"key", "record_id", "member_id", "points", "txn_time",
   "memo"}]}``; the answer is ``200`` with ``{"results": [{"key", "status": "ok"|"rejected",
@@ -27,11 +29,13 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import httpx
+from sqlalchemy import Select, func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.errors import IncentiveError
 from incentive.ledger import service as ledger
+from incentive.ledger import staged_credits
 
 
 class TargetUnavailable(Exception):
@@ -61,6 +65,9 @@ class CreditPartner:
 class CreditRefusal:
     line_no: int
     detail: str
+
+
+CREDIT_KIND = "partner_points"
 
 
 def idempotency_key(partner_code: str, record_id: str) -> str:
@@ -103,7 +110,7 @@ class LedgerTarget:
                 debit_account_id=partner.funding_account_id,
                 credit_account_id=accounts[i.user_id],
                 amount=i.points,
-                kind="partner_points",
+                kind=CREDIT_KIND,
                 reference=f"points_file:{partner.file_id}:{i.line_no}",
             )
             for i in items
@@ -112,6 +119,38 @@ class LedgerTarget:
             return await _credit_isolating(session, list(zip(items, transfers, strict=True)))
         except DBAPIError as exc:
             raise TargetUnavailable(f"database: {type(exc.orig).__name__}") from exc
+
+    async def credit_staged(
+        self, partner: CreditPartner, records: Select[Any], session: AsyncSession
+    ) -> bool:
+        """Credit, set-based and all or nothing, the staged records that ``records`` selects
+        (columns ``record_id``, ``user_id``, ``points``, ``line_no``) with the same transfers
+        as ``credit``. ``False`` with nothing written when the ledger refuses them or wants to
+        look at them one by one: the caller then uses ``credit``, which isolates the refused
+        records."""
+        if partner.funding_account_id is None:
+            return False
+        r = records.subquery("staged")
+        source = select(
+            func.concat(f"partner:{partner.code}:", r.c.record_id).label("idempotency_key"),
+            r.c.user_id.label("owner_id"),
+            r.c.points.label("amount"),
+            func.concat(f"points_file:{partner.file_id}:", r.c.line_no).label("reference"),
+        )
+        try:
+            written = await staged_credits.credit_owners_from(
+                session,
+                source,
+                debit_account_id=partner.funding_account_id,
+                owner_type="user",
+                asset="POINTS",
+                kind=CREDIT_KIND,
+            )
+        except IncentiveError:
+            return False
+        except DBAPIError as exc:
+            raise TargetUnavailable(f"database: {type(exc.orig).__name__}") from exc
+        return written is not None
 
     async def aclose(self) -> None:
         return None
