@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol, cast
 
+import asyncpg
 from sqlalchemy import Select, Table, and_, literal, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -52,6 +53,10 @@ class AccountFacts(NamedTuple):
 
 def _is_sqlite(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "sqlite"
+
+
+def is_postgres(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
 
 
 # --------------------------------------------------------------------------- accounts
@@ -222,6 +227,123 @@ async def claim_transfer(
     return None if inserted is None else (int(inserted[0]), str(inserted[1]))
 
 
+# A transfer on PostgreSQL in two round trips, in the contract's lock order. First the key
+# (unique index: a concurrent claim of it waits here until the holder's transaction ends) and
+# both account rows in ascending id (``ORDER BY … FOR NO KEY UPDATE``, only once the row is
+# inserted: nothing is locked when the key exists or an account is missing or of another
+# asset). Then both guarded balance changes in one UPDATE: a statement of its own, so its
+# snapshot already holds the rows' latest versions (in the first statement, an UPDATE of a
+# row the CTE had just locked could queue behind a waiter for that row: a deadlock).
+_PG_CLAIM_AND_LOCK = text(
+    """
+    WITH ins AS (
+        INSERT INTO transfers (idempotency_key, debit_account_id, credit_account_id, amount,
+                               asset, kind, reference, metadata, created_at)
+        SELECT :key, d.id, c.id, :amount, d.asset, :kind, :reference, CAST(:meta AS json), :now
+        FROM accounts AS d JOIN accounts AS c ON c.id = :credit AND c.asset = d.asset
+        WHERE d.id = :debit
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING id, asset
+    ), locked AS (
+        SELECT a.id FROM accounts AS a
+        WHERE a.id IN (:debit, :credit) AND EXISTS (SELECT 1 FROM ins)
+        ORDER BY a.id
+        FOR NO KEY UPDATE
+    )
+    SELECT ins.id, ins.asset, (SELECT count(*) FROM locked) AS locked FROM ins
+    """
+)
+_PG_MOVE_BOTH = text(
+    """
+    UPDATE accounts AS a SET balance = a.balance + ch.delta
+    FROM (VALUES (CAST(:debit AS bigint), CAST(:debit_delta AS bigint),
+                  CAST(:debit_floor AS bigint), CAST(:debit_negative_floor AS bigint),
+                  CAST(:debit_ceiling AS bigint)),
+                 (CAST(:credit AS bigint), CAST(:credit_delta AS bigint),
+                  CAST(:credit_floor AS bigint), CAST(:credit_negative_floor AS bigint),
+                  CAST(:credit_ceiling AS bigint))
+         ) AS ch (id, delta, floor, negative_floor, ceiling)
+    WHERE a.id = ch.id AND a.balance <= ch.ceiling
+      AND (a.balance >= ch.floor OR (a.allow_negative AND a.balance >= ch.negative_floor))
+    RETURNING a.id
+    """
+)
+
+
+class Moved(NamedTuple):
+    """A transfer row written by ``claim_and_move``: its id and asset, and the
+    account refused by its bound (None: both balances moved; else neither did)."""
+
+    transfer_id: int
+    asset: str
+    refused: int | None
+
+
+async def claim_and_move(
+    session: AsyncSession, item: NewTransfer, meta: dict[str, Any], now: datetime
+) -> Moved | None:
+    """PostgreSQL: claim the key with the transfer row, lock both accounts in id order, then
+    move both balances: two round trips. None (nothing written, nothing locked) when the key
+    exists or the accounts are missing or hold different assets. When a bound refuses, no
+    balance is left changed (a side that moved is put back under our row lock) and the caller
+    removes the transfer row; a refused debit is the one reported, as if it went first."""
+    conn = await session.connection()
+    row = (
+        await conn.execute(
+            _PG_CLAIM_AND_LOCK,
+            {
+                "key": item.idempotency_key,
+                "debit": item.debit_account_id,
+                "credit": item.credit_account_id,
+                "amount": item.amount,
+                "kind": item.kind,
+                "reference": item.reference,
+                "meta": json.dumps(meta),
+                "now": now,
+            },
+        )
+    ).first()
+    if row is None:
+        return None
+    debit, credit = bounds(-item.amount), bounds(item.amount)
+    moved = {
+        int(r[0])
+        for r in await conn.execute(
+            _PG_MOVE_BOTH,
+            {
+                "debit": item.debit_account_id,
+                "debit_delta": -item.amount,
+                "debit_floor": debit.floor,
+                "debit_negative_floor": debit.negative_floor,
+                "debit_ceiling": debit.ceiling,
+                "credit": item.credit_account_id,
+                "credit_delta": item.amount,
+                "credit_floor": credit.floor,
+                "credit_negative_floor": credit.negative_floor,
+                "credit_ceiling": credit.ceiling,
+            },
+        )
+    }
+    if len(moved) == 2:
+        return Moved(int(row.id), str(row.asset), None)
+    if item.credit_account_id in moved:
+        await _put_back(session, item.credit_account_id, -item.amount)
+    elif item.debit_account_id in moved:
+        await _put_back(session, item.debit_account_id, item.amount)
+    refused = item.credit_account_id if item.debit_account_id in moved else item.debit_account_id
+    return Moved(int(row.id), str(row.asset), refused)
+
+
+async def _put_back(session: AsyncSession, account_id: int, delta: int) -> None:
+    """Undo this transaction's own change of a balance (its row is locked by us: no overflow)."""
+    await session.execute(
+        update(Account)
+        .where(Account.id == account_id)
+        .values(balance=Account.balance + delta)
+        .execution_options(synchronize_session=False)
+    )
+
+
 class Bounds(NamedTuple):
     """The balances from which adding ``delta`` stays in range, as parameters computed in
     Python: the guard itself never adds, so it cannot overflow in SQL."""
@@ -271,13 +393,7 @@ async def move_balance(
     if not await _add(session, debit_account_id, -amount):
         return debit_account_id
     if not await _add(session, credit_account_id, amount):
-        # Our own debit, on a row this transaction has locked: adding back cannot overflow.
-        await session.execute(
-            update(Account)
-            .where(Account.id == debit_account_id)
-            .values(balance=Account.balance + amount)
-            .execution_options(synchronize_session=False)
-        )
+        await _put_back(session, debit_account_id, amount)
         return credit_account_id
     return None
 
@@ -335,7 +451,66 @@ _PG_BATCH_INSERT = text(
 )
 
 
+_PG_EXISTING_KEYS = text(
+    "SELECT idempotency_key FROM transfers WHERE idempotency_key = ANY(CAST(:keys AS varchar[]))"
+)
+TRANSFER_COLUMNS = (
+    "idempotency_key",
+    "debit_account_id",
+    "credit_account_id",
+    "amount",
+    "asset",
+    "kind",
+    "reference",
+    "metadata",
+    "created_at",
+)
+
+
 async def _pg_insert(
+    session: AsyncSession,
+    items: Sequence[NewTransfer],
+    metas: Sequence[dict[str, Any]],
+    assets: Sequence[str],
+    now: datetime,
+) -> list[str]:
+    """COPY the rows whose key is not in the table (one look-up of all keys first), in a
+    savepoint; COPY writes rows in bulk at about twice the rate of ``INSERT … ON CONFLICT``.
+    A key inserted meanwhile by a concurrent transaction makes the COPY wait on the unique
+    index, then fail once that transaction commits: the savepoint is rolled back and the
+    ``INSERT … ON CONFLICT DO NOTHING`` form settles which keys exist."""
+    conn = await session.connection()
+    keys = [i.idempotency_key for i in items]
+    existing = {str(r[0]) for r in await conn.execute(_PG_EXISTING_KEYS, {"keys": keys})}
+    records = [
+        (
+            i.idempotency_key,
+            i.debit_account_id,
+            i.credit_account_id,
+            i.amount,
+            asset,
+            i.kind,
+            i.reference,
+            json.dumps(meta) if meta else "{}",
+            now,
+        )
+        for i, meta, asset in zip(items, metas, assets, strict=True)
+        if i.idempotency_key not in existing
+    ]
+    if not records:
+        return keys
+    try:
+        driver: Any = (await conn.get_raw_connection()).driver_connection
+        async with driver.transaction():  # inside the unit of work's: a savepoint
+            await driver.copy_records_to_table(
+                "transfers", records=records, columns=TRANSFER_COLUMNS
+            )
+    except asyncpg.UniqueViolationError:
+        return await _pg_insert_on_conflict(session, items, metas, assets, now)
+    return [k for k in keys if k in existing]
+
+
+async def _pg_insert_on_conflict(
     session: AsyncSession,
     items: Sequence[NewTransfer],
     metas: Sequence[dict[str, Any]],
@@ -352,7 +527,7 @@ async def _pg_insert(
             "assets": list(assets),
             "kinds": [i.kind for i in items],
             "refs": [i.reference for i in items],
-            "metas": [json.dumps(m) for m in metas],
+            "metas": [json.dumps(m) if m else "{}" for m in metas],
             "now": now,
             "n": len(items),
         },

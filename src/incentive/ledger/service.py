@@ -215,11 +215,20 @@ async def transfer(
     )
     meta = _check_item(item, "")
     now = utcnow()
-    claimed = await repository.claim_transfer(session, item, meta, now)
-    if claimed is None:
-        return await _replay_or_explain(session, item, meta)
-    transfer_id, asset = claimed
-    refused = await repository.move_balance(session, debit_account_id, credit_account_id, amount)
+    if repository.is_postgres(session):
+        moved = await repository.claim_and_move(session, item, meta, now)
+        if moved is None:
+            return await _replay_or_explain(session, item, meta)
+        transfer_id, asset = moved.transfer_id, moved.asset
+        refused = moved.refused
+    else:
+        claimed = await repository.claim_transfer(session, item, meta, now)
+        if claimed is None:
+            return await _replay_or_explain(session, item, meta)
+        transfer_id, asset = claimed
+        refused = await repository.move_balance(
+            session, debit_account_id, credit_account_id, amount
+        )
     if refused is not None:
         # No balance changed: removing our own uncommitted row leaves no trace.
         await session.execute(delete(Transfer).where(Transfer.id == transfer_id))
