@@ -6,8 +6,11 @@ contracts (idempotency, lock order, all or nothing) are stated and kept by the s
 functions; this module only promises to take row locks in ascending account id and to change
 balances with conditional UPDATEs.
 
-- PostgreSQL: set-based statements over ``unnest(...)`` arrays, a fixed number of round trips
-  whatever the batch size; row locks ``FOR NO KEY UPDATE`` in id order before balances move.
+- PostgreSQL: a single transfer in two statements (key, row and account locks; then both
+  balances). Batches: new rows by ``COPY`` (``INSERT … ON CONFLICT`` when a concurrent batch
+  took a key meanwhile) and set-based statements over ``unnest(...)`` arrays, a fixed number
+  of round trips whatever the batch size; row locks ``FOR NO KEY UPDATE`` in id order before
+  balances move.
 - SQLite: one writer at a time (``BEGIN IMMEDIATE``), so no row locks are needed and a key
   looked up as free stays free until this transaction ends; batches use executemany.
 """

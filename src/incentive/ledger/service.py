@@ -208,7 +208,9 @@ async def transfer(
     - Unknown account: ``AccountNotFound`` (404); different assets: ``AssetMismatch`` (409).
 
     A concurrent call with the same key waits for the first one's transaction (unique index)
-    and then returns its transfer. Balance updates take the account rows in id order.
+    and then returns its transfer. Balance updates take the account rows in id order. On
+    PostgreSQL two statements: the key claimed with the row and both accounts locked, then
+    both guarded balance changes in one UPDATE.
     """
     item = TransferItem(
         idempotency_key, debit_account_id, credit_account_id, amount, kind, reference, metadata
@@ -283,8 +285,10 @@ async def batch_transfer(session: AsyncSession, items: Sequence[TransferItem]) -
       at or above zero, else ``InsufficientFunds``; every balance must end within BIGINT, else
       ``BalanceLimit``; either way nothing is written.
     - PostgreSQL: set-based, a fixed number of statements whatever the batch size (one
-      ``INSERT ... SELECT FROM unnest(...)``, one lock of the touched accounts in id order,
-      one ``UPDATE ... FROM unnest(...)`` of the aggregated deltas). SQLite: executemany.
+      look-up of the keys, a ``COPY`` of the new rows in a savepoint — or, when a concurrent
+      batch committed one of the keys meanwhile, ``INSERT ... SELECT FROM unnest(...) ON
+      CONFLICT DO NOTHING`` — one lock of the touched accounts in id order, one
+      ``UPDATE ... FROM unnest(...)`` of the aggregated deltas). SQLite: executemany.
     """
     if not items:
         return BatchResult(created=0)
