@@ -7,23 +7,19 @@ functions; this module only promises to take row locks in ascending account id a
 balances with conditional UPDATEs.
 
 - PostgreSQL: a single transfer in two statements (key, row and account locks; then both
-  balances). Batches: new rows by ``COPY`` (``INSERT … ON CONFLICT`` when a concurrent batch
-  took a key meanwhile) and set-based statements over ``unnest(...)`` arrays, a fixed number
-  of round trips whatever the batch size; row locks ``FOR NO KEY UPDATE`` in id order before
-  balances move.
+  balances); row locks ``FOR NO KEY UPDATE`` in id order before balances move. Batches:
+  ``ledger.batch_statements``.
 - SQLite: one writer at a time (``BEGIN IMMEDIATE``), so no row locks are needed and a key
-  looked up as free stays free until this transaction ends; batches use executemany.
+  looked up as free stays free until this transaction ends.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, NamedTuple, Protocol, cast
+from typing import Any, NamedTuple, Protocol
 
-import asyncpg
-from sqlalchemy import Select, Table, and_, literal, or_, select, text, update
+from sqlalchemy import Select, and_, literal, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -337,6 +333,22 @@ async def claim_and_move(
     return Moved(int(row.id), str(row.asset), refused)
 
 
+async def write_transfer(
+    session: AsyncSession, item: NewTransfer, meta: dict[str, Any], now: datetime
+) -> Moved | None:
+    """Claim the key with the transfer row and move both balances (``claim_and_move`` on
+    PostgreSQL; ``claim_transfer`` then ``move_balance`` on SQLite). None, nothing written,
+    when the key exists or the accounts are missing or hold different assets; a ``refused``
+    account means no balance is left changed and the caller removes the row."""
+    if is_postgres(session):
+        return await claim_and_move(session, item, meta, now)
+    claimed = await claim_transfer(session, item, meta, now)
+    if claimed is None:
+        return None
+    debit, credit = item.debit_account_id, item.credit_account_id
+    return Moved(*claimed, await move_balance(session, debit, credit, item.amount))
+
+
 async def _put_back(session: AsyncSession, account_id: int, delta: int) -> None:
     """Undo this transaction's own change of a balance (its row is locked by us: no overflow)."""
     await session.execute(
@@ -393,15 +405,15 @@ async def move_balance(
             .where(Account.id == credit_account_id)
             .with_for_update(key_share=True)
         )
-    if not await _add(session, debit_account_id, -amount):
+    if not await add(session, debit_account_id, -amount):
         return debit_account_id
-    if not await _add(session, credit_account_id, amount):
+    if not await add(session, credit_account_id, amount):
         await _put_back(session, debit_account_id, amount)
         return credit_account_id
     return None
 
 
-async def _add(session: AsyncSession, account_id: int, delta: int) -> bool:
+async def add(session: AsyncSession, account_id: int, delta: int) -> bool:
     """One conditional UPDATE: add ``delta`` if the balance stays in range; False otherwise."""
     changed = (
         await session.execute(
@@ -413,208 +425,3 @@ async def _add(session: AsyncSession, account_id: int, delta: int) -> bool:
         )
     ).first()
     return changed is not None
-
-
-# --------------------------------------------------------------------------- batches
-
-
-async def insert_transfers(
-    session: AsyncSession,
-    items: Sequence[NewTransfer],
-    metas: Sequence[dict[str, Any]],
-    assets: Sequence[str],
-    now: datetime,
-) -> list[str]:
-    """Insert the transfers whose key is new; returns the keys that already existed (their
-    rows untouched), in the order of ``items``. Callers pass items in key order so that
-    concurrent batches sharing keys claim them in one order."""
-    if _is_sqlite(session):
-        return await _sqlite_insert(session, items, metas, assets, now)
-    return await _pg_insert(session, items, metas, assets, now)
-
-
-_PG_BATCH_INSERT = text(
-    """
-    WITH input AS (
-        SELECT * FROM unnest(
-            CAST(:keys AS varchar[]), CAST(:debits AS bigint[]), CAST(:credits AS bigint[]),
-            CAST(:amounts AS bigint[]), CAST(:assets AS varchar[]), CAST(:kinds AS varchar[]),
-            CAST(:refs AS varchar[]), CAST(:metas AS text[])
-        ) AS i(k, debit, credit, amount, asset, kind, ref, meta)
-    ), ins AS (
-        INSERT INTO transfers (idempotency_key, debit_account_id, credit_account_id, amount,
-                               asset, kind, reference, metadata, created_at)
-        SELECT k, debit, credit, amount, asset, kind, ref, CAST(meta AS json), :now FROM input
-        ON CONFLICT (idempotency_key) DO NOTHING
-        RETURNING idempotency_key
-    )
-    SELECT k FROM input WHERE (SELECT count(*) FROM ins) < :n
-        AND k NOT IN (SELECT idempotency_key FROM ins)
-    """
-)
-
-
-_PG_EXISTING_KEYS = text(
-    "SELECT idempotency_key FROM transfers WHERE idempotency_key = ANY(CAST(:keys AS varchar[]))"
-)
-TRANSFER_COLUMNS = (
-    "idempotency_key",
-    "debit_account_id",
-    "credit_account_id",
-    "amount",
-    "asset",
-    "kind",
-    "reference",
-    "metadata",
-    "created_at",
-)
-
-
-async def _pg_insert(
-    session: AsyncSession,
-    items: Sequence[NewTransfer],
-    metas: Sequence[dict[str, Any]],
-    assets: Sequence[str],
-    now: datetime,
-) -> list[str]:
-    """COPY the rows whose key is not in the table (one look-up of all keys first), in a
-    savepoint; COPY writes rows in bulk at about twice the rate of ``INSERT … ON CONFLICT``.
-    A key inserted meanwhile by a concurrent transaction makes the COPY wait on the unique
-    index, then fail once that transaction commits: the savepoint is rolled back and the
-    ``INSERT … ON CONFLICT DO NOTHING`` form settles which keys exist."""
-    conn = await session.connection()
-    keys = [i.idempotency_key for i in items]
-    existing = {str(r[0]) for r in await conn.execute(_PG_EXISTING_KEYS, {"keys": keys})}
-    records = [
-        (
-            i.idempotency_key,
-            i.debit_account_id,
-            i.credit_account_id,
-            i.amount,
-            asset,
-            i.kind,
-            i.reference,
-            json.dumps(meta) if meta else "{}",
-            now,
-        )
-        for i, meta, asset in zip(items, metas, assets, strict=True)
-        if i.idempotency_key not in existing
-    ]
-    if not records:
-        return keys
-    try:
-        driver: Any = (await conn.get_raw_connection()).driver_connection
-        async with driver.transaction():  # inside the unit of work's: a savepoint
-            await driver.copy_records_to_table(
-                "transfers", records=records, columns=TRANSFER_COLUMNS
-            )
-    except asyncpg.UniqueViolationError:
-        return await _pg_insert_on_conflict(session, items, metas, assets, now)
-    return [k for k in keys if k in existing]
-
-
-async def _pg_insert_on_conflict(
-    session: AsyncSession,
-    items: Sequence[NewTransfer],
-    metas: Sequence[dict[str, Any]],
-    assets: Sequence[str],
-    now: datetime,
-) -> list[str]:
-    rows = await session.execute(
-        _PG_BATCH_INSERT,
-        {
-            "keys": [i.idempotency_key for i in items],
-            "debits": [i.debit_account_id for i in items],
-            "credits": [i.credit_account_id for i in items],
-            "amounts": [i.amount for i in items],
-            "assets": list(assets),
-            "kinds": [i.kind for i in items],
-            "refs": [i.reference for i in items],
-            "metas": [json.dumps(m) if m else "{}" for m in metas],
-            "now": now,
-            "n": len(items),
-        },
-    )
-    return [str(r[0]) for r in rows]
-
-
-async def _sqlite_insert(
-    session: AsyncSession,
-    items: Sequence[NewTransfer],
-    metas: Sequence[dict[str, Any]],
-    assets: Sequence[str],
-    now: datetime,
-) -> list[str]:
-    # SQLite runs one writer at a time (BEGIN IMMEDIATE), so no other transaction can insert
-    # one of these keys between the look-up and the insert.
-    keys = [i.idempotency_key for i in items]
-    existing: set[str] = set()
-    for start in range(0, len(keys), 500):
-        chunk = keys[start : start + 500]
-        found = await session.execute(
-            select(Transfer.idempotency_key).where(Transfer.idempotency_key.in_(chunk))
-        )
-        existing.update(str(k) for k in found.scalars())
-    rows = [
-        {
-            "idempotency_key": i.idempotency_key,
-            "debit_account_id": i.debit_account_id,
-            "credit_account_id": i.credit_account_id,
-            "amount": i.amount,
-            "asset": asset,
-            "kind": i.kind,
-            "reference": i.reference,
-            "metadata": meta,
-            "created_at": now,
-        }
-        for i, meta, asset in zip(items, metas, assets, strict=True)
-        if i.idempotency_key not in existing
-    ]
-    if rows:
-        await session.execute(cast(Table, Transfer.__table__).insert(), rows)
-    return [k for k in keys if k in existing]
-
-
-_PG_APPLY_DELTAS = text(
-    """
-    UPDATE accounts AS a SET balance = a.balance + d.delta
-    FROM unnest(
-        CAST(:ids AS bigint[]), CAST(:deltas AS bigint[]), CAST(:floors AS bigint[]),
-        CAST(:negative_floors AS bigint[]), CAST(:ceilings AS bigint[])
-    ) AS d(id, delta, floor, negative_floor, ceiling)
-    WHERE a.id = d.id AND a.balance <= d.ceiling
-      AND (a.balance >= d.floor OR (a.allow_negative AND a.balance >= d.negative_floor))
-    RETURNING a.id
-    """
-)
-
-
-async def apply_deltas(session: AsyncSession, deltas: dict[int, int]) -> list[int]:
-    """Add each account's delta (|delta| <= 2^62) to its balance unless that takes an account
-    without ``allow_negative`` below zero or any balance out of ``[BALANCE_MIN, BALANCE_MAX]``;
-    returns those refused accounts' ids, ascending (the others are changed: the caller rolls
-    back its savepoint when any was refused). Row locks are taken in ascending account id."""
-    ids = sorted(deltas)
-    if _is_sqlite(session):
-        updated = {i for i in ids if await _add(session, i, deltas[i])}
-    else:
-        # Row locks in id order first; the UPDATE's own join order is up to the planner.
-        await session.execute(
-            select(Account.id)
-            .where(one_of(session, Account.id, ids))
-            .order_by(Account.id)
-            .with_for_update(key_share=True)
-        )
-        limits = [bounds(deltas[i]) for i in ids]
-        rows = await session.execute(
-            _PG_APPLY_DELTAS,
-            {
-                "ids": ids,
-                "deltas": [deltas[i] for i in ids],
-                "floors": [b.floor for b in limits],
-                "negative_floors": [b.negative_floor for b in limits],
-                "ceilings": [b.ceiling for b in limits],
-            },
-        )
-        updated = {int(r[0]) for r in rows}
-    return [i for i in ids if i not in updated]
