@@ -100,6 +100,38 @@ async def test_credit_beyond_bigint_is_refused_and_writes_nothing(db: Database) 
     assert (balances[full], balances[other]) == (BIGINT_MAX - 1, 1)
 
 
+async def test_a_caller_catching_a_refused_credit_carries_on_with_nothing_changed(
+    db: Database,
+) -> None:
+    """The contract lets a caller catch the refusal and carry on in the same transaction: the
+    debit side, which had room, is left as it was (not only after a rollback)."""
+    issuer, full, other = await _accounts(db, "full", "other")
+    partner = await _funding(db, "partner")
+    await _pay(db, issuer, full, BIGINT_MAX, "fill")
+    before = await _state(db)
+    async with db.unit_of_work() as s:
+        with pytest.raises(BalanceLimit):
+            await ledger.transfer(
+                s,
+                idempotency_key="past-the-brim",
+                debit_account_id=partner,
+                credit_account_id=full,
+                amount=7,
+                kind="move",
+            )
+        await ledger.transfer(
+            s,
+            idempotency_key="instead",
+            debit_account_id=partner,
+            credit_account_id=other,
+            amount=7,
+            kind="move",
+        )
+    count, balances = await _state(db)
+    assert count == before[0] + 1
+    assert (balances[partner], balances[full], balances[other]) == (-7, BIGINT_MAX, 7)
+
+
 async def test_debit_beyond_bigint_on_a_negative_account_is_refused(db: Database) -> None:
     issuer, a, b = await _accounts(db, "a", "b")
     await _pay(db, issuer, a, BIGINT_MAX, "fill")

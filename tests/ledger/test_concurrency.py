@@ -155,6 +155,40 @@ async def test_concurrent_identical_batches_apply_once(db: Database) -> None:
     await reconciled_balances(db)
 
 
+async def test_a_batch_waiting_on_keys_another_batch_commits_skips_them(db: Database) -> None:
+    """The second batch looks its keys up while the first holds them uncommitted (on
+    PostgreSQL its bulk write then waits on the unique index and fails once the first commits,
+    and it settles the keys again): both answer, the shared items move value once, and the
+    second batch's own item moves too."""
+    ids = await _accounts(db)
+    shared = [ledger.TransferItem(f"wait{i}", ids[i], ids[i + 1], 10, "move") for i in range(20)]
+    own = ledger.TransferItem("own", ids[30], ids[31], 5, "move")
+    first_written = asyncio.Event()
+
+    async def first() -> ledger.BatchResult:
+        async with db.unit_of_work() as s:
+            result = await ledger.batch_transfer(s, shared)
+            first_written.set()
+            await asyncio.sleep(0.5)  # the second batch starts and waits meanwhile
+            return result
+
+    async def second() -> ledger.BatchResult:
+        await first_written.wait()
+        async with db.unit_of_work() as s:
+            return await ledger.batch_transfer(s, [own, *shared])
+
+    one, two = await asyncio.gather(first(), second())
+    assert (one.created, one.skipped_keys) == (20, [])
+    assert (two.created, two.skipped_keys) == (1, sorted(i.idempotency_key for i in shared))
+    total, lowest, count = await _totals(db, ids)
+    assert count == ACCOUNTS + 21
+    assert total == ACCOUNTS * START_BALANCE
+    async with db.unit_of_work() as s:
+        balances = {i: (await ledger.get_account(s, i)).balance for i in (ids[0], ids[20], ids[31])}
+    assert balances == {ids[0]: START_BALANCE - 10, ids[20]: START_BALANCE + 10, ids[31]: 1005}
+    await reconciled_balances(db)
+
+
 async def test_concurrent_open_account_returns_one_row(db: Database) -> None:
     async def run() -> int:
         async with db.unit_of_work() as s:

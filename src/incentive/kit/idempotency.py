@@ -56,7 +56,7 @@ from typing import Annotated, Any, ParamSpec, Protocol, TypeVar
 from fastapi import Depends, Header, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.db import insert as db_insert
@@ -125,14 +125,41 @@ class Claim:
         entry), both in the transaction of the work. ``RuntimeError`` before anything is
         written when no hook is installed: a value-moving call is never left unaudited."""
         hook = _installed_hook()
-        await self.session.execute(
-            update(IdempotencyRecord)
-            .where(IdempotencyRecord.scope == self.scope, IdempotencyRecord.key == self.key)
-            .values(status="completed", response_status=status_code, response_body=body)
-            .execution_options(synchronize_session=False)
+        await (await self.session.connection()).execute(
+            _COMPLETE,
+            {"of_scope": self.scope, "of_key": self.key, "code": status_code, "body": body},
         )
         await hook(self, status_code)
 
+
+# Hot-path statements built once (Core, compiled once per dialect and cached by SQLAlchemy).
+_RECORDS = IdempotencyRecord.__table__
+_COMPLETE = (
+    update(IdempotencyRecord)
+    .where(
+        IdempotencyRecord.scope == bindparam("of_scope"),
+        IdempotencyRecord.key == bindparam("of_key"),
+    )
+    .values(status="completed", response_status=bindparam("code"), response_body=bindparam("body"))
+)
+_CLAIM = {
+    dialect: db_insert(dialect, _RECORDS)
+    .values(
+        scope=bindparam("scope"),
+        key=bindparam("key"),
+        fingerprint=bindparam("fingerprint"),
+        status="in_progress",
+        created_at=bindparam("now"),
+    )
+    .on_conflict_do_nothing(index_elements=["scope", "key"])
+    .returning(IdempotencyRecord.key)
+    for dialect in ("postgresql", "sqlite")
+}
+_RECORDED = select(
+    IdempotencyRecord.fingerprint,
+    IdempotencyRecord.response_status,
+    IdempotencyRecord.response_body,
+).where(IdempotencyRecord.scope == bindparam("scope"), IdempotencyRecord.key == bindparam("key"))
 
 CompletionHook = Callable[[Claim, int], Awaitable[None]]
 
@@ -186,18 +213,12 @@ async def claim_key(
 
     Raises ``IdempotencyConflict`` when the key was used for a different request.
     """
+    conn = await session.connection()
+    params = {"scope": scope, "key": key}
     claimed = (
-        await session.execute(
-            db_insert(session, IdempotencyRecord)
-            .values(
-                scope=scope,
-                key=key,
-                fingerprint=request_fingerprint,
-                status="in_progress",
-                created_at=utcnow(),
-            )
-            .on_conflict_do_nothing(index_elements=["scope", "key"])
-            .returning(IdempotencyRecord.key)
+        await conn.execute(
+            _CLAIM[conn.dialect.name],
+            {**params, "fingerprint": request_fingerprint, "now": utcnow()},
         )
     ).first()
     claim = Claim(session, scope, key, request_fingerprint)
@@ -205,15 +226,7 @@ async def claim_key(
         return claim
     # The earlier holder has committed (its uncommitted claim would have blocked the insert),
     # so its record is complete.
-    record = (
-        await session.execute(
-            select(
-                IdempotencyRecord.fingerprint,
-                IdempotencyRecord.response_status,
-                IdempotencyRecord.response_body,
-            ).where(IdempotencyRecord.scope == scope, IdempotencyRecord.key == key)
-        )
-    ).one()
+    record = (await conn.execute(_RECORDED, params)).one()
     if record.fingerprint != request_fingerprint:
         raise IdempotencyConflict(
             f"{HEADER} {key!r} was already used for a different request",

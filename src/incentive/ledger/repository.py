@@ -6,20 +6,20 @@ contracts (idempotency, lock order, all or nothing) are stated and kept by the s
 functions; this module only promises to take row locks in ascending account id and to change
 balances with conditional UPDATEs.
 
-- PostgreSQL: set-based statements over ``unnest(...)`` arrays, a fixed number of round trips
-  whatever the batch size; row locks ``FOR NO KEY UPDATE`` in id order before balances move.
+- PostgreSQL: a single transfer in two statements (key, row and account locks; then both
+  balances); row locks ``FOR NO KEY UPDATE`` in id order before balances move. Batches:
+  ``ledger.batch_statements``.
 - SQLite: one writer at a time (``BEGIN IMMEDIATE``), so no row locks are needed and a key
-  looked up as free stays free until this transaction ends; batches use executemany.
+  looked up as free stays free until this transaction ends.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, NamedTuple, Protocol, cast
+from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import Select, Table, and_, literal, or_, select, text, update
+from sqlalchemy import Select, and_, literal, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -52,6 +52,10 @@ class AccountFacts(NamedTuple):
 
 def _is_sqlite(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "sqlite"
+
+
+def is_postgres(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
 
 
 # --------------------------------------------------------------------------- accounts
@@ -222,6 +226,139 @@ async def claim_transfer(
     return None if inserted is None else (int(inserted[0]), str(inserted[1]))
 
 
+# A transfer on PostgreSQL in two round trips, in the contract's lock order. First the key
+# (unique index: a concurrent claim of it waits here until the holder's transaction ends) and
+# both account rows in ascending id (``ORDER BY … FOR NO KEY UPDATE``, only once the row is
+# inserted: nothing is locked when the key exists or an account is missing or of another
+# asset). Then both guarded balance changes in one UPDATE: a statement of its own, so its
+# snapshot already holds the rows' latest versions (in the first statement, an UPDATE of a
+# row the CTE had just locked could queue behind a waiter for that row: a deadlock).
+_PG_CLAIM_AND_LOCK = text(
+    """
+    WITH ins AS (
+        INSERT INTO transfers (idempotency_key, debit_account_id, credit_account_id, amount,
+                               asset, kind, reference, metadata, created_at)
+        SELECT :key, d.id, c.id, :amount, d.asset, :kind, :reference, CAST(:meta AS json), :now
+        FROM accounts AS d JOIN accounts AS c ON c.id = :credit AND c.asset = d.asset
+        WHERE d.id = :debit
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING id, asset
+    ), locked AS (
+        SELECT a.id FROM accounts AS a
+        WHERE a.id IN (:debit, :credit) AND EXISTS (SELECT 1 FROM ins)
+        ORDER BY a.id
+        FOR NO KEY UPDATE
+    )
+    SELECT ins.id, ins.asset, (SELECT count(*) FROM locked) AS locked FROM ins
+    """
+)
+_PG_MOVE_BOTH = text(
+    """
+    UPDATE accounts AS a SET balance = a.balance + ch.delta
+    FROM (VALUES (CAST(:debit AS bigint), CAST(:debit_delta AS bigint),
+                  CAST(:debit_floor AS bigint), CAST(:debit_negative_floor AS bigint),
+                  CAST(:debit_ceiling AS bigint)),
+                 (CAST(:credit AS bigint), CAST(:credit_delta AS bigint),
+                  CAST(:credit_floor AS bigint), CAST(:credit_negative_floor AS bigint),
+                  CAST(:credit_ceiling AS bigint))
+         ) AS ch (id, delta, floor, negative_floor, ceiling)
+    WHERE a.id = ch.id AND a.balance <= ch.ceiling
+      AND (a.balance >= ch.floor OR (a.allow_negative AND a.balance >= ch.negative_floor))
+    RETURNING a.id
+    """
+)
+
+
+class Moved(NamedTuple):
+    """A transfer row written by ``claim_and_move``: its id and asset, and the
+    account refused by its bound (None: both balances moved; else neither did)."""
+
+    transfer_id: int
+    asset: str
+    refused: int | None
+
+
+async def claim_and_move(
+    session: AsyncSession, item: NewTransfer, meta: dict[str, Any], now: datetime
+) -> Moved | None:
+    """PostgreSQL: claim the key with the transfer row, lock both accounts in id order, then
+    move both balances: two round trips. None (nothing written, nothing locked) when the key
+    exists or the accounts are missing or hold different assets. When a bound refuses, no
+    balance is left changed (a side that moved is put back under our row lock) and the caller
+    removes the transfer row; a refused debit is the one reported, as if it went first."""
+    conn = await session.connection()
+    row = (
+        await conn.execute(
+            _PG_CLAIM_AND_LOCK,
+            {
+                "key": item.idempotency_key,
+                "debit": item.debit_account_id,
+                "credit": item.credit_account_id,
+                "amount": item.amount,
+                "kind": item.kind,
+                "reference": item.reference,
+                "meta": json.dumps(meta),
+                "now": now,
+            },
+        )
+    ).first()
+    if row is None:
+        return None
+    debit, credit = bounds(-item.amount), bounds(item.amount)
+    moved = {
+        int(r[0])
+        for r in await conn.execute(
+            _PG_MOVE_BOTH,
+            {
+                "debit": item.debit_account_id,
+                "debit_delta": -item.amount,
+                "debit_floor": debit.floor,
+                "debit_negative_floor": debit.negative_floor,
+                "debit_ceiling": debit.ceiling,
+                "credit": item.credit_account_id,
+                "credit_delta": item.amount,
+                "credit_floor": credit.floor,
+                "credit_negative_floor": credit.negative_floor,
+                "credit_ceiling": credit.ceiling,
+            },
+        )
+    }
+    if len(moved) == 2:
+        return Moved(int(row.id), str(row.asset), None)
+    if item.credit_account_id in moved:
+        await _put_back(session, item.credit_account_id, -item.amount)
+    elif item.debit_account_id in moved:
+        await _put_back(session, item.debit_account_id, item.amount)
+    refused = item.credit_account_id if item.debit_account_id in moved else item.debit_account_id
+    return Moved(int(row.id), str(row.asset), refused)
+
+
+async def write_transfer(
+    session: AsyncSession, item: NewTransfer, meta: dict[str, Any], now: datetime
+) -> Moved | None:
+    """Claim the key with the transfer row and move both balances (``claim_and_move`` on
+    PostgreSQL; ``claim_transfer`` then ``move_balance`` on SQLite). None, nothing written,
+    when the key exists or the accounts are missing or hold different assets; a ``refused``
+    account means no balance is left changed and the caller removes the row."""
+    if is_postgres(session):
+        return await claim_and_move(session, item, meta, now)
+    claimed = await claim_transfer(session, item, meta, now)
+    if claimed is None:
+        return None
+    debit, credit = item.debit_account_id, item.credit_account_id
+    return Moved(*claimed, await move_balance(session, debit, credit, item.amount))
+
+
+async def _put_back(session: AsyncSession, account_id: int, delta: int) -> None:
+    """Undo this transaction's own change of a balance (its row is locked by us: no overflow)."""
+    await session.execute(
+        update(Account)
+        .where(Account.id == account_id)
+        .values(balance=Account.balance + delta)
+        .execution_options(synchronize_session=False)
+    )
+
+
 class Bounds(NamedTuple):
     """The balances from which adding ``delta`` stays in range, as parameters computed in
     Python: the guard itself never adds, so it cannot overflow in SQL."""
@@ -268,21 +405,15 @@ async def move_balance(
             .where(Account.id == credit_account_id)
             .with_for_update(key_share=True)
         )
-    if not await _add(session, debit_account_id, -amount):
+    if not await add(session, debit_account_id, -amount):
         return debit_account_id
-    if not await _add(session, credit_account_id, amount):
-        # Our own debit, on a row this transaction has locked: adding back cannot overflow.
-        await session.execute(
-            update(Account)
-            .where(Account.id == debit_account_id)
-            .values(balance=Account.balance + amount)
-            .execution_options(synchronize_session=False)
-        )
+    if not await add(session, credit_account_id, amount):
+        await _put_back(session, debit_account_id, amount)
         return credit_account_id
     return None
 
 
-async def _add(session: AsyncSession, account_id: int, delta: int) -> bool:
+async def add(session: AsyncSession, account_id: int, delta: int) -> bool:
     """One conditional UPDATE: add ``delta`` if the balance stays in range; False otherwise."""
     changed = (
         await session.execute(
@@ -294,149 +425,3 @@ async def _add(session: AsyncSession, account_id: int, delta: int) -> bool:
         )
     ).first()
     return changed is not None
-
-
-# --------------------------------------------------------------------------- batches
-
-
-async def insert_transfers(
-    session: AsyncSession,
-    items: Sequence[NewTransfer],
-    metas: Sequence[dict[str, Any]],
-    assets: Sequence[str],
-    now: datetime,
-) -> list[str]:
-    """Insert the transfers whose key is new; returns the keys that already existed (their
-    rows untouched), in the order of ``items``. Callers pass items in key order so that
-    concurrent batches sharing keys claim them in one order."""
-    if _is_sqlite(session):
-        return await _sqlite_insert(session, items, metas, assets, now)
-    return await _pg_insert(session, items, metas, assets, now)
-
-
-_PG_BATCH_INSERT = text(
-    """
-    WITH input AS (
-        SELECT * FROM unnest(
-            CAST(:keys AS varchar[]), CAST(:debits AS bigint[]), CAST(:credits AS bigint[]),
-            CAST(:amounts AS bigint[]), CAST(:assets AS varchar[]), CAST(:kinds AS varchar[]),
-            CAST(:refs AS varchar[]), CAST(:metas AS text[])
-        ) AS i(k, debit, credit, amount, asset, kind, ref, meta)
-    ), ins AS (
-        INSERT INTO transfers (idempotency_key, debit_account_id, credit_account_id, amount,
-                               asset, kind, reference, metadata, created_at)
-        SELECT k, debit, credit, amount, asset, kind, ref, CAST(meta AS json), :now FROM input
-        ON CONFLICT (idempotency_key) DO NOTHING
-        RETURNING idempotency_key
-    )
-    SELECT k FROM input WHERE (SELECT count(*) FROM ins) < :n
-        AND k NOT IN (SELECT idempotency_key FROM ins)
-    """
-)
-
-
-async def _pg_insert(
-    session: AsyncSession,
-    items: Sequence[NewTransfer],
-    metas: Sequence[dict[str, Any]],
-    assets: Sequence[str],
-    now: datetime,
-) -> list[str]:
-    rows = await session.execute(
-        _PG_BATCH_INSERT,
-        {
-            "keys": [i.idempotency_key for i in items],
-            "debits": [i.debit_account_id for i in items],
-            "credits": [i.credit_account_id for i in items],
-            "amounts": [i.amount for i in items],
-            "assets": list(assets),
-            "kinds": [i.kind for i in items],
-            "refs": [i.reference for i in items],
-            "metas": [json.dumps(m) for m in metas],
-            "now": now,
-            "n": len(items),
-        },
-    )
-    return [str(r[0]) for r in rows]
-
-
-async def _sqlite_insert(
-    session: AsyncSession,
-    items: Sequence[NewTransfer],
-    metas: Sequence[dict[str, Any]],
-    assets: Sequence[str],
-    now: datetime,
-) -> list[str]:
-    # SQLite runs one writer at a time (BEGIN IMMEDIATE), so no other transaction can insert
-    # one of these keys between the look-up and the insert.
-    keys = [i.idempotency_key for i in items]
-    existing: set[str] = set()
-    for start in range(0, len(keys), 500):
-        chunk = keys[start : start + 500]
-        found = await session.execute(
-            select(Transfer.idempotency_key).where(Transfer.idempotency_key.in_(chunk))
-        )
-        existing.update(str(k) for k in found.scalars())
-    rows = [
-        {
-            "idempotency_key": i.idempotency_key,
-            "debit_account_id": i.debit_account_id,
-            "credit_account_id": i.credit_account_id,
-            "amount": i.amount,
-            "asset": asset,
-            "kind": i.kind,
-            "reference": i.reference,
-            "metadata": meta,
-            "created_at": now,
-        }
-        for i, meta, asset in zip(items, metas, assets, strict=True)
-        if i.idempotency_key not in existing
-    ]
-    if rows:
-        await session.execute(cast(Table, Transfer.__table__).insert(), rows)
-    return [k for k in keys if k in existing]
-
-
-_PG_APPLY_DELTAS = text(
-    """
-    UPDATE accounts AS a SET balance = a.balance + d.delta
-    FROM unnest(
-        CAST(:ids AS bigint[]), CAST(:deltas AS bigint[]), CAST(:floors AS bigint[]),
-        CAST(:negative_floors AS bigint[]), CAST(:ceilings AS bigint[])
-    ) AS d(id, delta, floor, negative_floor, ceiling)
-    WHERE a.id = d.id AND a.balance <= d.ceiling
-      AND (a.balance >= d.floor OR (a.allow_negative AND a.balance >= d.negative_floor))
-    RETURNING a.id
-    """
-)
-
-
-async def apply_deltas(session: AsyncSession, deltas: dict[int, int]) -> list[int]:
-    """Add each account's delta (|delta| <= 2^62) to its balance unless that takes an account
-    without ``allow_negative`` below zero or any balance out of ``[BALANCE_MIN, BALANCE_MAX]``;
-    returns those refused accounts' ids, ascending (the others are changed: the caller rolls
-    back its savepoint when any was refused). Row locks are taken in ascending account id."""
-    ids = sorted(deltas)
-    if _is_sqlite(session):
-        updated = {i for i in ids if await _add(session, i, deltas[i])}
-    else:
-        # Row locks in id order first; the UPDATE's own join order is up to the planner.
-        await session.execute(
-            select(Account.id)
-            .where(one_of(session, Account.id, ids))
-            .order_by(Account.id)
-            .with_for_update(key_share=True)
-        )
-        limits = [bounds(deltas[i]) for i in ids]
-        rows = await session.execute(
-            _PG_APPLY_DELTAS,
-            {
-                "ids": ids,
-                "deltas": [deltas[i] for i in ids],
-                "floors": [b.floor for b in limits],
-                "negative_floors": [b.negative_floor for b in limits],
-                "ceilings": [b.ceiling for b in limits],
-            },
-        )
-        updated = {int(r[0]) for r in rows}
-    return [i for i in ids if i not in updated]

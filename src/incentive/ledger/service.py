@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from incentive.db import one_of, utcnow
 from incentive.errors import InvalidField
 from incentive.kit.pagination import KeyInt, Keyset, Slice, check_limit
-from incentive.ledger import repository
+from incentive.ledger import batch_statements, repository
 from incentive.ledger.errors import (
     AccountNotFound,
     AssetMismatch,
@@ -208,18 +208,18 @@ async def transfer(
     - Unknown account: ``AccountNotFound`` (404); different assets: ``AssetMismatch`` (409).
 
     A concurrent call with the same key waits for the first one's transaction (unique index)
-    and then returns its transfer. Balance updates take the account rows in id order.
+    and then returns its transfer. Balance updates take the account rows in id order (on
+    PostgreSQL in two statements, ``repository.claim_and_move``).
     """
     item = TransferItem(
         idempotency_key, debit_account_id, credit_account_id, amount, kind, reference, metadata
     )
     meta = _check_item(item, "")
     now = utcnow()
-    claimed = await repository.claim_transfer(session, item, meta, now)
-    if claimed is None:
+    written = await repository.write_transfer(session, item, meta, now)
+    if written is None:
         return await _replay_or_explain(session, item, meta)
-    transfer_id, asset = claimed
-    refused = await repository.move_balance(session, debit_account_id, credit_account_id, amount)
+    transfer_id, asset, refused = written
     if refused is not None:
         # No balance changed: removing our own uncommitted row leaves no trace.
         await session.execute(delete(Transfer).where(Transfer.id == transfer_id))
@@ -273,9 +273,8 @@ async def batch_transfer(session: AsyncSession, items: Sequence[TransferItem]) -
     - The batch is checked on its net effect: every account without ``allow_negative`` must end
       at or above zero, else ``InsufficientFunds``; every balance must end within BIGINT, else
       ``BalanceLimit``; either way nothing is written.
-    - PostgreSQL: set-based, a fixed number of statements whatever the batch size (one
-      ``INSERT ... SELECT FROM unnest(...)``, one lock of the touched accounts in id order,
-      one ``UPDATE ... FROM unnest(...)`` of the aggregated deltas). SQLite: executemany.
+    - PostgreSQL: set-based, a fixed number of statements whatever the batch size (new rows
+      by ``COPY``; see ``batch_statements``). SQLite: executemany.
     """
     if not items:
         return BatchResult(created=0)
@@ -304,7 +303,7 @@ async def batch_transfer(session: AsyncSession, items: Sequence[TransferItem]) -
     ordered_metas = [metas[i] for i in order]
     assets = [accounts[i.debit_account_id].asset for i in ordered]
     async with session.begin_nested():
-        skipped = await repository.insert_transfers(
+        skipped = await batch_statements.insert_transfers(
             session, ordered, ordered_metas, assets, utcnow()
         )
         if skipped:
@@ -316,7 +315,7 @@ async def batch_transfer(session: AsyncSession, items: Sequence[TransferItem]) -
             if abs(delta) > MAX_BATCH_DELTA:
                 raise InvalidField("items", "net-change-limit", f"account {account_id} net change")
         if deltas:
-            refused_ids = await repository.apply_deltas(session, deltas)
+            refused_ids = await batch_statements.apply_deltas(session, deltas)
             if refused_ids:
                 short = [i for i in refused_ids if deltas[i] < 0 and not accounts[i].allow_negative]
                 _refuse("the batch", refused_ids, short)
