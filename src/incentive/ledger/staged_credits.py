@@ -5,7 +5,7 @@ caller whose transfers are rows of its own table (a staged points file), Postgre
 query selects, in a fixed number of statements whatever the row count: the owners' accounts
 opened (one ``INSERT … SELECT … ON CONFLICT DO NOTHING``, owners in sorted order), the
 transfers written (one ``INSERT … SELECT``, keys in sorted order, their per-account sums
-returned), then the balances changed by ``repository.apply_deltas`` (row locks in id order,
+returned), then the balances changed by ``batch_statements.apply_deltas`` (row locks in id order,
 guarded bounds). Nothing goes through Python per transfer.
 
 It keeps ``batch_transfer``'s contract for the rows it writes — all or nothing, checked on the
@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.db import utcnow
 from incentive.errors import InvalidField
-from incentive.ledger import repository
+from incentive.ledger import batch_statements, repository
 from incentive.ledger.metrics import TRANSFERS
 from incentive.ledger.models import Account, Transfer
 from incentive.ledger.service import (
@@ -156,7 +156,7 @@ async def credit_owners_from(
                 if abs(delta) > MAX_BATCH_DELTA:
                     raise InvalidField("items", "net-change-limit", f"account {account_id}")
             if deltas:
-                refused = await repository.apply_deltas(session, dict(deltas))
+                refused = await batch_statements.apply_deltas(session, dict(deltas))
                 if refused:
                     facts = await repository.account_facts(session, set(refused))
                     short = [i for i in refused if deltas[i] < 0 and not facts[i].allow_negative]
