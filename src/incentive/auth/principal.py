@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
+import asyncpg
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy import bindparam, exists, select
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 
 from incentive.auth.audit import record_idempotent_call
 from incentive.auth.keyring import KeyRing, SigningKey
@@ -20,7 +22,7 @@ from incentive.auth.partner_keys import partner_for_key
 from incentive.auth.principal_cache import Caches
 from incentive.auth.tokens import verify_access_token
 from incentive.deps import database
-from incentive.errors import Forbidden, Unauthorized
+from incentive.errors import Forbidden, ServiceUnavailable, Unauthorized
 from incentive.kit import idempotency
 
 
@@ -68,6 +70,31 @@ _USER_AND_REVOCATION = select(
 ).where(User.id == bindparam("sub"))
 
 
+_PG_COMPILED = _USER_AND_REVOCATION.compile(dialect=PGDialect_asyncpg())  # type: ignore[no-untyped-call]
+_PG_USER_AND_REVOCATION = (str(_PG_COMPILED), tuple(_PG_COMPILED.positiontup or ()))
+
+
+async def _user_and_revocation(request: Request, jti: str, sub: str) -> Any:
+    """(username, role, merchant_id, blocked, revoked) of the token's user and ``jti``, or
+    None when there is no such user: one autocommit read.
+
+    On PostgreSQL the statement, compiled once, goes straight to asyncpg's prepared-statement
+    cache on the pooled connection: a cache miss is on the path of every new caller.
+    """
+    params = {"jti": jti, "sub": sub}
+    async with database(request).reader() as conn:
+        if conn.dialect.name != "postgresql":
+            return (await conn.execute(_USER_AND_REVOCATION, params)).one_or_none()
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        sql, order = _PG_USER_AND_REVOCATION
+        try:
+            return await driver.fetchrow(sql, *(params[name] for name in order))
+        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+            # What SQLAlchemy would have reported as an invalidated connection (deps.py).
+            raise ServiceUnavailable("database connection lost, retry", retry_after=1) from exc
+
+
 async def bearer_principal(request: Request, authorization: str | None) -> Principal:
     """The caller of an ``Authorization`` header value (401 for anything but a live bearer
     token of a user who may still sign in); cached, see ``principal_cache``."""
@@ -93,17 +120,15 @@ async def _bearer_principal(request: Request, authorization: str | None) -> Prin
         return hit.principal
     generation = cache.generation
     claims, kid, key = verify_access_token(ring, token)
-    async with database(request).reader() as conn:
-        row = (
-            await conn.execute(_USER_AND_REVOCATION, {"jti": claims.jti, "sub": claims.sub})
-        ).one_or_none()
-    if row is not None and row.revoked:
-        raise Unauthorized("token revoked")
-    if row is None or row.blocked or row.role != claims.role:
+    row = await _user_and_revocation(request, claims.jti, claims.sub)
+    if row is None:
         raise Unauthorized("token subject no longer valid")
-    principal = Principal(
-        claims.sub, row.username, row.role, row.merchant_id, claims.jti, claims.exp
-    )
+    username, role, merchant_id, blocked, revoked = row
+    if revoked:
+        raise Unauthorized("token revoked")
+    if blocked or role != claims.role:
+        raise Unauthorized("token subject no longer valid")
+    principal = Principal(claims.sub, username, role, merchant_id, claims.jti, claims.exp)
     expires_at = claims.exp.timestamp()
     cache.put(
         token,
