@@ -149,7 +149,7 @@ def _profiled(server: Server, out: Path, seconds: int, run: Any) -> tuple[Any, d
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     recorder = subprocess.Popen(
         [spy, "record", "-p", str(server.proc.pid), "-f", "raw", "-o", str(out)]
-        + ["-d", str(seconds), "-r", "200", "--nonblocking"],
+        + ["-d", str(seconds), "-r", "200"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
