@@ -13,6 +13,7 @@ from fastapi.security import APIKeyHeader, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy import bindparam, exists, select
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
+from sqlalchemy.exc import OperationalError
 
 from incentive.auth.audit import record_idempotent_call
 from incentive.auth.keyring import KeyRing, SigningKey
@@ -84,7 +85,10 @@ async def _user_and_revocation(request: Request, jti: str, sub: str) -> Any:
     params = {"jti": jti, "sub": sub}
     async with database(request).reader() as conn:
         if conn.dialect.name != "postgresql":
-            return (await conn.execute(_USER_AND_REVOCATION, params)).one_or_none()
+            try:
+                return (await conn.execute(_USER_AND_REVOCATION, params)).one_or_none()
+            except OperationalError as exc:  # SQLite's lock busy past its timeout (deps.py)
+                raise ServiceUnavailable("database busy, retry shortly", retry_after=1) from exc
         driver = (await conn.get_raw_connection()).driver_connection
         assert driver is not None
         sql, order = _PG_USER_AND_REVOCATION
