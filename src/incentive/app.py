@@ -75,6 +75,10 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         dependencies=[Depends(declared_query_only)],
         # No badge fetched from the public schema validator.
         swagger_ui_parameters={"validatorUrl": None},
+        # No OpenTelemetry here (metrics are Prometheus, logs JSON lines): with it on, FastAPI
+        # asks OpenTelemetry for its providers on every request, and each ask reads
+        # os.environ.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.keyring = KeyRing.load(settings.data_dir / "keys", settings.signing_key_file)

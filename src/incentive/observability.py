@@ -60,20 +60,53 @@ def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
     root.setLevel(level.upper())
 
 
+def _incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope.get("headers") or ():
+        if name == b"x-request-id":
+            incoming = value.decode("latin-1")
+            return incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else None
+    return None
+
+
+class _RouteMetrics:
+    """The labelled Prometheus children of each (method, route, status), made once each:
+    ``labels()`` takes a lock and builds its key on every call."""
+
+    def __init__(self) -> None:
+        self._latency: dict[tuple[str, str], Any] = {}
+        self._requests: dict[tuple[str, str, int], Any] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        latency = self._latency.get((method, route))
+        if latency is None:
+            latency = self._latency[method, route] = HTTP_LATENCY.labels(method, route)
+        requests = self._requests.get((method, route, status))
+        if requests is None:
+            requests = self._requests[method, route, status] = HTTP_REQUESTS.labels(
+                method, route, str(status)
+            )
+        requests.inc()
+        latency.observe(seconds)
+
+
+_UNLOGGED_ROUTES = frozenset({"/healthz", "/metrics"})
+
+
 class RequestContextMiddleware:
     """Assigns/propagates X-Request-ID, records per-route metrics and one access log line."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.metrics = _RouteMetrics()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
-        rid = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+        rid = _incoming_request_id(scope) or uuid.uuid4().hex
         token = request_id_var.set(rid)
         scope.setdefault("state", {})["request_id"] = rid
+        rid_header = (b"x-request-id", rid.encode("latin-1"))
         status = 500
         started = False
         start = time.perf_counter()
@@ -82,9 +115,7 @@ class RequestContextMiddleware:
             nonlocal status, started
             if message["type"] == "http.response.start":
                 status, started = message["status"], True
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", rid.encode("latin-1")))
-                message["headers"] = headers
+                message["headers"] = [*message.get("headers", ()), rid_header]
             await send(message)
 
         try:
@@ -100,9 +131,8 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             method = scope.get("method", "")
-            HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            HTTP_LATENCY.labels(method, route).observe(elapsed)
-            if route not in ("/healthz", "/metrics"):
+            self.metrics.observe(method, route, status, elapsed)
+            if route not in _UNLOGGED_ROUTES and log.isEnabledFor(logging.INFO):
                 extra: dict[str, Any] = {
                     "method": method,
                     "path": scope.get("path"),

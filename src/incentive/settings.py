@@ -48,6 +48,14 @@ class Settings(BaseSettings):
     max_sessions_per_user: int = Field(
         default=10, ge=1, description="live sessions per user; a new login revokes the oldest"
     )
+    principal_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=60,
+        description="how long a resolved caller (bearer token, partner API key) is reused "
+        "without a lookup; revocations drop it at once (in other processes via Redis), so "
+        "this bounds only changes no process announced (0: look up every request)",
+    )
     forwarded_allow_ips: str = Field(
         default="",
         description="comma-separated proxy addresses/networks whose X-Forwarded-For is "

@@ -7,13 +7,15 @@ stdout; a refusal prints ``error: ...`` on stderr and exits 2 for invalid input,
 
 from __future__ import annotations
 
+import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from incentive.auth import keyring, partner_keys, passwords, service, sessions
+from incentive.auth import keyring, partner_keys, passwords, principal_cache, service, sessions
 from incentive.auth.models import ROLES, Merchant, Partner, PartnerApiKey, User
 from incentive.errors import BadRequest
 from incentive.kit.commands import echo_json, fail, run_work
@@ -26,6 +28,15 @@ merchants_app = typer.Typer(no_args_is_help=True, help="Merchants (shops) that s
 partners_app = typer.Typer(no_args_is_help=True, help="Partner systems and their API keys")
 keys_app = typer.Typer(no_args_is_help=True, help="Token signing keys")
 sessions_app = typer.Typer(no_args_is_help=True, help="Login sessions and revoked tokens")
+
+
+def _run_work(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """``run_work``, then the servers are told (through Redis) which callers' cached
+    credentials the committed change took away (a block, a revoked or rotated key)."""
+    principal_cache.collect_drops()
+    result = run_work(work)
+    asyncio.run(principal_cache.announce_collected(get_settings().redis_url))
+    return result
 
 
 def register(app: typer.Typer) -> None:
@@ -118,7 +129,7 @@ def create_user(
         )
         return _user_json(user, merchant)
 
-    echo_json(run_work(work))
+    echo_json(_run_work(work))
 
 
 def _set_blocked(username: str, blocked: bool) -> None:
@@ -127,7 +138,7 @@ def _set_blocked(username: str, blocked: bool) -> None:
         merchant = await session.get(Merchant, user.merchant_id) if user.merchant_id else None
         return _user_json(user, merchant.code if merchant else None)
 
-    echo_json(run_work(work))
+    echo_json(_run_work(work))
 
 
 @users_app.command("block")
@@ -152,7 +163,7 @@ def create_merchant(
     async def work(session: AsyncSession) -> dict[str, Any]:
         return _merchant_json(await service.create_merchant(session, code, name))
 
-    echo_json(run_work(work))
+    echo_json(_run_work(work))
 
 
 @partners_app.command("create")
@@ -166,7 +177,7 @@ def create_partner(
         partner, api_key = await service.create_partner(session, code, name)
         return await _partner_now(session, partner) | {"api_key": api_key}
 
-    echo_json(run_work(work))
+    echo_json(_run_work(work))
 
 
 @partners_app.command("show")
@@ -176,7 +187,7 @@ def show_partner(code: str) -> None:
     async def work(session: AsyncSession) -> dict[str, Any]:
         return await _partner_now(session, await partner_keys.partner_by_code(session, code))
 
-    echo_json(run_work(work))
+    echo_json(_run_work(work))
 
 
 @partners_app.command("rotate-key")
@@ -196,7 +207,7 @@ def rotate_partner_key(
         issued = await partner_keys.rotate_key(session, code, grace_seconds)
         return {"key": _key_json(issued.row), "api_key": issued.api_key}
 
-    echo_json(run_work(work))
+    echo_json(_run_work(work))
 
 
 @partners_app.command("revoke-key")
@@ -206,7 +217,7 @@ def revoke_partner_key(code: str, key_id: str) -> None:
     async def work(session: AsyncSession) -> dict[str, Any]:
         return _key_json(await partner_keys.revoke_key(session, code, key_id))
 
-    echo_json(run_work(work))
+    echo_json(_run_work(work))
 
 
 def _set_partner_disabled(code: str, disabled: bool) -> None:
@@ -214,7 +225,7 @@ def _set_partner_disabled(code: str, disabled: bool) -> None:
         partner = await partner_keys.set_partner_disabled(session, code, disabled)
         return await _partner_now(session, partner)
 
-    echo_json(run_work(work))
+    echo_json(_run_work(work))
 
 
 @partners_app.command("disable")
@@ -255,4 +266,4 @@ def purge_expired() -> None:
         counts = await sessions.purge_expired(session)
         return {"revoked_tokens": counts.revoked_tokens, "refresh_tokens": counts.refresh_tokens}
 
-    echo_json(run_work(work))
+    echo_json(_run_work(work))

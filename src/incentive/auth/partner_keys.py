@@ -1,9 +1,9 @@
 """Partner API keys: issue, rotate with a grace period, revoke; disable a partner. Audited.
 
 A key is stored only as its sha256 (keys are 256-bit random strings, so a fast hash is safe
-and allows indexed lookup) and shown once, when issued. Every request resolves its key
-against the database (no cache), so a revoked key or a disabled partner is refused from the
-next request on.
+and allows indexed lookup) and shown once, when issued. Requests resolve their key through
+``auth.principal_cache``: every change here drops the partner's cached keys when it commits,
+in this process at once and in the others through Redis (else within the cache's TTL).
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy import ColumnElement, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from incentive.auth.audit import record_audit
 from incentive.auth.models import Partner, PartnerApiKey
+from incentive.auth.principal_cache import forget_after_commit
 from incentive.db import utcnow
 from incentive.errors import NotFound
 from incentive.kit.idempotency import Caller
@@ -97,6 +98,7 @@ async def rotate_key(
         .execution_options(synchronize_session=False)
     )
     issued = await issue_key(session, partner)
+    forget_after_commit(session, subjects=[partner.id])
     await record_audit(
         session,
         actor,
@@ -122,6 +124,7 @@ async def revoke_key(
     if key.revoked_at is None:
         key.revoked_at = utcnow()
         await session.flush()
+        forget_after_commit(session, credentials=[key.key_hash], subjects=[partner.id])
         await record_audit(
             session,
             actor,
@@ -140,6 +143,7 @@ async def set_partner_disabled(
     if (partner.disabled_at is not None) != disabled:
         partner.disabled_at = utcnow() if disabled else None
         await session.flush()
+        forget_after_commit(session, subjects=[partner.id])
         await record_audit(
             session,
             actor,
@@ -150,19 +154,34 @@ async def set_partner_disabled(
     return partner
 
 
+@dataclass(frozen=True)
+class KeyHolder:
+    """The enabled partner of a key that works now, and until when the key works."""
+
+    partner_id: str
+    code: str
+    key_hash: str
+    expires_at: datetime | None
+
+
+# Built once (hot path: every partner request that misses the cache).
+_KEY_HOLDER = (
+    select(Partner.id, Partner.code, PartnerApiKey.key_hash, PartnerApiKey.expires_at)
+    .join(PartnerApiKey, PartnerApiKey.partner_id == Partner.id)
+    .where(
+        PartnerApiKey.key_hash == bindparam("key_hash"),
+        Partner.disabled_at.is_(None),
+        PartnerApiKey.revoked_at.is_(None),
+        or_(PartnerApiKey.expires_at.is_(None), PartnerApiKey.expires_at > bindparam("now")),
+    )
+)
+
+
 async def partner_for_key(
     session: AsyncSession | AsyncConnection, api_key: str
-) -> tuple[str, str] | None:
-    """``(partner id, code)`` for a key that works now of an enabled partner, else None."""
+) -> KeyHolder | None:
+    """The holder of a key that works now of an enabled partner, else None."""
     row = (
-        await session.execute(
-            select(Partner.id, Partner.code)
-            .join(PartnerApiKey, PartnerApiKey.partner_id == Partner.id)
-            .where(
-                PartnerApiKey.key_hash == hash_api_key(api_key),
-                Partner.disabled_at.is_(None),
-                *_usable(utcnow()),
-            )
-        )
+        await session.execute(_KEY_HOLDER, {"key_hash": hash_api_key(api_key), "now": utcnow()})
     ).one_or_none()
-    return None if row is None else (str(row[0]), str(row[1]))
+    return None if row is None else KeyHolder(str(row[0]), str(row[1]), str(row[2]), row[3])

@@ -35,6 +35,7 @@ from incentive.auth.passwords import (
     password_matches,
 )
 from incentive.auth.principal import Principal
+from incentive.auth.principal_cache import forget_after_commit
 from incentive.auth.service import user_by_username
 from incentive.auth.throttle import LoginThrottle
 from incentive.auth.tokens import issue_access_token
@@ -208,6 +209,7 @@ async def _revoke_access_token(session: AsyncSession, jti: str, expires_at: date
         .values(jti=jti, expires_at=expires_at, revoked_at=utcnow())
         .on_conflict_do_nothing(index_elements=[RevokedToken.jti])
     )
+    forget_after_commit(session, credentials=[jti])
 
 
 async def revoke_family(session: AsyncSession, family_id: str, settings: Settings) -> None:
@@ -264,6 +266,7 @@ async def set_user_blocked(
         raise NotFound(f"no user {username!r}")
     user.blocked = blocked
     await session.flush()
+    forget_after_commit(session, subjects=[user.id])
     if blocked:
         families = await session.execute(
             select(RefreshToken.family_id)

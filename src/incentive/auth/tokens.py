@@ -65,6 +65,11 @@ def issue_access_token(
 
 def decode_access_token(ring: KeyRing, token: str) -> AccessClaims:
     """Verify signature (by ``kid``), algorithm and expiry; any failure is a 401."""
+    return verify_access_token(ring, token)[0]
+
+
+def verify_access_token(ring: KeyRing, token: str) -> tuple[AccessClaims, str, SigningKey]:
+    """Like :func:`decode_access_token`, with the ``kid`` and the key that verified it."""
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:
@@ -73,12 +78,12 @@ def decode_access_token(ring: KeyRing, token: str) -> AccessClaims:
         raise Unauthorized("token algorithm not accepted")
     kid = header.get("kid")
     key = ring.verification_key(kid) if isinstance(kid, str) else None
-    if key is None:
+    if key is None or not isinstance(kid, str):
         raise Unauthorized("unknown signing key")
     claims = _verified(token, key)
     if claims.exp <= utcnow():
         raise Unauthorized("token expired")
-    return claims
+    return claims, kid, key
 
 
 @functools.lru_cache(maxsize=16_384)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import FileResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from incentive.auth.principal import Principal, current_partner, current_user
+from incentive.auth.principal import Principal, bearer_principal, partner_principal
 from incentive.deps import Session
 from incentive.errors import AUTHENTICATED, VALIDATION, Forbidden, problems
 from incentive.kit.jsonbody import JSONBodyRoute
@@ -43,14 +43,13 @@ VIEWING = (*AUTHENTICATED, *VALIDATION, Forbidden)
 
 async def points_viewer(
     request: Request,
-    session: Session,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     api_key: Annotated[str | None, Depends(_api_key)],
 ) -> Principal:
     """A partner (its own files, by API key) or an operator (every file, by bearer token)."""
     if api_key:
-        return await current_partner(request, session, api_key)
-    principal = await current_user(request, session, credentials)
+        return await partner_principal(request, api_key)
+    principal = await bearer_principal(request, request.headers.get("authorization"))
     if not principal.is_operator:
         raise Forbidden("points files are visible to operators and their partner only")
     return principal
@@ -107,7 +106,7 @@ async def upload_points_file(
     # and no transaction (on SQLite: the write lock) may stay open meanwhile.
     db = request.app.state.db
     async with db.unit_of_work() as s:
-        partner = await current_partner(request, s, api_key)
+        partner = await partner_principal(request, api_key)
         if partner.name != code:
             raise Forbidden("the API key belongs to another partner")
         who = await intake.sender(s, code)
