@@ -45,7 +45,8 @@ from typing import Any
 import asyncpg
 import httpx
 import redis
-from httpbench import Server
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from httpbench import Server, free_port
 from sqlalchemy import func, insert, select
 
 from incentive import migrations
@@ -431,6 +432,51 @@ async def _committed(db: Database, sale_id: str) -> int:
     return int(total or 0)
 
 
+class LeanServer(Server):
+    """``bench/lean_purchase.py`` (the reference line) as its own uvicorn process, like
+    ``incentive serve``: one worker, no access log; ``wrk`` and CPU per request as Server's."""
+
+    def __init__(self, env: dict[str, str], *, log: Path) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        command = [sys.executable, "-m", "uvicorn", "lean_purchase:app", "--port", str(self.port)]
+        command += ["--app-dir", str(Path(__file__).parent), "--no-access-log"]
+        command += ["--log-level", "warning"]
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                command, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(self.base + "/readyz", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"lean server did not start; see {self.log}")
+            time.sleep(0.1)
+
+
+def _lean_env(url: str, redis_url: str, keys: Path, data_dir: Path) -> dict[str, str]:
+    ring = KeyRing.load(keys)
+    pem = data_dir / "lean-public.pem"
+    pem.write_bytes(
+        ring.active.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    return {
+        "LEAN_DATABASE_URL": url.replace("postgresql+asyncpg://", "postgresql://", 1),
+        "LEAN_REDIS_URL": redis_url,
+        "LEAN_PUBLIC_KEY": str(pem),
+        "LEAN_KID": ring.active.kid,
+        "LEAN_SALE_ID": new_id(),
+        "LEAN_STOCK": "100000000",
+        "LEAN_LIMIT": "1000000",
+    }
+
+
 async def http_part(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         return {"skipped": "wrk is not on PATH (apt-get install wrk)"}
@@ -461,6 +507,17 @@ async def http_part(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
         server.wrk(big_path, seconds=2, **buy)
         purchases = server.wrk(big_path, seconds=seconds, **buy)
         bare = server.wrk("/healthz", seconds=seconds, connections=conns)
+        lean: dict[str, Any] | None = None
+        lean_errors = None
+        if not args.no_reference:
+            # The reference line, on the same PostgreSQL + Redis with the same tokens and load,
+            # while incentive's server idles.
+            lean_env = _lean_env(url, redis_url, data_dir / "keys", data_dir)
+            with LeanServer(lean_env, log=data_dir / "lean.log") as lean_server:
+                lean_path = f"/api/v1/flash-sales/{lean_env['LEAN_SALE_ID']}/purchases"
+                lean_server.wrk(lean_path, seconds=2, **buy)  # warm-up
+                lean = lean_server.wrk(lean_path, seconds=seconds, **buy)
+                lean_errors = lean_server.errors_logged()
         # Sold out under the same load: stock small enough to run out within the run.
         # Long enough to sell out well before the end: requests cut off by wrk's stop (their
         # 201 never read) would make acknowledged < committed without anything being wrong.
@@ -490,6 +547,19 @@ async def http_part(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
         "purchases": purchases,
         "bare_healthz": bare,
         "purchases_over_bare": round(ratio, 3),
+        "reference": None
+        if lean is None
+        else {
+            "server": "bench/lean_purchase.py: Starlette + asyncpg + redis-py, 1 uvicorn worker",
+            "purchases": lean,
+            "server_errors_logged": lean_errors,
+        },
+        "incentive_over_reference_rps": None
+        if lean is None
+        else round(purchases["rps"] / max(lean["rps"], 1), 3),
+        "incentive_over_reference_cpu_ms": None
+        if lean is None
+        else round(purchases["server_cpu_ms"] / max(lean["server_cpu_ms"], 1e-9), 2),
         "server_errors_logged": errors_logged,
         "warmup_and_main_run": {
             "acknowledged_201": purchases["ok"],
@@ -510,6 +580,9 @@ async def http_part(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
         "targets": {
             "purchase_server_cpu_ms_at_most_0.6": purchases["server_cpu_ms"] <= 0.6,
             "purchase_p99_ms_at_most_300": purchases["p99_ms"] <= 300,
+            "purchase_rps_at_least_0.4_of_reference": None
+            if lean is None
+            else purchases["rps"] >= 0.4 * lean["rps"],
         },
     }
 
@@ -529,6 +602,9 @@ async def main() -> None:
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--soldout-stock", type=int, default=5_000)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers (HTTP part)")
+    parser.add_argument(
+        "--no-reference", action="store_true", help="skip the lean reference line (HTTP part)"
+    )
     args = parser.parse_args()
     parts = {p.strip() for p in args.parts.split(",")}
     report: dict[str, Any] = {"bench": "flash_sale", "cpus": os.cpu_count()}
