@@ -526,7 +526,9 @@ async def http_part(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
         # Sold out under the same load: stock small enough to run out within the run.
         # Long enough to sell out well before the end: requests cut off by wrk's stop (their
         # 201 never read) would make acknowledged < committed without anything being wrong.
-        soldout_seconds = max(seconds, math.ceil(1.5 * args.soldout_stock / purchases["rps"]) + 5)
+        soldout_seconds = max(
+            seconds, math.ceil(1.5 * args.soldout_stock / max(purchases["rps"], 1)) + 5
+        )
         soldout = server.wrk(
             f"/api/v1/flash-sales/{small}/purchases", seconds=soldout_seconds, **buy
         )
