@@ -45,6 +45,7 @@ from typing import Any
 import asyncpg
 import httpx
 import redis
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from httpbench import Server
 from sqlalchemy import func, insert, select
 
@@ -441,6 +442,31 @@ def _pool(env: dict[str, str]) -> str:
     return f"{size}+{overflow}"
 
 
+def _lean_server(env: dict[str, str], log: Path) -> Server:
+    """``bench/lean_purchase.py`` (the reference line) as its own uvicorn process, like
+    ``incentive serve``: one worker, no access log; ``wrk`` and CPU per request as Server's."""
+    command = [sys.executable, "-m", "uvicorn", "lean_purchase:app", "--port", "{port}"]
+    command += ["--app-dir", str(Path(__file__).parent), "--no-access-log"]
+    return Server(env, log=log, command=[*command, "--log-level", "warning"])
+
+
+def _lean_env(url: str, redis_url: str, keys: Path, data_dir: Path) -> dict[str, str]:
+    ring = KeyRing.load(keys)
+    pem = data_dir / "lean-public.pem"
+    pem.write_bytes(
+        ring.active.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    return {
+        "LEAN_DATABASE_URL": url.replace("postgresql+asyncpg://", "postgresql://", 1),
+        "LEAN_REDIS_URL": redis_url,
+        "LEAN_PUBLIC_KEY": str(pem),
+        "LEAN_KID": ring.active.kid,
+        "LEAN_SALE_ID": new_id(),
+        "LEAN_STOCK": "100000000",
+        "LEAN_LIMIT": "1000000",
+    }
+
+
 async def http_part(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         return {"skipped": "wrk is not on PATH (apt-get install wrk)"}
@@ -471,10 +497,28 @@ async def http_part(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
         server.wrk(big_path, seconds=2, **buy)
         purchases = server.wrk(big_path, seconds=seconds, **buy)
         bare = server.wrk("/healthz", seconds=seconds, connections=conns)
+        lean: dict[str, Any] | None = None
+        lean_errors = None
+        if not args.no_reference:
+            # The reference line, on the same PostgreSQL + Redis with the same tokens and load,
+            # while incentive's server idles.
+            lean_env = _lean_env(url, redis_url, data_dir / "keys", data_dir)
+            try:
+                lean_server = _lean_server(lean_env, log=data_dir / "lean.log")
+            except RuntimeError as exc:  # e.g. PostgreSQL out of connections: say so, go on
+                lean_errors = str(exc)
+            else:
+                with lean_server:
+                    lean_path = f"/api/v1/flash-sales/{lean_env['LEAN_SALE_ID']}/purchases"
+                    lean_server.wrk(lean_path, seconds=2, **buy)  # warm-up
+                    lean = lean_server.wrk(lean_path, seconds=seconds, **buy)
+                    lean_errors = lean_server.errors_logged()
         # Sold out under the same load: stock small enough to run out within the run.
         # Long enough to sell out well before the end: requests cut off by wrk's stop (their
         # 201 never read) would make acknowledged < committed without anything being wrong.
-        soldout_seconds = max(seconds, math.ceil(1.5 * args.soldout_stock / purchases["rps"]) + 5)
+        soldout_seconds = max(
+            seconds, math.ceil(1.5 * args.soldout_stock / max(purchases["rps"], 1)) + 5
+        )
         soldout = server.wrk(
             f"/api/v1/flash-sales/{small}/purchases", seconds=soldout_seconds, **buy
         )
@@ -500,6 +544,19 @@ async def http_part(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
         "purchases": purchases,
         "bare_healthz": bare,
         "purchases_over_bare": round(ratio, 3),
+        "reference": {"not_run": lean_errors}
+        if lean is None
+        else {
+            "server": "bench/lean_purchase.py: Starlette + asyncpg + redis-py, 1 uvicorn worker",
+            "purchases": lean,
+            "server_errors_logged": lean_errors,
+        },
+        "incentive_over_reference_rps": None
+        if lean is None
+        else round(purchases["rps"] / max(lean["rps"], 1), 3),
+        "incentive_over_reference_cpu_ms": None
+        if lean is None
+        else round(purchases["server_cpu_ms"] / max(lean["server_cpu_ms"], 1e-9), 2),
         "server_errors_logged": errors_logged,
         "warmup_and_main_run": {
             "acknowledged_201": purchases["ok"],
@@ -520,6 +577,9 @@ async def http_part(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
         "targets": {
             "purchase_server_cpu_ms_at_most_0.6": purchases["server_cpu_ms"] <= 0.6,
             "purchase_p99_ms_at_most_300": purchases["p99_ms"] <= 300,
+            "purchase_rps_at_least_0.4_of_reference": None
+            if lean is None
+            else purchases["rps"] >= 0.4 * lean["rps"],
         },
     }
 
@@ -539,6 +599,9 @@ async def main() -> None:
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--soldout-stock", type=int, default=5_000)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers (HTTP part)")
+    parser.add_argument(
+        "--no-reference", action="store_true", help="skip the lean reference line (HTTP part)"
+    )
     args = parser.parse_args()
     parts = {p.strip() for p in args.parts.split(",")}
     report: dict[str, Any] = {"bench": "flash_sale", "cpus": os.cpu_count()}

@@ -147,15 +147,25 @@ def wrk(
 
 
 class Server:
-    """``incentive serve`` on a free loopback port with ``env``; stopped on exit."""
+    """``incentive serve`` (or ``command``, whose ``{port}`` is filled in) on a free loopback
+    port with ``env``, ready when ``/readyz`` answers 200; stopped on exit."""
 
-    def __init__(self, env: dict[str, str], *, workers: int = 1, log: Path | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        workers: int = 1,
+        log: Path | None = None,
+        command: list[str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = log or Path(tempfile.mkstemp(suffix=".log")[1])
-        command = [sys.executable, "-m", "incentive.cli", "serve", "--port", str(self.port)]
-        if workers > 1:
-            command += ["--workers", str(workers)]
+        if command is None:
+            command = [sys.executable, "-m", "incentive.cli", "serve", "--port", "{port}"]
+            if workers > 1:
+                command += ["--workers", str(workers)]
+        command = [part.replace("{port}", str(self.port)) for part in command]
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
                 command, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
@@ -168,6 +178,7 @@ class Server:
             except httpx.TransportError:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError(f"server did not start; see {self.log}")
             time.sleep(0.1)
 

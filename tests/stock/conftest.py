@@ -1,5 +1,6 @@
-"""Stock engine fixtures: every test runs on the embedded engine, on Redis (DB 10 of the
-machine's Redis) and on a real 3-master Redis Cluster started for the session."""
+"""Stock engine fixtures: every test runs on the embedded engine, on Redis (the database of
+``INCENTIVE_TEST_REDIS_URL``: runs sharing a machine keep apart by their own database numbers;
+pools are named per test) and on a real 3-master Redis Cluster started for the session."""
 
 from __future__ import annotations
 
@@ -11,14 +12,11 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
 
 from incentive.stock.engine import StockEngine, stock_engine_from_url
-
-STOCK_REDIS_DB = 10  # other domains' tests use other database numbers
 
 
 @dataclass
@@ -153,8 +151,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Red
 def stock_redis_url(redis_url: str | None) -> str:
     if not redis_url:
         pytest.skip("set INCENTIVE_TEST_REDIS_URL")
-    parts = urlsplit(redis_url)
-    return urlunsplit(parts._replace(path=f"/{STOCK_REDIS_DB}"))
+    return redis_url
 
 
 @pytest.fixture(

@@ -278,3 +278,78 @@ async def test_metrics(engine: StockEngine, pool: str) -> None:
         for b in ("0", "1")
     ]
     assert gauge == [0.0, 0.0]
+
+
+# --------------------------------------------------------------------------- quota and stock
+
+
+async def _take(engine: StockEngine, pool: str, user: str, q: int, limit: int) -> object:
+    """A deduction, None (the quota refused) or "sold-out"."""
+    try:
+        return await engine.take_within_quota(pool, user, q, limit)
+    except SoldOut:
+        return "sold-out"
+
+
+async def test_take_within_quota_admits_exactly_the_limit_under_200_concurrent_calls(
+    engine: StockEngine, pool: str
+) -> None:
+    await engine.split(pool, 1000, 16)
+    results = await asyncio.gather(*(_take(engine, pool, "alice", 1, 2) for _ in range(200)))
+    taken = [r for r in results if isinstance(r, Deduction)]
+    assert len(taken) == 2
+    assert results.count(None) == 198
+    assert await engine.quota_used(pool, "alice") == 2
+    assert sum(await engine.remaining(pool)) == 998
+
+
+async def test_take_within_quota_never_oversells_nor_passes_any_limit(
+    engine: StockEngine, pool: str
+) -> None:
+    await engine.split(pool, 300, 16)
+    users = [f"u{i}" for i in range(60)]
+    calls = [_take(engine, pool, users[i % 60], random.choice((1, 2, 3)), 7) for i in range(900)]
+    results = await asyncio.gather(*calls)
+    taken = [r for r in results if isinstance(r, Deduction)]
+    for deduction in taken:
+        _check_takes(deduction, 16)
+    sold = sum(d.quantity for d in taken)
+    left = await engine.remaining(pool)
+    assert sold + sum(left) == 300
+    assert min(left) >= 0
+    # A refusal (over the limit or sold out) reserved nothing: the quotas are exactly the sold.
+    used = [await engine.quota_used(pool, u) for u in users]
+    assert all(u <= 7 for u in used)
+    assert sum(used) == sold
+
+
+async def test_take_within_quota_refusals_change_nothing(engine: StockEngine, pool: str) -> None:
+    await engine.split(pool, 10, 2)
+    assert isinstance(await _take(engine, pool, "bob", 2, 3), Deduction)
+    # Over the limit: no stock taken.
+    assert await _take(engine, pool, "bob", 2, 3) is None
+    assert sum(await engine.remaining(pool)) == 8
+    assert await engine.quota_used(pool, "bob") == 2
+    # Sold out: no quota reserved.
+    assert await _take(engine, pool, "carol", 9, 100) == "sold-out"
+    assert await engine.quota_used(pool, "carol") == 0
+    assert sum(await engine.remaining(pool)) == 8
+    with pytest.raises(StockPoolMissing):
+        await engine.take_within_quota(f"{pool}-none", "bob", 1, 3)
+
+
+async def test_take_within_quota_takes_across_buckets_and_undoes_with_give_back(
+    engine: StockEngine, pool: str
+) -> None:
+    await engine.split(pool, 6, 3)  # 2 + 2 + 2: no bucket serves 5 alone
+    deduction = await engine.take_within_quota(pool, "dave", 5, 5)
+    assert deduction is not None
+    _check_takes(deduction, 3)
+    assert len(deduction.takes) == 3
+    assert await engine.quota_used(pool, "dave") == 5
+    # The order failed: both come back, and the buyer can buy again.
+    await give_back(engine, deduction)
+    assert await engine.release_quota(pool, "dave", 5) == 5
+    assert await engine.remaining(pool) == [2, 2, 2]
+    assert await engine.quota_used(pool, "dave") == 0
+    assert await engine.take_within_quota(pool, "dave", 5, 5) is not None

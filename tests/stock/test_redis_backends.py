@@ -12,11 +12,11 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from incentive.stock.backends.cluster import ClusterStockEngine
+from incentive.stock.backends.cluster import ClusterStockEngine, home_bucket, home_quota_key
 from incentive.stock.backends.embedded import EmbeddedStockEngine
-from incentive.stock.backends.redis import RedisStockEngine, bucket_key, meta_key, quota_key
+from incentive.stock.backends.redis import RedisStockEngine, bucket_key, meta_key
 from incentive.stock.engine import stock_engine_from_url
-from incentive.stock.errors import StockPoolMissing
+from incentive.stock.errors import SoldOut, StockPoolMissing
 from tests.servers import free_port
 from tests.stock.conftest import RedisServer
 
@@ -95,7 +95,7 @@ async def test_cluster_buckets_land_on_several_nodes(redis_cluster: list[RedisSe
                             holders[key] = node.port
                     except redis.ResponseError:
                         continue
-                for key in (meta_key(pool), quota_key(pool, "u1")):
+                for key in (meta_key(pool), home_quota_key(pool, home_bucket("u1", 16), "u1")):
                     try:
                         if client.exists(key):
                             holders[key] = node.port
@@ -138,6 +138,86 @@ async def test_fresh_cluster_engine_serves_concurrent_first_calls(
     try:
         results = await asyncio.gather(*(engine.split(pool, 100 + i, 4) for i in range(50)))
         assert results.count(True) == 1
+    finally:
+        await engine.drop(pool)
+        await engine.aclose()
+
+
+# What the scripts call inside Redis (counted there too, but no round trip of their own).
+IN_SCRIPT = {"cmdstat_get", "cmdstat_hget", "cmdstat_incrby", "cmdstat_decrby"}
+
+
+def _round_trips(client: redis.Redis) -> int:
+    """Commands the engine sent since the last CONFIG RESETSTAT (scripts as one each)."""
+    stats = client.info("commandstats")
+    sent = {k for k in stats if not k.startswith(("cmdstat_config", "cmdstat_info"))}
+    assert sent <= IN_SCRIPT | {"cmdstat_evalsha"}
+    return int(stats.get("cmdstat_evalsha", {"calls": 0})["calls"])
+
+
+async def test_quota_and_deduction_are_one_round_trip(own_redis: RedisServer) -> None:
+    engine = stock_engine_from_url(own_redis.url)
+    pool = "one-trip"
+    try:
+        await engine.split(pool, 1000, 16)
+        await engine.take_within_quota(pool, "u0", 1, 5)  # the bucket layout is cached now
+        with redis.Redis(port=own_redis.port) as client:
+            client.config_resetstat()
+            for i in range(20):
+                assert await engine.take_within_quota(pool, f"u{i}", 1, 5) is not None
+            assert _round_trips(client) == 20
+    finally:
+        await engine.aclose()
+
+
+async def test_cluster_quota_and_home_bucket_are_one_round_trip(
+    redis_cluster: list[RedisServer],
+) -> None:
+    engine = stock_engine_from_url(f"redis+cluster://127.0.0.1:{redis_cluster[0].port}")
+    pool = f"trip-{uuid.uuid4().hex[:8]}"
+    clients = [redis.Redis(port=node.port) for node in redis_cluster]
+    try:
+        await engine.split(pool, 1600, 16)
+        await engine.take_within_quota(pool, "warm", 1, 5)
+        for client in clients:
+            client.config_resetstat()
+        for i in range(20):
+            assert await engine.take_within_quota(pool, f"u{i}", 1, 5) is not None
+        assert sum(_round_trips(c) for c in clients) == 20
+        # Each user's quota shares a slot with the bucket served: one script, no cross-slot.
+        for i in range(20):
+            home = home_bucket(f"u{i}", 16)
+            key = home_quota_key(pool, home, f"u{i}")
+            slot = int(clients[0].cluster("KEYSLOT", key))
+            assert slot == int(clients[0].cluster("KEYSLOT", bucket_key(pool, home)))
+            assert await engine.quota_used(pool, f"u{i}") == 1
+    finally:
+        for client in clients:
+            client.close()
+        await engine.drop(pool)
+        await engine.aclose()
+
+
+async def test_cluster_home_bucket_empty_falls_back_and_keeps_the_quota_exact(
+    redis_cluster: list[RedisServer],
+) -> None:
+    engine = stock_engine_from_url(f"redis+cluster://127.0.0.1:{redis_cluster[0].port}")
+    pool = f"home-{uuid.uuid4().hex[:8]}"
+    try:
+        home = home_bucket("eve", 4)
+        levels = [3, 3, 3, 3]
+        levels[home] = 0
+        await engine.rebuild(pool, levels)  # eve's home bucket is empty
+        first = await engine.take_within_quota(pool, "eve", 2, 4)
+        assert first is not None
+        assert home not in {t.bucket for t in first.takes}
+        assert await engine.quota_used(pool, "eve") == 2
+        # Not enough anywhere: sold out, and the quota the script reserved is given back.
+        with pytest.raises(SoldOut):
+            await engine.take_within_quota(pool, "frank", 20, 40)
+        assert await engine.quota_used(pool, "frank") == 0
+        assert await engine.take_within_quota(pool, "eve", 3, 4) is None
+        assert sum(await engine.remaining(pool)) == 7
     finally:
         await engine.drop(pool)
         await engine.aclose()

@@ -3,8 +3,9 @@
 The purchase path holds no database transaction while it talks to the stock store:
 
 1. facts of the sale (cached for ``FACTS_TTL_SECONDS``), window and flow-control switch;
-2. the buyer's per-user quota is reserved, then stock is deducted — both atomic in the
-   stock engine, so neither can go below zero under any concurrency;
+2. the buyer's per-user quota is reserved and the stock deducted in one atomic step of the
+   stock engine (one Lua script, one round trip on Redis), so neither can go past its bound
+   under any concurrency, and a refusal of either changes neither;
 3. the purchase is handed to the process's ``PurchaseRecorder``, which writes everything
    queued meanwhile in one transaction (group commit) and wakes each request only after
    that commit: a 201 is never sent for a purchase the database does not hold;
@@ -26,7 +27,7 @@ the original 201 with ``Idempotent-Replayed: true``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -34,7 +35,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, literal, select
+from sqlalchemy import and_, func, literal, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from incentive.auth.principal import Principal
@@ -60,6 +62,8 @@ MAX_COMMIT_BATCH = 500
 # commit takes milliseconds; a quota held longer is stranded until reconcile).
 IN_FLIGHT_WAIT_SECONDS = 2.0
 IN_FLIGHT_POLL_SECONDS = 0.02
+# The clock of the facts cache (a test moves it to expire the facts).
+facts_clock = time.monotonic
 
 
 @dataclass(frozen=True)
@@ -110,15 +114,7 @@ class PurchaseRecorder:
         committing = False
         try:
             async with self.db.unit_of_work() as session:
-                stmt = (
-                    db_insert(session, Purchase)
-                    .values([row for row, _ in batch])
-                    .on_conflict_do_nothing(
-                        index_elements=["flash_sale_id", "user_id", "idempotency_key"]
-                    )
-                    .returning(Purchase.id)
-                )
-                inserted = set((await session.execute(stmt)).scalars())
+                inserted = await _insert_new(session, [row for row, _ in batch])
                 committing = True
         except BaseException as exc:
             error: BaseException = CommitOutcomeUnknown(str(exc)) if committing else exc
@@ -133,6 +129,36 @@ class PurchaseRecorder:
                 future.set_result(row["id"] in inserted)
 
 
+_COLUMNS = ("id", "flash_sale_id", "user_id", "quantity", "takes", "idempotency_key", "created_at")
+# PostgreSQL: one statement of constant shape whatever the batch size (prepared once per
+# connection, nothing compiled per batch): one array per column, unnested into rows.
+_INSERT_UNNEST = text(
+    f"INSERT INTO {Purchase.__tablename__} ({', '.join(_COLUMNS)}) "
+    "SELECT id, flash_sale_id, user_id, quantity, takes::json, idempotency_key, created_at "
+    "FROM unnest(CAST(:id AS varchar[]), CAST(:flash_sale_id AS varchar[]), "
+    "CAST(:user_id AS varchar[]), CAST(:quantity AS bigint[]), CAST(:takes AS text[]), "
+    "CAST(:idempotency_key AS varchar[]), CAST(:created_at AS timestamptz[])) "
+    f"AS t({', '.join(_COLUMNS)}) "
+    "ON CONFLICT (flash_sale_id, user_id, idempotency_key) DO NOTHING RETURNING id"
+)
+
+
+async def _insert_new(session: AsyncSession, rows: list[dict[str, Any]]) -> set[str]:
+    """Insert ``rows`` in one set-based statement; the ids of those inserted (a row whose
+    (sale, buyer, key) is already recorded is skipped)."""
+    if session.get_bind().dialect.name == "postgresql":
+        columns: dict[str, list[Any]] = {c: [row[c] for row in rows] for c in _COLUMNS}
+        columns["takes"] = [json.dumps(t) for t in columns["takes"]]
+        return set((await session.execute(_INSERT_UNNEST, columns)).scalars())
+    stmt = (
+        db_insert(session, Purchase)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["flash_sale_id", "user_id", "idempotency_key"])
+        .returning(Purchase.id)
+    )
+    return set((await session.execute(stmt)).scalars())
+
+
 class Purchases:
     """The purchase path of one process: sale facts cache, in-flight duplicates, recorder."""
 
@@ -141,18 +167,36 @@ class Purchases:
         self.engine = engine
         self.recorder = PurchaseRecorder(db)
         self._facts: dict[str, SaleFacts] = {}
+        self._refreshing: dict[str, asyncio.Future[SaleFacts]] = {}
         self._inflight: dict[tuple[str, str, str], asyncio.Future[PurchaseResult]] = {}
 
     async def facts(self, sale_id: str) -> SaleFacts:
+        """The sale's facts, at most ``FACTS_TTL_SECONDS`` old. Refreshed single-flight: when
+        they expire, the first request starts the one query and every request arriving
+        before it answers waits for that result (never a query each)."""
         cached = self._facts.get(sale_id)
-        if cached is not None and time.monotonic() - cached.loaded_at < FACTS_TTL_SECONDS:
+        if cached is not None and facts_clock() - cached.loaded_at < FACTS_TTL_SECONDS:
             return cached
+        refresh = self._refreshing.get(sale_id)
+        if refresh is None:
+            # A task of its own: a waiter that gives up does not cancel it for the others.
+            refresh = asyncio.ensure_future(self._load_facts(sale_id))
+            self._refreshing[sale_id] = refresh
+            refresh.add_done_callback(lambda done: self._refreshed(sale_id, done))
+        return await asyncio.shield(refresh)
+
+    def _refreshed(self, sale_id: str, done: asyncio.Future[SaleFacts]) -> None:
+        del self._refreshing[sale_id]
+        if not done.cancelled() and done.exception() is None:
+            self._facts[sale_id] = done.result()
+
+    async def _load_facts(self, sale_id: str) -> SaleFacts:
         async with self.db.unit_of_work() as session:
             sale = await session.get(FlashSale, sale_id)
             if sale is None:
                 raise _not_found(sale_id)
             campaign = await campaigns.campaign_facts(session, sale_id)
-            facts = SaleFacts(
+            return SaleFacts(
                 sale_id,
                 campaign,
                 campaign.status,
@@ -160,10 +204,8 @@ class Purchases:
                 sale_rules(campaign).per_user_limit,
                 campaign.starts_at,
                 campaign.ends_at,
-                time.monotonic(),
+                facts_clock(),
             )
-        self._facts[sale_id] = facts
-        return facts
 
     async def buy(
         self, principal: Principal, sale_id: str, quantity: int, key: str
@@ -236,10 +278,25 @@ class Purchases:
         pool = pool_of(facts.id)
         limit = facts.per_user_limit
         try:
-            reserved = await self.engine.reserve_quota(pool, principal.id, quantity, limit)
+            # The quota and the stock in one atomic step: both taken, or neither.
+            deduction = await self.engine.take_within_quota(pool, principal.id, quantity, limit)
+        except SoldOut:
+            replay, committed = await self._lookup(facts.id, principal.id, key, quantity)
+            if replay is not None:
+                return replay
+
+            async def gone() -> Exception:
+                metrics.SOLD_OUT.inc()
+                return _sold_out(pool, quantity)
+
+            # Another request of this buyer is in flight: it may be this one's twin, which
+            # took the last units; its answer is this one's too.
+            if await self.engine.quota_used(pool, principal.id) > committed:
+                raise _InFlight(gone, retry=False) from None
+            raise await gone() from None
         except StockPoolMissing as exc:
             raise _rebuilding(facts.id) from exc
-        if not reserved:
+        if deduction is None:  # the quota refused: nothing was taken
             replay, committed = await self._lookup(facts.id, principal.id, key, quantity)
             if replay is not None:
                 return replay
@@ -256,30 +313,6 @@ class Purchases:
             if committed + quantity <= limit:  # the quota is held by requests in flight
                 raise _InFlight(refused, retry=True)
             raise await refused()
-        try:
-            deduction = await self.engine.deduct(pool, quantity)
-        except SoldOut:
-            await self.engine.release_quota(pool, principal.id, quantity)
-            replay, committed = await self._lookup(facts.id, principal.id, key, quantity)
-            if replay is not None:
-                return replay
-
-            async def gone() -> Exception:
-                metrics.SOLD_OUT.inc()
-                return _sold_out(pool, quantity)
-
-            # Another request of this buyer is in flight: it may be this one's twin, which
-            # took the last units; its answer is this one's too.
-            if await self.engine.quota_used(pool, principal.id) > committed:
-                raise _InFlight(gone, retry=False) from None
-            raise await gone() from None
-        except StockPoolMissing as exc:
-            await self.engine.release_quota(pool, principal.id, quantity)
-            raise _rebuilding(facts.id) from exc
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self.engine.release_quota(pool, principal.id, quantity)
-            raise
         purchase = Purchase(
             id=new_id(),
             flash_sale_id=facts.id,

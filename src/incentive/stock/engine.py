@@ -94,6 +94,17 @@ class StockEngine(Protocol):
         ``limit``; atomic, so N concurrent calls never admit more than ``limit``."""
         ...
 
+    async def take_within_quota(
+        self, pool: str, user: str, quantity: int, limit: int
+    ) -> Deduction | None:
+        """``reserve_quota`` and ``deduct`` as one atomic step (one script, one round trip on
+        Redis in the common case): None when the user's use would pass ``limit`` (nothing
+        reserved, nothing taken); ``SoldOut`` when the pool cannot serve ``quantity`` (the
+        quota left as it was); otherwise the deduction, with ``quantity`` added to the user's
+        use. A caller whose order then fails undoes both: ``give_back`` and
+        ``release_quota``."""
+        ...
+
     async def release_quota(self, pool: str, user: str, quantity: int) -> int:
         """Give back up to ``quantity`` of the user's use (compensation); never below zero.
         Returns the amount actually released."""

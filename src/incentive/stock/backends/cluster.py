@@ -16,6 +16,14 @@ script therefore touches one bucket only:
   to give back is never mistaken for stock that is gone. A process that dies holding stock
   leaves its hold to expire (``HOLD_TTL_MS``); the parts it took are recovered by
   reconciliation with the database, like any deduction that was never recorded.
+
+Per-user quotas live in the slot of the user's *home bucket* (``crc32(user) mod N``:
+``stock:q:{<pool>#<home>}:<user>``), so ``take_within_quota`` checks the quota and takes from
+the home bucket in one script, one round trip. Buyers spread over the buckets as evenly as
+their names hash. When the home bucket cannot serve, that script reserves the quota alone and
+the deduction goes on as ``deduct`` does (any bucket, or across buckets); if it then fails
+the quota is released. A user's home moves with N: a pool is re-split with another bucket
+count only after ``drop`` (as ``reconcile`` does), which forgets every quota.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import asyncio
 import logging
 import random
 import uuid
+import zlib
 from collections.abc import Sequence
 from time import monotonic
 from typing import Any
@@ -54,6 +63,16 @@ from incentive.stock.engine import (
 
 log = logging.getLogger(__name__)
 
+
+def home_bucket(user: str, buckets: int) -> int:
+    """The bucket whose slot holds ``user``'s quota (stable across processes and runs)."""
+    return zlib.crc32(user.encode()) % buckets
+
+
+def home_quota_key(pool: str, home: int, user: str) -> str:
+    return f"stock:q:{{{pool}#{home}}}:{user}"
+
+
 HOLD_TTL_MS = 5_000
 # How long a deduction waits for open holds to settle before it decides on what it sees.
 SETTLE_SECONDS = 2 * HOLD_TTL_MS / 1000
@@ -76,6 +95,21 @@ v = tonumber(v)
 local part = math.min(v, tonumber(ARGV[1]))
 if part <= 0 then return {0, v} end
 return {part, redis.call('DECRBY', KEYS[1], part)}
+"""
+
+# KEYS: quota (in the home bucket's slot), home bucket. ARGV: quantity, limit.
+# {-1, 0} the quota refuses (nothing changed); otherwise the quota is reserved and
+# {1, new level} the home bucket served; {0, level} it is too low; {0, -1} it is missing.
+TAKE_HOME_LUA = """
+local q = tonumber(ARGV[1])
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used + q > tonumber(ARGV[2]) then return {-1, 0} end
+redis.call('INCRBY', KEYS[1], q)
+local v = redis.call('GET', KEYS[2])
+if not v then return {0, -1} end
+v = tonumber(v)
+if v >= q then return {1, redis.call('DECRBY', KEYS[2], q)} end
+return {0, v}
 """
 
 # KEYS: holds, meta. ARGV: token, ttl ms. 1 opened; 0 another hold is open; -1 no pool.
@@ -114,6 +148,7 @@ class ClusterStockEngine(RedisBackedEngine):
         self._take_upto_script = register(TAKE_UPTO_LUA)
         self._hold_begin_script = register(HOLD_BEGIN_LUA)
         self._snapshot_script = register(SNAPSHOT_LUA)
+        self._take_home_script = register(TAKE_HOME_LUA)
         self._give_script = register(RESTORE_LUA)
         # pool -> levels last seen per bucket (a hint: other processes move them too).
         self._hints: dict[str, list[int]] = {}
@@ -199,7 +234,7 @@ class ClusterStockEngine(RedisBackedEngine):
             takes = await self._deduct(pool, quantity)
         return self._metrics.served(pool, quantity, takes)
 
-    async def _deduct(self, pool: str, quantity: int) -> tuple[Take, ...]:
+    async def _hints_for(self, pool: str, quantity: int) -> list[int]:
         hints = self._hints.get(pool)
         if hints is None:
             n = await self._bucket_count(pool)
@@ -207,6 +242,44 @@ class ClusterStockEngine(RedisBackedEngine):
                 raise missing(pool)
             # Unknown levels are assumed able, so the first tries go straight to a bucket.
             hints = self._hints[pool] = [quantity] * n
+        return hints
+
+    async def _quota_key(self, pool: str, user: str) -> str:
+        hints = self._hints.get(pool)
+        n = len(hints) if hints is not None else await self._bucket_count(pool)
+        # No pool, no quota: a key no pool's bucket shares (nothing is ever found there).
+        return home_quota_key(pool, home_bucket(user, n) if n else 0, user)
+
+    @store_errors
+    async def take_within_quota(
+        self, pool: str, user: str, quantity: int, limit: int
+    ) -> Deduction | None:
+        check_name("pool", pool)
+        check_name("user", user)
+        check_quantity(quantity)
+        check_quantity(limit, "limit", 0)
+        with self._metrics.attempt():
+            hints = await self._hints_for(pool, quantity)
+            home = home_bucket(user, len(hints))
+            quota = home_quota_key(pool, home, user)
+            served, level = await self._call(
+                self._take_home_script, [quota, bucket_key(pool, home)], [quantity, limit]
+            )
+            if int(served) < 0:
+                return None
+            hints[home] = max(int(level), 0)
+            if int(served) == 1:
+                takes: tuple[Take, ...] = (Take(home, quantity),)
+            else:
+                try:
+                    takes = await self._deduct(pool, quantity)
+                except BaseException:
+                    await asyncio.shield(self._call(self._release_script, [quota], [quantity]))
+                    raise
+        return self._metrics.served(pool, quantity, takes)
+
+    async def _deduct(self, pool: str, quantity: int) -> tuple[Take, ...]:
+        hints = await self._hints_for(pool, quantity)
         deadline = monotonic() + SETTLE_SECONDS
         while True:
             able = [i for i, level in enumerate(hints) if level >= quantity]

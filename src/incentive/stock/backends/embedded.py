@@ -123,6 +123,20 @@ class EmbeddedStockEngine:
         self._quota[key] = used + quantity
         return True
 
+    async def take_within_quota(
+        self, pool: str, user: str, quantity: int, limit: int
+    ) -> Deduction | None:
+        key = (check_name("pool", pool), check_name("user", user))
+        check_quantity(quantity)
+        check_quantity(limit, "limit", 0)
+        used = self._quota.get(key, 0)
+        if used + quantity > limit:
+            return None
+        with self._metrics.attempt():
+            takes = self._take(pool, quantity)
+        self._quota[key] = used + quantity
+        return self._metrics.served(pool, quantity, takes)
+
     async def release_quota(self, pool: str, user: str, quantity: int) -> int:
         key = (check_name("pool", pool), check_name("user", user))
         check_quantity(quantity)

@@ -87,53 +87,72 @@ redis.call('HSET', KEYS[2], 'buckets', n, 'total', total, 'started', 0)
 return 1
 """
 
-# KEYS: meta, bucket 0..N-1. ARGV: N (as the caller believes), quantity, random integer.
-# Returns {bucket, part, bucket, part, ...} on success; {-1, total} sold out; {-2} no pool;
-# {-3, N} when the caller's N is stale.
-DEDUCT_LUA = """
-local n = tonumber(ARGV[1])
-local q = tonumber(ARGV[2])
-local r = tonumber(ARGV[3])
-local actual = redis.call('HGET', KEYS[1], 'buckets')
-if not actual then return {-2} end
-actual = tonumber(actual)
-if actual ~= n then return {-3, actual} end
-local first = r % n
-local level = tonumber(redis.call('GET', KEYS[first + 2]) or '0')
-if level >= q then
-  redis.call('DECRBY', KEYS[first + 2], q)
-  return {first, q}
-end
-local levels = {}
-local able = {}
-local total = 0
-for i = 0, n - 1 do
-  local v = tonumber(redis.call('GET', KEYS[i + 2]) or '0')
-  levels[i] = v
-  total = total + v
-  if v >= q then able[#able + 1] = i end
-end
-if #able > 0 then
-  local chosen = able[(math.floor(r / n) % #able) + 1]
-  redis.call('DECRBY', KEYS[chosen + 2], q)
-  return {chosen, q}
-end
-if total < q then return {-1, total} end
-local out = {}
-local need = q
-for step = 0, n - 1 do
-  local i = (first + step) % n
-  local part = math.min(levels[i], need)
-  if part > 0 then
-    redis.call('DECRBY', KEYS[i + 2], part)
-    out[#out + 1] = i
-    out[#out + 1] = part
-    need = need - part
-    if need == 0 then break end
+# deduct(m): the meta key is KEYS[m], bucket i is KEYS[m + 1 + i]. ARGV: N (as the caller
+# believes), quantity, random integer. Returns {bucket, part, bucket, part, ...} on success;
+# {-1, total} sold out; {-2} no pool; {-3, N} when the caller's N is stale.
+_DEDUCT_FUNCTION = """
+local function deduct(m)
+  local n = tonumber(ARGV[1])
+  local q = tonumber(ARGV[2])
+  local r = tonumber(ARGV[3])
+  local actual = redis.call('HGET', KEYS[m], 'buckets')
+  if not actual then return {-2} end
+  actual = tonumber(actual)
+  if actual ~= n then return {-3, actual} end
+  local first = r % n
+  local level = tonumber(redis.call('GET', KEYS[m + 1 + first]) or '0')
+  if level >= q then
+    redis.call('DECRBY', KEYS[m + 1 + first], q)
+    return {first, q}
   end
+  local levels = {}
+  local able = {}
+  local total = 0
+  for i = 0, n - 1 do
+    local v = tonumber(redis.call('GET', KEYS[m + 1 + i]) or '0')
+    levels[i] = v
+    total = total + v
+    if v >= q then able[#able + 1] = i end
+  end
+  if #able > 0 then
+    local chosen = able[(math.floor(r / n) % #able) + 1]
+    redis.call('DECRBY', KEYS[m + 1 + chosen], q)
+    return {chosen, q}
+  end
+  if total < q then return {-1, total} end
+  local out = {}
+  local need = q
+  for step = 0, n - 1 do
+    local i = (first + step) % n
+    local part = math.min(levels[i], need)
+    if part > 0 then
+      redis.call('DECRBY', KEYS[m + 1 + i], part)
+      out[#out + 1] = i
+      out[#out + 1] = part
+      need = need - part
+      if need == 0 then break end
+    end
+  end
+  return out
 end
+"""
+
+# KEYS: meta, bucket 0..N-1. ARGV: N, quantity, random integer.
+DEDUCT_LUA = _DEDUCT_FUNCTION + "return deduct(1)\n"
+
+# KEYS: quota, meta, bucket 0..N-1. ARGV: N, quantity, random integer, limit. {-4} when the
+# user's use would pass the limit (nothing changed); otherwise as DEDUCT, the quantity added
+# to the user's use only when stock was taken.
+TAKE_WITHIN_QUOTA_LUA = (
+    _DEDUCT_FUNCTION
+    + """
+local q = tonumber(ARGV[2])
+if tonumber(redis.call('GET', KEYS[1]) or '0') + q > tonumber(ARGV[4]) then return {-4} end
+local out = deduct(2)
+if out[1] >= 0 then redis.call('INCRBY', KEYS[1], q) end
 return out
 """
+)
 
 # KEYS: bucket. ARGV: quantity. Returns the new level, or -1 when the bucket does not exist.
 RESTORE_LUA = """
@@ -224,6 +243,9 @@ class RedisBackedEngine:
         if keys:
             await self._command("delete", *keys)
 
+    async def _quota_key(self, pool: str, user: str) -> str:
+        return quota_key(pool, user)
+
     @store_errors
     async def restore(self, pool: str, bucket: int, quantity: int) -> int:
         check_name("pool", pool)
@@ -272,20 +294,20 @@ class RedisBackedEngine:
 
     @store_errors
     async def reserve_quota(self, pool: str, user: str, quantity: int, limit: int) -> bool:
-        key = quota_key(check_name("pool", pool), check_name("user", user))
+        key = await self._quota_key(check_name("pool", pool), check_name("user", user))
         check_quantity(quantity)
         check_quantity(limit, "limit", 0)
         return bool(int(await self._call(self._reserve_script, [key], [quantity, limit])))
 
     @store_errors
     async def release_quota(self, pool: str, user: str, quantity: int) -> int:
-        key = quota_key(check_name("pool", pool), check_name("user", user))
+        key = await self._quota_key(check_name("pool", pool), check_name("user", user))
         check_quantity(quantity)
         return int(await self._call(self._release_script, [key], [quantity]))
 
     @store_errors
     async def quota_used(self, pool: str, user: str) -> int:
-        key = quota_key(check_name("pool", pool), check_name("user", user))
+        key = await self._quota_key(check_name("pool", pool), check_name("user", user))
         return as_int(await self._command("get", key))
 
     async def aclose(self) -> None:
@@ -302,6 +324,7 @@ class RedisStockEngine(RedisBackedEngine):
         super().__init__(client)
         self._split_script = client.register_script(SPLIT_LUA)
         self._deduct_script = client.register_script(DEDUCT_LUA)
+        self._take_script = client.register_script(TAKE_WITHIN_QUOTA_LUA)
         # pool -> [meta key, bucket keys...]; N changes only by drop/rebuild, and the script
         # refuses a stale N, so caching it keeps a deduction at one round trip.
         # Kept as bytes: the client passes them through instead of encoding 1 + N strings
@@ -345,10 +368,33 @@ class RedisStockEngine(RedisBackedEngine):
         check_name("pool", pool)
         check_quantity(quantity)
         with self._metrics.attempt():
-            takes = await self._deduct(pool, quantity)
+            takes = await self._deduct(self._deduct_script, pool, quantity, (), ())
+        assert takes is not None  # only a quota refuses
         return self._metrics.served(pool, quantity, takes)
 
-    async def _deduct(self, pool: str, quantity: int) -> tuple[Take, ...]:
+    @store_errors
+    async def take_within_quota(
+        self, pool: str, user: str, quantity: int, limit: int
+    ) -> Deduction | None:
+        key = quota_key(check_name("pool", pool), check_name("user", user))
+        check_quantity(quantity)
+        check_quantity(limit, "limit", 0)
+        with self._metrics.attempt():
+            takes = await self._deduct(self._take_script, pool, quantity, (key,), (limit,))
+        if takes is None:
+            return None
+        return self._metrics.served(pool, quantity, takes)
+
+    async def _deduct(
+        self,
+        script: Any,
+        pool: str,
+        quantity: int,
+        before: tuple[str, ...],
+        after: tuple[int, ...],
+    ) -> tuple[Take, ...] | None:
+        """Run a deduction ``script`` with ``before`` ahead of the pool's keys and ``after``
+        behind its arguments; None when it answers -4 (the quota refused)."""
         keys = self._keys.get(pool)
         if keys is None:
             n = await self._bucket_count(pool)
@@ -358,8 +404,9 @@ class RedisStockEngine(RedisBackedEngine):
         # A concurrent drop + split with another N can make the cached N stale more than
         # once in a row only by repeated re-splitting; three tries cover any sane history.
         for _ in range(3):
-            reply = await self._deduct_script(
-                keys=keys, args=[len(keys) - 1, quantity, random.getrandbits(31)]
+            reply = await script(
+                keys=[*before, *keys],
+                args=[len(keys) - 1, quantity, random.getrandbits(31), *after],
             )
             code = int(reply[0])
             if code >= 0:
@@ -371,6 +418,8 @@ class RedisStockEngine(RedisBackedEngine):
             if code == -2:
                 self._forget(pool)
                 raise missing(pool)
+            if code == -4:
+                return None
             keys = self._layout(pool, int(reply[1]))
         raise ServiceUnavailable("stock pool is being re-split; retry", retry_after=1)
 
