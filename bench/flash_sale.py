@@ -46,13 +46,11 @@ import asyncpg
 import httpx
 import redis
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from httpbench import Server
-from sqlalchemy import func, insert, select
+from httpbench import Server, customers_and_operator
+from sqlalchemy import func, select
 
 from incentive import migrations
 from incentive.auth.keyring import KeyRing
-from incentive.auth.models import User
-from incentive.auth.tokens import issue_access_token
 from incentive.db import Database, new_id, utcnow
 from incentive.flash_sales.models import Purchase
 from incentive.kit.pgadmin import drop_database, recreate_database
@@ -362,38 +360,6 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 # --- HTTP purchases against the bare endpoint ---------------------------------------------
 
 
-async def _customers(db: Database, keys: Path, n: int) -> list[str]:
-    now = utcnow()
-    rows = [
-        {
-            "id": new_id(),
-            "username": f"buyer{i}",
-            "display_name": "",
-            "password_hash": "-",
-            "role": "customer",
-            "merchant_id": None,
-            "blocked": False,
-            "created_at": now,
-        }
-        for i in range(n)
-    ]
-    rows.append({**rows[0], "id": new_id(), "username": "bench-operator", "role": "operator"})
-    async with db.unit_of_work() as s:
-        await s.execute(insert(User), rows)
-    ring = KeyRing.load(keys)
-    return [
-        issue_access_token(
-            ring,
-            user_id=str(r["id"]),
-            name=str(r["username"]),
-            role=str(r["role"]),
-            merchant_id=None,
-            ttl_seconds=3600,
-        )[0]
-        for r in rows
-    ]
-
-
 async def _sale(client: httpx.AsyncClient, operator: str, total: int) -> str:
     now = utcnow()
     h = {"Authorization": f"Bearer {operator}"}
@@ -477,8 +443,7 @@ async def http_part(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
     server = None
     try:
         await migrations.upgrade(db.engine)
-        tokens = await _customers(db, data_dir / "keys", args.customers)
-        operator, buyers = tokens[-1], tokens[:-1]
+        buyers, operator = await customers_and_operator(db, data_dir / "keys", args.customers)
         env = {
             "INCENTIVE_DATA_DIR": str(data_dir),
             "INCENTIVE_DATABASE_URL": url,

@@ -26,6 +26,12 @@ from types import TracebackType
 from typing import Any
 
 import httpx
+from sqlalchemy import insert
+
+from incentive.auth.keyring import KeyRing
+from incentive.auth.models import User
+from incentive.auth.tokens import issue_access_token
+from incentive.db import Database, new_id, utcnow
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -77,6 +83,41 @@ function done(summary, latency, requests)
     t.s2xx, t.s409, t.s503, t.sother))
 end
 """
+
+
+async def customers_and_operator(db: Database, keys: Path, n: int) -> tuple[list[str], str]:
+    """``n`` customers and one operator written straight into ``users``, and an access token
+    of each signed with the key ring in ``keys`` (the server's data dir): (customers, operator)."""
+    now = utcnow()
+    rows: list[dict[str, Any]] = [
+        {
+            "id": new_id(),
+            "username": f"bench-{i}",
+            "display_name": "",
+            "password_hash": "-",
+            "role": "customer",
+            "merchant_id": None,
+            "blocked": False,
+            "created_at": now,
+        }
+        for i in range(n + 1)
+    ]
+    rows[-1]["username"], rows[-1]["role"] = "bench-operator", "operator"
+    async with db.unit_of_work() as s:
+        await s.execute(insert(User), rows)
+    ring = KeyRing.load(keys)
+    tokens = [
+        issue_access_token(
+            ring,
+            user_id=str(r["id"]),
+            name=str(r["username"]),
+            role=str(r["role"]),
+            merchant_id=None,
+            ttl_seconds=3600,
+        )[0]
+        for r in rows
+    ]
+    return tokens[:-1], tokens[-1]
 
 
 def free_port() -> int:

@@ -48,7 +48,7 @@ from incentive.auth.tokens import issue_access_token
 from incentive.db import Database
 from incentive.kit.pgadmin import drop_database, recreate_database
 from incentive.ledger import service as ledger
-from incentive.ledger.models import Account, Transfer
+from incentive.ledger.models import TRANSFER_COLUMNS, Account, Transfer
 
 DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1/incentive_bench"
 
@@ -88,19 +88,6 @@ def _plans(ids: list[int], batch_size: int, batches: int) -> list[list[ledger.Tr
     return plans
 
 
-COPY_COLUMNS = (
-    "idempotency_key",
-    "debit_account_id",
-    "credit_account_id",
-    "amount",
-    "asset",
-    "kind",
-    "reference",
-    "metadata",
-    "created_at",
-)
-
-
 async def _bare_copy(url: str, items: list[ledger.TransferItem]) -> float:
     """Seconds to COPY the same rows (other keys) into ``transfers`` in one transaction, with
     its real indexes and constraints: the database's own floor for writing these rows."""
@@ -114,7 +101,7 @@ async def _bare_copy(url: str, items: list[ledger.TransferItem]) -> float:
     try:
         start = time.perf_counter()
         async with conn.transaction():
-            await conn.copy_records_to_table("transfers", records=records, columns=COPY_COLUMNS)
+            await conn.copy_records_to_table("transfers", records=records, columns=TRANSFER_COLUMNS)
         return time.perf_counter() - start
     finally:
         await conn.close()

@@ -54,7 +54,7 @@ from incentive.auth.models import User
 from incentive.db import Database, new_id, utcnow
 from incentive.kit.pgadmin import drop_database, recreate_database
 from incentive.ledger import service as ledger
-from incentive.ledger.models import Account
+from incentive.ledger.models import TRANSFER_COLUMNS, Account
 from incentive.points_files import service, storage
 from incentive.points_files.answer_format import RecordStatus, read_feedback
 from incentive.points_files.crypto import default_gnupg_home, init_platform_key
@@ -358,17 +358,7 @@ async def bare_copies(url: str, n: int, members: int) -> dict[str, Any]:
                 )
                 for i, (rid, mid, pts, _, _) in enumerate(parsed)
             ],
-            [
-                "idempotency_key",
-                "debit_account_id",
-                "credit_account_id",
-                "amount",
-                "asset",
-                "kind",
-                "reference",
-                "metadata",
-                "created_at",
-            ],
+            list(TRANSFER_COLUMNS),
             foreign_keys=", FOREIGN KEY (debit_account_id) REFERENCES accounts (id), "
             "FOREIGN KEY (credit_account_id) REFERENCES accounts (id)",
         )

@@ -33,14 +33,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from httpbench import Server, tree_cpu_seconds
-from sqlalchemy import insert
+from httpbench import Server, customers_and_operator, tree_cpu_seconds
 
 from incentive import migrations
-from incentive.auth.keyring import KeyRing
-from incentive.auth.models import User
-from incentive.auth.tokens import issue_access_token
-from incentive.db import Database, new_id, utcnow
+from incentive.db import Database
 from incentive.kit.pgadmin import drop_database, recreate_database
 
 PG_URL = os.environ.get("INCENTIVE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1/postgres")
@@ -80,39 +76,6 @@ def area_of(frames: list[str]) -> str:
             if any(marker in frame for marker in markers):
                 return name
     return "other"
-
-
-async def _tokens(db: Database, keys: Path, customers: int) -> tuple[list[str], str]:
-    now = utcnow()
-    rows: list[dict[str, Any]] = [
-        {
-            "id": new_id(),
-            "username": f"bench-{i}",
-            "display_name": "",
-            "password_hash": "-",
-            "role": "customer",
-            "merchant_id": None,
-            "blocked": False,
-            "created_at": now,
-        }
-        for i in range(customers + 1)
-    ]
-    rows[-1]["username"], rows[-1]["role"] = "bench-operator", "operator"
-    async with db.unit_of_work() as s:
-        await s.execute(insert(User), rows)
-    ring = KeyRing.load(keys)
-    tokens = [
-        issue_access_token(
-            ring,
-            user_id=str(r["id"]),
-            name=str(r["username"]),
-            role=str(r["role"]),
-            merchant_id=None,
-            ttl_seconds=3600,
-        )[0]
-        for r in rows
-    ]
-    return tokens[:-1], tokens[-1]
 
 
 def summarise(raw: Path) -> dict[str, Any]:
@@ -168,7 +131,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     db = Database(url, pool_size=2)
     try:
         await migrations.upgrade(db.engine)
-        customers, operator = await _tokens(db, data_dir / "keys", args.customers)
+        customers, operator = await customers_and_operator(db, data_dir / "keys", args.customers)
         await db.dispose()
         env = {
             "INCENTIVE_DATA_DIR": str(data_dir),

@@ -23,7 +23,7 @@ from sqlalchemy import Table, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.db import one_of
-from incentive.ledger.models import Account, Transfer
+from incentive.ledger.models import TRANSFER_COLUMNS, Account, Transfer
 from incentive.ledger.repository import NewTransfer, add, bounds, is_postgres
 
 
@@ -65,17 +65,6 @@ _PG_BATCH_INSERT = text(
 
 _PG_EXISTING_KEYS = text(
     "SELECT idempotency_key FROM transfers WHERE idempotency_key = ANY(CAST(:keys AS varchar[]))"
-)
-TRANSFER_COLUMNS = (
-    "idempotency_key",
-    "debit_account_id",
-    "credit_account_id",
-    "amount",
-    "asset",
-    "kind",
-    "reference",
-    "metadata",
-    "created_at",
 )
 
 

@@ -77,3 +77,17 @@ class Transfer(Base):
     # ``metadata`` is reserved on declarative classes, hence the attribute name.
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# The columns a new transfer row is written with (set-based INSERT … SELECT and COPY).
+TRANSFER_COLUMNS = (
+    "idempotency_key",
+    "debit_account_id",
+    "credit_account_id",
+    "amount",
+    "asset",
+    "kind",
+    "reference",
+    "metadata",
+    "created_at",
+)

@@ -24,7 +24,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from incentive.db import insert, one_of
-from incentive.ledger.models import BALANCE_MAX, BALANCE_MIN, Account, Transfer
+from incentive.ledger.models import (
+    BALANCE_MAX,
+    BALANCE_MIN,
+    TRANSFER_COLUMNS,
+    Account,
+    Transfer,
+)
 
 
 class NewTransfer(Protocol):
@@ -206,17 +212,7 @@ async def claim_transfer(
     stmt = (
         insert(session, Transfer)
         .from_select(
-            [
-                "idempotency_key",
-                "debit_account_id",
-                "credit_account_id",
-                "amount",
-                "asset",
-                "kind",
-                "reference",
-                "metadata",
-                "created_at",
-            ],
+            list(TRANSFER_COLUMNS),
             source,
         )
         .on_conflict_do_nothing(index_elements=["idempotency_key"])
