@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from sqlalchemy import select
 
 from incentive.auth.models import Merchant
 from incentive.db import Database
@@ -55,3 +56,18 @@ async def test_drain_lets_running_work_commit_and_refuses_new_work(db: Database)
     async with db.unit_of_work() as s:
         codes = {m.code for m in (await s.execute(Merchant.__table__.select())).all()}
     assert codes == {"SLOW"}
+
+
+async def test_a_reader_is_not_queued_behind_an_open_write(db: Database) -> None:
+    """A hot-path read (``Database.reader``: the caller look-up, a flash sale's facts) answers
+    with the committed state while another unit of work holds the write lock. On SQLite a
+    reader that began ``IMMEDIATE`` waited for the lock and, under a sold-out stampede,
+    failed with "database is locked"."""
+    async with db.unit_of_work() as s:
+        s.add(Merchant(code="SEEN", name="committed before"))
+    async with db.unit_of_work() as s:
+        s.add(Merchant(code="OPEN", name="not committed yet"))
+        await s.flush()  # the write lock is held from here until the commit
+        async with asyncio.timeout(5), db.reader() as conn:
+            codes = (await conn.execute(select(Merchant.code))).scalars().all()
+    assert sorted(codes) == ["SEEN"]

@@ -144,6 +144,7 @@ class Database:
             _configure_sqlite(self.engine.sync_engine)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._sqlite_reader = self.engine.execution_options(**{_READ_ONLY: True})
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -183,11 +184,13 @@ class Database:
         """A connection for a single read on a hot path, outside any transaction.
 
         On PostgreSQL it runs in autocommit: one round trip per statement instead of three
-        (BEGIN, the statement, COMMIT). On SQLite it is an ordinary short transaction. Never
-        write through it.
+        (BEGIN, the statement, COMMIT). On SQLite it is a deferred (plain ``BEGIN``) read
+        transaction: under WAL it neither waits for nor blocks the writer, where the
+        ``BEGIN IMMEDIATE`` of a unit of work would queue every read behind the write lock.
+        Never write through it.
         """
         async with self._tracked():
-            engine = self.engine if self.is_sqlite else self._autocommit
+            engine = self._sqlite_reader if self.is_sqlite else self._autocommit
             conn = await engine.connect()
             try:
                 yield conn
@@ -239,6 +242,10 @@ async def _finish(cleanup: Coroutine[Any, Any, None]) -> None:
         raise
 
 
+# Execution option of ``Database.reader()`` connections on SQLite: begin deferred.
+_READ_ONLY = "incentive_read_only"
+
+
 def _configure_sqlite(engine: Engine) -> None:
     # WAL lets readers run beside the single writer; BEGIN IMMEDIATE takes the write lock at
     # the start of a transaction so two writers queue instead of deadlocking on lock upgrade.
@@ -254,7 +261,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get(_READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 _database: Database | None = None
