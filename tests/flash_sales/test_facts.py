@@ -59,10 +59,11 @@ async def test_a_failed_refresh_answers_every_waiter_and_is_not_cached(
     monkeypatch.setattr(purchases.campaigns, "campaign_facts", failing)
     failed = await asyncio.gather(*(sales.buy(b, sale) for b in buyers[:5]))
     statuses = [r.status_code for r in failed]
-    # Those waiting on the failed refresh all get its failure (the app's 500 for a lost
-    # database); one arriving after it starts the next refresh, which is then cached.
-    assert 500 in statuses
-    assert set(statuses) <= {500, 201}
+    # Those waiting on the failed refresh all get its failure (a lost database: 503 with
+    # Retry-After); one arriving after it starts the next refresh, which is then cached.
+    assert 503 in statuses
+    assert set(statuses) <= {503, 201}
+    assert all(r.headers["retry-after"] for r in failed if r.status_code == 503)
     assert loads == ([sale] if 201 not in statuses else [sale, sale])
     responses = await asyncio.gather(*(sales.buy(b, sale) for b in buyers[5:]))
     assert [r.status_code for r in responses] == [201] * 5
