@@ -58,6 +58,11 @@ def settings(data_dir: Path, stock_url: str | None) -> Settings:
         stock_url=stock_url,
         demo_data=False,
         log_level="WARNING",
+        # The stampede tests count every answer exactly (200 concurrent purchases on one event
+        # loop, CI running both suites side by side): a Redis connection may be waited for as
+        # long as the test database's pool is (tests/conftest.py). The default's 503 after
+        # its own wait is tests/test_unavailable.py's.
+        redis_pool_timeout=30,
     )
 
 
