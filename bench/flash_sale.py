@@ -403,6 +403,8 @@ def _pool(env: dict[str, str]) -> str:
     from incentive.settings import Settings
 
     fields = Settings.model_fields
+    if "db_pool_size" not in fields:  # code from before pools were settings (a "before" run)
+        return "30+10"
     size = env.get("INCENTIVE_DB_POOL_SIZE", fields["db_pool_size"].default)
     overflow = env.get("INCENTIVE_DB_MAX_OVERFLOW", fields["db_max_overflow"].default)
     return f"{size}+{overflow}"
