@@ -17,6 +17,7 @@ stored value is always of the declared type. Only registered keys can be read or
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -57,6 +58,12 @@ class ConfigKey:
         return self.adapter.dump_python(value, mode="json")
 
     def json_schema(self) -> dict[str, Any]:
+        """The JSON Schema of the key's values, built once per key (the configuration list
+        shows it for every key on every request). Shared: never mutate it."""
+        return self._schema
+
+    @functools.cached_property
+    def _schema(self) -> dict[str, Any]:
         schema: dict[str, Any] = self.adapter.json_schema()
         return schema
 
