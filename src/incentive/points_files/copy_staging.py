@@ -49,7 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.auth import service as auth_service
 from incentive.points_files.format import INT64_MAX, MAX_LINE_BYTES, RecordReason
-from incentive.points_files.models import RECORDS, PointsCreditedRecord
+from incentive.points_files.models import RECORD_COLUMNS, RECORDS, PointsCreditedRecord
 from incentive.points_files.repository import FileContext
 
 # One field character: not ``|`` and none of ``format.FORBIDDEN_CHARS`` (tab is allowed).
@@ -234,20 +234,7 @@ def _insert_records(ctx: FileContext, first_line: int, oldest: datetime, newest:
     stored = (
         insert(RECORDS)
         .from_select(
-            [
-                "file_id",
-                "line_no",
-                "record_id",
-                "member_id",
-                "points",
-                "points_text",
-                "txn_time",
-                "memo",
-                "user_id",
-                "state",
-                "reason",
-                "detail",
-            ],
+            list(RECORD_COLUMNS),
             rows,
         )
         .returning(RECORDS.c.state)

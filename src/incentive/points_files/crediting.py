@@ -307,23 +307,11 @@ class Crediting:
                 .execution_options(synchronize_session=False)
             )
             ok = [i for i in items if i.line_no not in failures]
-            await s.execute(
-                update(PointsBatch)
-                .where(PointsBatch.id == batch.id)
-                .values(
-                    state="done",
-                    done_by=worker.id,
-                    ok_count=len(ok),
-                    failed_count=len(failures),
-                    points_credited=sum(i.points for i in ok),
-                    latency_ms=int((time.monotonic() - started) * 1000),
-                    done_at=utcnow(),
-                )
+            await _mark_done(
+                s, worker.id, batch, len(ok), len(failures), sum(i.points for i in ok), started
             )
         worker.crash.hit("batch_committed")
-        metrics.BATCHES.labels("done").inc()
-        metrics.RECORDS_CREDITED.labels("ok").inc(len(ok))
-        metrics.RECORDS_CREDITED.labels("failed").inc(len(failures))
+        _count_done(len(ok), len(failures))
 
     async def _credit_staged_batch(
         self,
@@ -358,23 +346,40 @@ class Crediting:
                 ok -= len(refused)
                 points -= sum(i.points for i in winners if i.line_no in refused)
             worker.crash.hit("batch_credited")
-            await s.execute(
-                update(PointsBatch)
-                .where(PointsBatch.id == batch.id)
-                .values(
-                    state="done",
-                    done_by=worker.id,
-                    ok_count=ok,
-                    failed_count=failed,
-                    points_credited=points,
-                    latency_ms=int((time.monotonic() - started) * 1000),
-                    done_at=utcnow(),
-                )
-            )
+            await _mark_done(s, worker.id, batch, ok, failed, points, started)
         worker.crash.hit("batch_committed")
-        metrics.BATCHES.labels("done").inc()
-        metrics.RECORDS_CREDITED.labels("ok").inc(ok)
-        metrics.RECORDS_CREDITED.labels("failed").inc(failed)
+        _count_done(ok, failed)
+
+
+async def _mark_done(
+    session: AsyncSession,
+    worker_id: str,
+    batch: ClaimedBatch,
+    ok: int,
+    failed: int,
+    points: int,
+    started: float,
+) -> None:
+    """The batch's outcome, in the transaction that credited it."""
+    await session.execute(
+        update(PointsBatch)
+        .where(PointsBatch.id == batch.id)
+        .values(
+            state="done",
+            done_by=worker_id,
+            ok_count=ok,
+            failed_count=failed,
+            points_credited=points,
+            latency_ms=int((time.monotonic() - started) * 1000),
+            done_at=utcnow(),
+        )
+    )
+
+
+def _count_done(ok: int, failed: int) -> None:
+    metrics.BATCHES.labels("done").inc()
+    metrics.RECORDS_CREDITED.labels("ok").inc(ok)
+    metrics.RECORDS_CREDITED.labels("failed").inc(failed)
 
 
 async def _items(

@@ -228,3 +228,20 @@ __all__ = [
     "RECORDS",
     "max_plain_bytes_of",
 ]
+
+
+# The columns a staged record is written with (the reader's COPY and the set-based INSERT … SELECT).
+RECORD_COLUMNS = (
+    "file_id",
+    "line_no",
+    "record_id",
+    "member_id",
+    "points",
+    "points_text",
+    "txn_time",
+    "memo",
+    "user_id",
+    "state",
+    "reason",
+    "detail",
+)

@@ -40,27 +40,13 @@ from incentive.points_files.format import (
     RejectReason,
     sanitize_detail,
 )
-from incentive.points_files.models import RECORDS, PointsFile, PointsRecord
+from incentive.points_files.models import RECORD_COLUMNS, RECORDS, PointsFile, PointsRecord
 from incentive.points_files.repository import FileContext
 from incentive.points_files.worker import Worker
 
 log = logging.getLogger(__name__)
 
 FUTURE_TOLERANCE = timedelta(minutes=10)
-RECORD_COLUMNS = (
-    "file_id",
-    "line_no",
-    "record_id",
-    "member_id",
-    "points",
-    "points_text",
-    "txn_time",
-    "memo",
-    "user_id",
-    "state",
-    "reason",
-    "detail",
-)
 
 
 async def decrypt(worker: Worker, file_id: str) -> None:
