@@ -71,6 +71,7 @@ DOMAINS: tuple[Domain, ...] = (
     Domain("events", models=True, cli=True, keys=True, runtime=True),
     Domain("stock", runtime=True),
     Domain("campaigns", models=True, router=True, keys=True, runtime=True),
+    Domain("join_codes", models=True, router=True, cli=True),
     Domain("flash_sales", models=True, router=True, cli=True, keys=True, kind=True, runtime=True),
     Domain("rebates", kind=True),
     Domain("coupons", kind=True),

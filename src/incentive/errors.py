@@ -19,6 +19,7 @@ against the real subclasses, their statuses and slugs::
     ├── Forbidden (403 forbidden)
     ├── NotFound (404 not-found)
     │   ├── AccountNotFound (404 account-not-found) [ledger]
+    │   ├── JoinCodeNotFound (404 join-code-not-found) [join_codes]
     │   ├── UnknownConfigKey (404 config-key-unknown) [config]
     │   └── PointsFileNotFound (404 points-file-not-found) [points_files]
     ├── Conflict (409 conflict)
@@ -32,6 +33,9 @@ against the real subclasses, their statuses and slugs::
     │   ├── InvalidTransition (409 invalid-transition) [campaigns]
     │   ├── CampaignNotEditable (409 campaign-not-editable) [campaigns]
     │   ├── CampaignVersionConflict (409 campaign-version-conflict) [campaigns]
+    │   ├── CodeUsed (409 code-used) [join_codes]
+    │   ├── CodeVoid (409 code-void) [join_codes]
+    │   ├── AlreadyJoined (409 already-joined) [join_codes]
     │   ├── ConfigVersionConflict (409 config-version-conflict) [config]
     │   ├── SoldOut (409 sold-out) [stock]
     │   ├── StockPoolMissing (409 stock-pool-missing) [stock]
@@ -52,7 +56,8 @@ Each domain's leaves also derive from one marker base of that domain, so ``excep
 <Marker>`` catches every refusal of the domain:
 
 - AuthError [auth], LedgerError [ledger], ConfigError [config], CampaignError [campaigns],
-- StockError [stock], FlashSaleError [flash_sales], PointsFileError [points_files].
+- StockError [stock], FlashSaleError [flash_sales], PointsFileError [points_files],
+- JoinCodeError [join_codes].
 
 Only this module knows about HTTP status codes; services raise these and never see HTTP.
 """

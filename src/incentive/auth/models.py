@@ -98,7 +98,8 @@ class AuditEntry(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     actor_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     actor_role: Mapped[str] = mapped_column(String(16))
-    action: Mapped[str] = mapped_column(String(64))
+    # "METHOD /path" of an idempotent call: as long as the paths it may name.
+    action: Mapped[str] = mapped_column(String(200))
     target: Mapped[str] = mapped_column(String(200), default="")
     request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
