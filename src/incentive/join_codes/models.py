@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, String
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from incentive.db import Base, UTCDateTime, utcnow
@@ -27,10 +27,17 @@ class JoinCode(Base):
             "status <> 'used' OR (redeemed_by_merchant_id IS NOT NULL AND redeemed_at IS NOT NULL)",
             name="used_has_redeemer",
         ),
-        # A campaign's codes in code order (listing, export), and by state (voiding the
-        # unused ones, listing the used ones).
+        # A campaign's codes in code order (listing, export, voiding the unused ones); its
+        # used and void ones (listing them) in a partial index that new codes stay out of.
         Index("ix_join_codes_campaign_code", "campaign_id", "code"),
-        Index("ix_join_codes_campaign_status_code", "campaign_id", "status", "code"),
+        Index(
+            "ix_join_codes_campaign_spent",
+            "campaign_id",
+            "status",
+            "code",
+            postgresql_where=text("status <> 'unused'"),
+            sqlite_where=text("status <> 'unused'"),
+        ),
     )
 
     code: Mapped[str] = mapped_column(String(CODE_MAX_LENGTH), primary_key=True)

@@ -52,7 +52,11 @@ def upgrade() -> None:
     )
     op.create_index("ix_join_codes_campaign_code", "join_codes", ["campaign_id", "code"])
     op.create_index(
-        "ix_join_codes_campaign_status_code", "join_codes", ["campaign_id", "status", "code"]
+        "ix_join_codes_campaign_spent",
+        "join_codes",
+        ["campaign_id", "status", "code"],
+        postgresql_where=sa.text("status <> 'unused'"),
+        sqlite_where=sa.text("status <> 'unused'"),
     )
     op.create_table(
         "campaign_merchants",
@@ -87,7 +91,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_campaign_merchants_joined", table_name="campaign_merchants")
     op.drop_table("campaign_merchants")
-    op.drop_index("ix_join_codes_campaign_status_code", table_name="join_codes")
+    op.drop_index("ix_join_codes_campaign_spent", table_name="join_codes")
     op.drop_index("ix_join_codes_campaign_code", table_name="join_codes")
     op.drop_table("join_codes")
     # Entries longer than the old width are cut, not lost.
