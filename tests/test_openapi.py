@@ -97,6 +97,8 @@ async def test_every_list_takes_limit_and_cursor_and_answers_items_and_next_curs
         "/api/v1/config",
         "/api/v1/config/{key}/audit",
         "/api/v1/points-files",
+        "/api/v1/campaigns/{campaign_id}/join-codes",
+        "/api/v1/campaigns/{campaign_id}/merchants",
     }
 
 

@@ -19,6 +19,7 @@ from incentive.auth.models import Partner
 from incentive.campaigns.models import Campaign
 from incentive.config.registry import registered_keys
 from incentive.db import Database
+from incentive.join_codes.models import CampaignMerchant
 from incentive.ledger import service as ledger
 from incentive.points_files.models import PointsFile
 from tests.campaigns.conftest import campaign_body
@@ -58,6 +59,8 @@ class Lists:
     transitions: list[int]  # of campaign_id, oldest first
     audit: list[int]  # versions of flash_sale.buckets, newest first
     files: list[str]  # newest first, four sharing one timestamp
+    codes: list[str]  # join codes of campaign_id, in code order
+    members: list[str]  # merchants that joined campaign_id, all at one instant: by id
 
 
 async def _lists(db: Database, app: Any, client: httpx.AsyncClient) -> Lists:
@@ -151,6 +154,30 @@ async def _lists(db: Database, app: Any, client: httpx.AsyncClient) -> Lists:
         await s.flush()
         files = [f.id for f in sorted(rows, key=lambda f: (f.received_at, f.id), reverse=True)]
 
+    r = await client.post(
+        f"/api/v1/campaigns/{campaign_id}/join-codes",
+        json={"count": ROWS},
+        headers={**op.headers, "Idempotency-Key": "pager-codes"},
+    )
+    assert r.status_code == 201, r.text
+    codes_page = await client.get(
+        f"/api/v1/campaigns/{campaign_id}/join-codes?limit=200", headers=op.headers
+    )
+    codes = [c["code"] for c in codes_page.json()["items"]]
+    members = []
+    for n, code in enumerate(codes):
+        joiner = await make_merchant(db, code=f"JOIN{n}")
+        joiner_staff = await make_user(
+            db, app, username=f"joiner-{n}", role="merchant", merchant_id=joiner.id
+        )
+        r = await client.post(
+            "/api/v1/join-codes/redemptions", json={"code": code}, headers=joiner_staff.headers
+        )
+        assert r.status_code == 201, r.text
+        members.append(joiner.id)
+    async with db.unit_of_work() as s:  # one instant for all: the merchant id breaks the tie
+        await s.execute(update(CampaignMerchant).values(joined_at=TIED_AT))
+
     return Lists(
         op=op,
         owner=owner,
@@ -163,6 +190,8 @@ async def _lists(db: Database, app: Any, client: httpx.AsyncClient) -> Lists:
         transitions=transitions,
         audit=list(range(ROWS, 0, -1)),
         files=files,
+        codes=sorted(codes),
+        members=sorted(members),
     )
 
 
@@ -177,6 +206,8 @@ def _expected(w: Lists) -> list[tuple[str, Actor, str, list[Any]]]:
         ("/api/v1/config", w.op, "key", sorted(k.name for k in registered_keys())),
         ("/api/v1/config/flash_sale.buckets/audit", w.op, "version", w.audit),
         ("/api/v1/points-files", w.op, "id", w.files),
+        (f"/api/v1/campaigns/{w.campaign_id}/join-codes", w.op, "code", w.codes),
+        (f"/api/v1/campaigns/{w.campaign_id}/merchants", w.staff, "merchant_id", w.members),
     ]
 
 
