@@ -49,6 +49,12 @@ def _calls(sale: str, account: int, funding: int) -> list[tuple[str, str, dict[s
         ("POST", f"{H}/flash-sales/{sale}/activate", None),
         ("POST", f"{H}/flash-sales/{sale}/purchases", {"quantity": 1}),
         ("POST", f"{H}/flash-sales/{sale}/reconcile", None),
+        ("POST", f"{H}/campaigns/{sale}/join-codes", {"count": 1}),
+        ("GET", f"{H}/campaigns/{sale}/join-codes", None),
+        ("GET", f"{H}/campaigns/{sale}/join-codes/export", None),
+        ("POST", f"{H}/campaigns/{sale}/join-codes/void", {"all_unused": True}),
+        ("GET", f"{H}/campaigns/{sale}/merchants", None),
+        ("GET", f"{H}/campaigns/{sale}/membership", None),
         ("GET", f"{H}/accounts/{account}", None),
         ("GET", f"{H}/accounts/{account}/transfers", None),
     ]
@@ -148,7 +154,7 @@ async def test_unseen_sales_and_accounts_are_404_on_every_route_and_nothing_chan
                     assert r.json()["detail"] == ref.json()["detail"], where
                     assert r.json()["detail"].startswith(f"role {caller.user.role!r}"), where
                 checked += 1
-    assert checked == 2 * 7 * 13
+    assert checked == 2 * 7 * 19
     assert await _snapshot(db) == before
 
 

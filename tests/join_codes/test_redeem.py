@@ -58,6 +58,21 @@ async def test_twenty_merchants_redeeming_one_code_at_once_one_joins(
     assert row.redeemed_by_user_id == winner["joined_by"]
 
 
+async def test_one_merchant_redeeming_ten_codes_at_once_joins_once(
+    client: httpx.AsyncClient, world: World, campaign: str, db: Database
+) -> None:
+    codes = await _codes(client, world, campaign, 10)
+    answers = await asyncio.gather(*(redeem(client, world.ma, c) for c in codes))
+    assert sorted(r.status_code for r in answers) == [201] + [409] * 9
+    assert {r.json()["type"].rsplit("/", 1)[1] for r in answers if r.status_code == 409} == {
+        "already-joined"
+    }
+    (member,) = await members_of(db, campaign)
+    states = {c.code: c.status for c in await codes_of(db, campaign)}
+    assert states.pop(member.code) == "used"
+    assert set(states.values()) == {"unused"}
+
+
 async def test_a_merchant_joins_a_campaign_once_and_its_second_code_stays_unused(
     client: httpx.AsyncClient, world: World, campaign: str, db: Database
 ) -> None:
