@@ -170,7 +170,7 @@ async def generate(
     campaign = await campaigns.get_campaign(session, campaign_id)
     if campaign.status in CLOSED:
         raise CampaignClosed(
-            f"an {campaign.status} campaign takes no new join codes",
+            f"campaign {campaign_id} is {campaign.status}: it takes no new join codes",
             campaign_status=campaign.status,
         )
     conn = await session.connection()
