@@ -20,6 +20,7 @@ from incentive import demo
 from incentive.auth.models import User
 from incentive.db import Database
 from incentive.flash_sales.models import Purchase
+from incentive.join_codes.models import CampaignMerchant, JoinCode
 from incentive.ledger.models import Account
 from incentive.points_files.format import Header, write_points_file
 from tests.points_files.kit import NOW
@@ -91,3 +92,9 @@ async def test_readme_examples_run_as_pasted(
     assert await _points(db, "alice") == before + 250
     async with db.unit_of_work() as s:
         assert await s.scalar(select(func.count()).select_from(Purchase)) == 1
+        # The demo merchant joined the README's campaign with one code; the other two voided.
+        assert await s.scalar(select(func.count()).select_from(CampaignMerchant)) == 1
+        states = dict(
+            (await s.execute(select(JoinCode.status, func.count()).group_by(JoinCode.status))).all()
+        )
+        assert states == {"used": 1, "void": 2}
