@@ -37,7 +37,8 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 # One connection per client; each request a caller's token (round robin over ``tokens``) and,
 # for writes, an Idempotency-Key unique to this run (``run`` is fresh per call, so a measured
-# run never replays the warm-up's keys). Statuses are counted per thread and summed in done().
+# run never replays the warm-up's keys), which also replaces every ``@SEQ@`` in the body (ids a
+# body must not repeat). Statuses are counted per thread and summed in done().
 WRK_SCRIPT = """
 local tokens = {%(tokens)s}
 local counter = 0
@@ -56,10 +57,12 @@ function request()
     headers["Authorization"] = "Bearer " .. tokens[(counter * 7 + id * 131) %% #tokens + 1]
   end
   local body = nil
+  %(headers)s
   if "%(method)s" == "POST" then
-    headers["Idempotency-Key"] = "%(run)s-" .. id .. "-" .. counter
+    local key = "%(run)s-" .. id .. "-" .. counter
+    headers["Idempotency-Key"] = key
     headers["Content-Type"] = "application/json"
-    body = %(body)s
+    body = (string.gsub(%(body)s, "@SEQ@", key))
   end
   return wrk.format("%(method)s", "%(path)s", headers, body)
 end
@@ -155,10 +158,12 @@ def wrk(
     tokens: list[str] | tuple[str, ...] = (),
     method: str = "GET",
     body: str | None = None,
+    headers: dict[str, str] | None = None,
     seconds: int = 15,
     connections: int = 200,
 ) -> dict[str, Any]:
-    """One ``wrk -t2`` run; requests/s, p50/p99 and statuses counted by class."""
+    """One ``wrk -t2`` run; requests/s, p50/p99 and statuses counted by class. ``body``'s
+    ``@SEQ@`` becomes the request's unique key; ``headers`` go with every request."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not on PATH (apt-get install wrk)")
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
@@ -170,10 +175,20 @@ def wrk(
             "path": path,
             "run": secrets.token_hex(4),
             "body": json.dumps(body) if body is not None else "nil",
+            "headers": " ".join(
+                f"headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in (headers or {}).items()
+            ),
         }
     )
     try:
-        command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s"]
+        command = [
+            "wrk",
+            f"-t{min(2, connections)}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "30s",
+        ]
         out = subprocess.run(
             [*command, "-s", str(script), base + path], check=True, capture_output=True, text=True
         ).stdout

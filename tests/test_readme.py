@@ -41,12 +41,12 @@ def test_the_readme_has_runnable_examples_and_says_why_others_are_not_run() -> N
     assert text.count("```sh") == len(BLOCK.findall(text)), "an sh block the test cannot parse"
 
 
-async def _points(db: Database, username: str) -> int:
+async def _points(db: Database, username: str, asset: str = "POINTS") -> int:
     async with db.unit_of_work() as s:
         user_id = await s.scalar(select(User.id).where(User.username == username))
         balance = await s.scalar(
             select(func.coalesce(func.sum(Account.balance), 0)).where(
-                Account.owner_type == "user", Account.owner_id == user_id, Account.asset == "POINTS"
+                Account.owner_type == "user", Account.owner_id == user_id, Account.asset == asset
             )
         )
         return int(balance or 0)
@@ -90,6 +90,8 @@ async def test_readme_examples_run_as_pasted(
     # points, and exactly one purchase was recorded.
     assert re.search(r"^R\|r1\|alice\|250\|OK\|", text, re.M), text[-3000:]
     assert await _points(db, "alice") == before + 250
+    # The payment's 2 % came to alice and half of it went back with the half refund.
+    assert await _points(db, "alice", "CNY") == 100
     async with db.unit_of_work() as s:
         assert await s.scalar(select(func.count()).select_from(Purchase)) == 1
         # The demo merchant joined the README's campaign with one code; the other two voided.

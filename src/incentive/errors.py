@@ -20,6 +20,7 @@ against the real subclasses, their statuses and slugs::
     ├── NotFound (404 not-found)
     │   ├── AccountNotFound (404 account-not-found) [ledger]
     │   ├── JoinCodeNotFound (404 join-code-not-found) [join_codes]
+    │   ├── ActivityNotFound (404 activity-not-found) [activities]
     │   ├── UnknownConfigKey (404 config-key-unknown) [config]
     │   └── PointsFileNotFound (404 points-file-not-found) [points_files]
     ├── Conflict (409 conflict)
@@ -29,6 +30,7 @@ against the real subclasses, their statuses and slugs::
     │   ├── InsufficientFunds (409 insufficient-funds) [ledger]
     │   ├── BalanceLimit (409 balance-limit) [ledger]
     │   ├── AssetMismatch (409 asset-mismatch) [ledger]
+    │   ├── ActivityIdReused (409 activity-id-reused) [activities]
     │   ├── CampaignClosed (409 campaign-conflict) [campaigns]
     │   ├── InvalidTransition (409 invalid-transition) [campaigns]
     │   ├── CampaignNotEditable (409 campaign-not-editable) [campaigns]
@@ -57,7 +59,7 @@ Each domain's leaves also derive from one marker base of that domain, so ``excep
 
 - AuthError [auth], LedgerError [ledger], ConfigError [config], CampaignError [campaigns],
 - StockError [stock], FlashSaleError [flash_sales], PointsFileError [points_files],
-- JoinCodeError [join_codes].
+- JoinCodeError [join_codes], ActivityError [activities].
 
 Only this module knows about HTTP status codes; services raise these and never see HTTP.
 """

@@ -55,6 +55,8 @@ def _calls(sale: str, account: int, funding: int) -> list[tuple[str, str, dict[s
         ("POST", f"{H}/campaigns/{sale}/join-codes/void", {"all_unused": True}),
         ("GET", f"{H}/campaigns/{sale}/merchants", None),
         ("GET", f"{H}/campaigns/{sale}/membership", None),
+        ("GET", f"{H}/campaigns/{sale}/rebates", None),
+        ("GET", f"{H}/campaigns/{sale}/rebates/report", None),
         ("GET", f"{H}/accounts/{account}", None),
         ("GET", f"{H}/accounts/{account}/transfers", None),
     ]
@@ -154,7 +156,7 @@ async def test_unseen_sales_and_accounts_are_404_on_every_route_and_nothing_chan
                     assert r.json()["detail"] == ref.json()["detail"], where
                     assert r.json()["detail"].startswith(f"role {caller.user.role!r}"), where
                 checked += 1
-    assert checked == 2 * 7 * 19
+    assert checked == 2 * 7 * 21
     assert await _snapshot(db) == before
 
 
@@ -176,6 +178,9 @@ async def test_a_purchase_on_another_merchants_cancelled_sale_is_404(
 
 # Routes taking an id that the test above does not call, and why that is safe.
 NOT_CALLED_ABOVE = {
+    # An activity's id is its sender's own: another sender's is absent (404), tested in
+    # `tests/activities/test_rebates.py::test_who_may_send_and_see_activities`.
+    ("GET", "/api/v1/activities/{activity_id}"),
     # Live configuration: operators only, who see every key; others get the role's 403.
     ("GET", "/api/v1/config/{key}"),
     ("PUT", "/api/v1/config/{key}"),

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Request
-from fastapi.security import APIKeyHeader, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy import bindparam, exists, select
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
@@ -217,6 +217,30 @@ class PartnerKeyCaller(APIKeyHeader):
 BEARER_DESCRIPTION = "JWT access token from /api/v1/auth/token"
 API_KEY_DESCRIPTION = "partner API key"
 
+_bearer_scheme = HTTPBearer(
+    auto_error=False, description=BEARER_DESCRIPTION, scheme_name="HTTPBearer"
+)
+_api_key_scheme = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description=API_KEY_DESCRIPTION, scheme_name="APIKeyHeader"
+)
+
+
+async def partner_or_operator(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)],
+    api_key: Annotated[str | None, Depends(_api_key_scheme)],
+) -> Principal:
+    """A partner by ``X-API-Key`` (tried first when present) or an operator by bearer token."""
+    if api_key:
+        principal = await partner_principal(request, api_key)
+    else:
+        principal = await bearer_principal(request, request.headers.get("authorization"))
+        if not principal.is_operator:
+            raise Forbidden("needs a partner's API key or an operator's token")
+    request.scope.setdefault("state", {})["principal"] = principal
+    return principal
+
+
 current_user = BearerCaller()
 current_partner = PartnerKeyCaller()
 
@@ -239,6 +263,7 @@ CurrentUser = Annotated[Principal, Depends(current_user)]
 CustomerOutsideTransaction = Annotated[Principal, require_roles_outside_transaction("customer")]
 OperatorOutsideTransaction = Annotated[Principal, require_roles_outside_transaction("operator")]
 CurrentPartner = Annotated[Principal, Depends(current_partner)]
+PartnerOrOperator = Annotated[Principal, Depends(partner_or_operator)]
 Operator = Annotated[Principal, require_roles("operator")]
 Customer = Annotated[Principal, require_roles("customer")]
 MerchantStaff = Annotated[Principal, require_roles("merchant", "operator")]

@@ -20,6 +20,11 @@ every route into ``active`` (first activation and resume: the hook must be idemp
 ``on_end`` when the campaign is ended (by a person or by the ``ends_at`` job) or cancelled.
 Hooks see a ``CampaignFacts`` snapshot, never the core's table.
 
+Activities (``activities``) reach a kind through ``on_activity``: an activity of a type the
+kind ``consumes`` is offered to each of its active campaigns (and a follow-up, such as a
+refund, to every campaign that answered the activity it refers to), in the activity's unit of
+work, once per (activity, campaign); the hook answers with an ``Outcome``.
+
 ``campaigns`` never imports a kind: the rules union, the ``kind`` enum and the OpenAPI
 schema of ``rules`` are built from this registry when they are needed.
 """
@@ -73,6 +78,40 @@ class CampaignFacts:
     version: int
 
 
+@dataclass(frozen=True)
+class ActivityFacts:
+    """An activity as a kind sees it (stored before it is offered; ``id`` is ours)."""
+
+    id: int
+    sender: str
+    external_id: str
+    type: str
+    occurred_at: datetime
+    customer: str
+    merchant: str | None
+    staff: str | None
+    amount_fen: int | None
+    refers_to: int | None  # our id of the activity a follow-up (a refund) refers to
+    attributes: Mapping[str, Any]
+
+
+OUTCOMES = ("rewarded", "reversed", "refused")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A campaign's answer to one activity: what it gave (``detail``: amounts, transfer ids),
+    what it took back, or why not (``reason``, a short code such as ``not-joined``)."""
+
+    status: str  # one of OUTCOMES
+    reason: str | None = None
+    detail: Mapping[str, Any] | None = None
+
+    @classmethod
+    def refused(cls, reason: str, **detail: Any) -> Outcome:
+        return cls("refused", reason, detail or None)
+
+
 class CampaignKind(Protocol):
     """One kind of campaign. Subclass it to inherit the no-op hooks."""
 
@@ -101,6 +140,13 @@ class CampaignKind(Protocol):
 
     async def on_end(self, session: AsyncSession, campaign: CampaignFacts) -> None:
         return None
+
+    async def on_activity(
+        self, session: AsyncSession, campaign: CampaignFacts, activity: ActivityFacts
+    ) -> Outcome:
+        """Answer one activity of a consumed type; raise nothing a sender can cause (a refusal
+        is an ``Outcome``). Called once per (activity, campaign); writes commit with it."""
+        return Outcome.refused("not-consumed")
 
 
 _kinds: dict[str, CampaignKind] = {}
@@ -138,6 +184,11 @@ def get_kind(name: str) -> CampaignKind:
 
 def kind_names() -> list[str]:
     return sorted(_kinds)
+
+
+def kinds_consuming(activity_type: str) -> list[str]:
+    """Names of the kinds whose campaigns are offered activities of ``activity_type``."""
+    return sorted(name for name, kind in _kinds.items() if activity_type in kind.consumes)
 
 
 def _rules_adapter() -> TypeAdapter[Any]:

@@ -13,7 +13,7 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -292,6 +292,24 @@ async def list_campaigns(
     if merchant_id is not None:
         stmt = stmt.where(Campaign.merchant_id == merchant_id)
     return await CAMPAIGN_ORDER.fetch(session, stmt, cursor=cursor, limit=limit)
+
+
+async def campaigns_for_activity(
+    session: AsyncSession, kinds: Sequence[str], also: Iterable[str] = ()
+) -> list[CampaignFacts]:
+    """The campaigns an activity is offered to: every active campaign of ``kinds``, and the
+    campaigns named in ``also`` whatever their status (those that answered the activity a
+    follow-up refers to: a refund reaches its payment's campaign after it ended). Id order."""
+    wanted = set(also)
+    clauses = []
+    if kinds:
+        clauses.append(and_(Campaign.status == "active", Campaign.kind.in_(kinds)))
+    if wanted:
+        clauses.append(Campaign.id.in_(sorted(wanted)))
+    if not clauses:
+        return []
+    rows = await session.scalars(select(Campaign).where(or_(*clauses)).order_by(Campaign.id))
+    return [facts(row) for row in rows]
 
 
 # --------------------------------------------------------------------------- budget

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from incentive.auth.principal import Principal, bearer_principal, partner_principal
+from incentive.auth.principal import CurrentPartner, PartnerOrOperator, Principal
 from incentive.deps import Session
 from incentive.errors import AUTHENTICATED, VALIDATION, Forbidden, problems
 from incentive.kit.jsonbody import JSONBodyRoute
@@ -32,30 +31,13 @@ from incentive.settings import Settings
 
 router = APIRouter(tags=["points files"], route_class=JSONBodyRoute)
 
-_bearer = HTTPBearer(auto_error=False, description="operator access token")
-_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="partner API key")
-
 FileId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 
 
 VIEWING = (*AUTHENTICATED, *VALIDATION, Forbidden)
 
-
-async def points_viewer(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    api_key: Annotated[str | None, Depends(_api_key)],
-) -> Principal:
-    """A partner (its own files, by API key) or an operator (every file, by bearer token)."""
-    if api_key:
-        return await partner_principal(request, api_key)
-    principal = await bearer_principal(request, request.headers.get("authorization"))
-    if not principal.is_operator:
-        raise Forbidden("points files are visible to operators and their partner only")
-    return principal
-
-
-Viewer = Annotated[Principal, Depends(points_viewer)]
+# A partner sees its own files (by API key), an operator every file (by bearer token).
+Viewer = PartnerOrOperator
 
 
 def _settings(request: Request) -> Settings:
@@ -87,7 +69,7 @@ async def _visible_file(session: Session, viewer: Principal, file_id: str) -> Po
 async def upload_points_file(
     request: Request,
     code: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{2,64}$")],
-    api_key: Annotated[str | None, Depends(_api_key)],
+    partner: CurrentPartner,
     name: Annotated[
         str,
         Query(
@@ -106,7 +88,6 @@ async def upload_points_file(
     # and no transaction (on SQLite: the write lock) may stay open meanwhile.
     db = request.app.state.db
     async with db.unit_of_work() as s:
-        partner = await partner_principal(request, api_key)
         if partner.name != code:
             raise Forbidden("the API key belongs to another partner")
         who = await intake.sender(s, code)

@@ -1,38 +1,36 @@
-"""The ``rebate`` campaign kind: its rules (paying on payments comes with the activities)."""
+"""The ``rebate`` campaign kind: a payment at a joined merchant rebates the customer, the
+merchant and (if set) the staff member from the budget; a refund reverses it."""
 
 from __future__ import annotations
 
-from typing import Literal
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from pydantic import Field, model_validator
-
-from incentive.campaigns.kinds import CampaignKind, KindRules, register_kind
-from incentive.kit.amounts import BasisPoints, Fen, PositiveFen
-
-
-class RebateRules(KindRules):
-    """Two-way rebate on a payment: the user and the merchant are both paid from the budget."""
-
-    kind: Literal["rebate"] = "rebate"
-    user_rebate_bp: BasisPoints
-    merchant_rebate_bp: BasisPoints
-    staff_rebate_bp: BasisPoints = 0
-    min_payment_fen: Fen = 0
-    max_rebate_fen: PositiveFen = Field(description="cap of one payment's total rebate, fen")
-
-    @model_validator(mode="after")
-    def _something_rebated(self) -> RebateRules:
-        if self.user_rebate_bp + self.merchant_rebate_bp + self.staff_rebate_bp == 0:
-            raise ValueError("at least one of the rebate rates must be above 0")
-        return self
+from incentive.campaigns.kinds import (
+    ActivityFacts,
+    CampaignFacts,
+    CampaignKind,
+    KindRules,
+    Outcome,
+    register_kind,
+)
+from incentive.rebates import service
+from incentive.rebates.rules import RebateRules
 
 
 class RebateKind(CampaignKind):
     name = "rebate"
     rules = RebateRules
+    consumes = frozenset({"payment", "refund"})
 
     def budget_asset(self, rules: KindRules) -> str:
         return "CNY"
+
+    async def on_activity(
+        self, session: AsyncSession, campaign: CampaignFacts, activity: ActivityFacts
+    ) -> Outcome:
+        if activity.type == "payment":
+            return await service.pay(session, campaign, activity)
+        return await service.reverse(session, campaign, activity)
 
 
 register_kind(RebateKind())

@@ -1,0 +1,419 @@
+"""Paying and reversing two-way rebates; the campaign report.
+
+Contract:
+
+- ``pay`` answers one payment for one campaign (called by the kind, once per (campaign,
+  activity), in the activity's unit of work). A payment at a merchant that joined the campaign
+  (redeemed a join code, or owns the campaign), of an eligible category, of at least the
+  minimum, pays the customer, the merchant and the staff member their parts from the budget
+  in one ledger batch: all three or none. Parts are cut to the per-payment cap and to what the
+  customer's and the merchant's caps leave; every cut, count and transfer happens inside one
+  savepoint, so a budget that cannot cover the whole rebate (``budget-exhausted``) or caps that
+  leave nothing (``cap-reached``) leave nothing behind. The ledger keys
+  ``rebate:<campaign>:<activity>:<part>`` make a second payout of one payment impossible even
+  past the outcome row.
+- ``reverse`` answers a refund of a rebated payment: each part is reversed in proportion to
+  the refunded share of the payment (cumulative over partial refunds, floor division, so the
+  parts reversed never exceed the parts paid), moved back to the budget by ledger transfers.
+  What a party has already spent is not forced: the reversal takes what the balance holds and
+  records the rest as ``shortfall_fen``. The payout row is locked first, so concurrent refunds
+  of one payment reverse in turn.
+- Nothing here commits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from incentive.campaigns.kinds import ActivityFacts, CampaignFacts, Outcome
+from incentive.db import insert, utcnow
+from incentive.join_codes import service as join_codes
+from incentive.kit.pagination import KeyInt, Keyset, Slice
+from incentive.ledger import service as ledger
+from incentive.ledger.errors import InsufficientFunds
+from incentive.rebates.models import RebatePayout, RebateTotal
+from incentive.rebates.rules import RebateRules
+
+ASSET = "CNY"
+WHOLE_CAMPAIGN = "*"
+
+
+@dataclass(frozen=True)
+class Parts:
+    user: int
+    merchant: int
+    staff: int
+
+    @property
+    def total(self) -> int:
+        return self.user + self.merchant + self.staff
+
+
+def rebate_parts(rules: RebateRules, amount_fen: int, with_staff: bool) -> Parts:
+    """The three parts of a payment's rebate, cut to ``max_rebate_fen`` in proportion."""
+    user = amount_fen * rules.user_rebate_bp // 10_000
+    merchant = amount_fen * rules.merchant_rebate_bp // 10_000
+    staff = amount_fen * rules.staff_rebate_bp // 10_000 if with_staff else 0
+    total = user + merchant + staff
+    if total > rules.max_rebate_fen:
+        cap = rules.max_rebate_fen
+        user, merchant, staff = (p * cap // total for p in (user, merchant, staff))
+    return Parts(user, merchant, staff)
+
+
+async def joined(session: AsyncSession, campaign: CampaignFacts, merchant: str) -> bool:
+    """A merchant's own campaign is its own to pay from; others join by a code."""
+    if campaign.owner_type == "merchant" and campaign.merchant_id == merchant:
+        return True
+    return await join_codes.has_joined(session, campaign.id, merchant)
+
+
+async def pay(session: AsyncSession, campaign: CampaignFacts, payment: ActivityFacts) -> Outcome:
+    """Rebate one payment (see the module contract)."""
+    rules = campaign.rules
+    assert isinstance(rules, RebateRules)
+    assert payment.merchant is not None
+    assert payment.amount_fen is not None
+    category = payment.attributes.get("merchant_category")
+    if rules.merchant_categories and category not in rules.merchant_categories:
+        return Outcome.refused("category-not-eligible", merchant_category=category)
+    if payment.amount_fen < rules.min_payment_fen:
+        return Outcome.refused("below-minimum", min_payment_fen=rules.min_payment_fen)
+    if not await joined(session, campaign, payment.merchant):
+        return Outcome.refused("not-joined", merchant=payment.merchant)
+    parts = rebate_parts(rules, payment.amount_fen, payment.staff is not None)
+    if parts.total == 0:
+        return Outcome.refused("below-minimum", rebate_fen=0)
+    try:
+        async with session.begin_nested():
+            capped = await _within_caps(session, campaign.id, rules, payment, parts)
+            if capped.total == 0:
+                raise _CapReached
+            keys = await _pay_out(session, campaign, payment, capped)
+            await session.execute(
+                insert(session, RebatePayout).values(
+                    campaign_id=campaign.id,
+                    activity_id=payment.id,
+                    payment_id=payment.external_id,
+                    customer=payment.customer,
+                    merchant=payment.merchant,
+                    staff=payment.staff,
+                    payment_fen=payment.amount_fen,
+                    user_fen=capped.user,
+                    merchant_fen=capped.merchant,
+                    staff_fen=capped.staff,
+                    refunded_fen=0,
+                    reversed_user_fen=0,
+                    reversed_merchant_fen=0,
+                    reversed_staff_fen=0,
+                    shortfall_fen=0,
+                    paid_at=utcnow(),
+                )
+            )
+    except _CapReached:
+        return Outcome.refused("cap-reached")
+    except InsufficientFunds:
+        return Outcome.refused("budget-exhausted", rebate_fen=parts.total)
+    return Outcome(
+        "rewarded",
+        detail={
+            "user_fen": capped.user,
+            "merchant_fen": capped.merchant,
+            "staff_fen": capped.staff,
+            "total_fen": capped.total,
+            "capped": capped != parts,
+            "transfers": keys,
+        },
+    )
+
+
+class _CapReached(Exception):
+    """Rolls the savepoint back when the caps leave nothing to pay."""
+
+
+async def _within_caps(
+    session: AsyncSession,
+    campaign_id: str,
+    rules: RebateRules,
+    payment: ActivityFacts,
+    parts: Parts,
+) -> Parts:
+    """Parts cut to what the caps leave, with the totals counted (rows locked in key order:
+    customer's before merchant's, each day's before the whole campaign's)."""
+    day = (payment.occurred_at + timedelta(minutes=rules.cap_day_offset_minutes)).date().isoformat()
+    user = await _take(
+        session,
+        campaign_id,
+        "customer",
+        payment.customer,
+        parts.user,
+        {day: rules.customer_daily_cap_fen, WHOLE_CAMPAIGN: rules.customer_campaign_cap_fen},
+    )
+    assert payment.merchant is not None
+    merchant = await _take(
+        session,
+        campaign_id,
+        "merchant",
+        payment.merchant,
+        parts.merchant,
+        {day: rules.merchant_daily_cap_fen, WHOLE_CAMPAIGN: rules.merchant_campaign_cap_fen},
+    )
+    return Parts(user, merchant, parts.staff)
+
+
+async def _take(
+    session: AsyncSession,
+    campaign_id: str,
+    party: str,
+    party_id: str,
+    wanted: int,
+    caps: dict[str, int | None],
+) -> int:
+    """Count up to ``wanted`` against the party's capped totals; the amount it may have."""
+    capped = {day: cap for day, cap in sorted(caps.items()) if cap is not None}
+    if not capped or wanted == 0:
+        return wanted
+    key = {"campaign_id": campaign_id, "party": party, "party_id": party_id}
+    totals = {}
+    for day in capped:
+        await session.execute(
+            insert(session, RebateTotal).values(**key, day=day, paid_fen=0).on_conflict_do_nothing()
+        )
+        totals[day] = await session.scalar(
+            select(RebateTotal.paid_fen).filter_by(**key, day=day).with_for_update()
+        )
+    allowed = min(wanted, *(capped[d] - int(totals[d] or 0) for d in capped))
+    allowed = max(allowed, 0)
+    if allowed:
+        for day in capped:
+            await session.execute(
+                update(RebateTotal)
+                .filter_by(**key, day=day)
+                .values(paid_fen=RebateTotal.paid_fen + allowed)
+            )
+    return allowed
+
+
+async def _pay_out(
+    session: AsyncSession, campaign: CampaignFacts, payment: ActivityFacts, parts: Parts
+) -> list[str]:
+    assert campaign.budget_account_id is not None
+    assert payment.merchant is not None
+    owners = [
+        ("user", payment.customer, parts.user),
+        ("merchant", payment.merchant, parts.merchant),
+    ]
+    if payment.staff is not None:
+        owners.append(("staff", payment.staff, parts.staff))
+    items = []
+    for part, owner, amount in owners:
+        if amount == 0:
+            continue
+        account = await ledger.open_account(
+            session,
+            owner_type="merchant" if part == "merchant" else "user",
+            owner_id=owner,
+            asset=ASSET,
+        )
+        items.append(
+            ledger.TransferItem(
+                idempotency_key=f"rebate:{campaign.id}:{payment.id}:{part}",
+                debit_account_id=campaign.budget_account_id,
+                credit_account_id=account.id,
+                amount=amount,
+                kind="rebate",
+                reference=f"campaign:{campaign.id}",
+                metadata={
+                    "campaign_id": campaign.id,
+                    "payment_id": payment.external_id,
+                    "part": part,
+                },
+            )
+        )
+    await ledger.batch_transfer(session, items)
+    return [i.idempotency_key for i in items]
+
+
+# --------------------------------------------------------------------------- refunds
+
+
+async def reverse(session: AsyncSession, campaign: CampaignFacts, refund: ActivityFacts) -> Outcome:
+    """Reverse the rebate of the refunded payment in proportion (see the module contract)."""
+    if refund.refers_to is None or refund.amount_fen is None:
+        return Outcome.refused("not-rebated")
+    payout = await session.scalar(
+        select(RebatePayout)
+        .filter_by(campaign_id=campaign.id, activity_id=refund.refers_to)
+        .with_for_update()
+    )
+    if payout is None:
+        return Outcome.refused("not-rebated")
+    refunded = min(payout.payment_fen, payout.refunded_fen + refund.amount_fen)
+    if refunded == payout.refunded_fen:
+        return Outcome.refused("already-refunded")
+    assert campaign.budget_account_id is not None
+    reversed_now: dict[str, int] = {}
+    shortfall = 0
+    for part, owner_type, owner in (
+        ("user", "user", payout.customer),
+        ("merchant", "merchant", payout.merchant),
+        ("staff", "user", payout.staff),
+    ):
+        paid = getattr(payout, f"{part}_fen")
+        owed = paid * refunded // payout.payment_fen - getattr(payout, f"reversed_{part}_fen")
+        if owed <= 0 or owner is None:
+            continue
+        taken = await _take_back(
+            session,
+            campaign,
+            refund,
+            part,
+            owner_type,
+            owner,
+            owed,
+        )
+        reversed_now[part] = taken
+        shortfall += owed - taken
+        setattr(payout, f"reversed_{part}_fen", getattr(payout, f"reversed_{part}_fen") + owed)
+    payout.refunded_fen = refunded
+    payout.shortfall_fen += shortfall
+    await session.flush()
+    return Outcome(
+        "reversed",
+        detail={
+            "payment_id": payout.payment_id,
+            "refunded_fen": refunded,
+            "reversed_fen": reversed_now,
+            "shortfall_fen": shortfall,
+        },
+    )
+
+
+async def _take_back(
+    session: AsyncSession,
+    campaign: CampaignFacts,
+    refund: ActivityFacts,
+    part: str,
+    owner_type: str,
+    owner: str,
+    owed: int,
+) -> int:
+    """Move up to ``owed`` from the party back to the budget: what its balance holds now."""
+    assert campaign.budget_account_id is not None
+    account = await ledger.find_account(session, owner_type=owner_type, owner_id=owner, asset=ASSET)
+    for _ in range(5):
+        balance = 0 if account is None else (await ledger.get_account(session, account.id)).balance
+        amount = min(owed, max(balance, 0))
+        if amount == 0 or account is None:
+            return 0
+        try:
+            await ledger.transfer(
+                session,
+                idempotency_key=f"rebate-reversal:{campaign.id}:{refund.id}:{part}",
+                debit_account_id=account.id,
+                credit_account_id=campaign.budget_account_id,
+                amount=amount,
+                kind="rebate.reversal",
+                reference=f"campaign:{campaign.id}",
+                metadata={
+                    "campaign_id": campaign.id,
+                    "refund_id": refund.external_id,
+                    "part": part,
+                },
+            )
+        except InsufficientFunds:  # spent meanwhile: look at the balance again
+            continue
+        return amount
+    return 0
+
+
+# --------------------------------------------------------------------------- reading
+
+
+PAYOUT_ORDER = Keyset((RebatePayout.activity_id,), tuple[KeyInt])
+
+
+async def payouts(
+    session: AsyncSession,
+    campaign_id: str,
+    *,
+    merchant: str | None = None,
+    customer: str | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> Slice[RebatePayout]:
+    stmt = select(RebatePayout).where(RebatePayout.campaign_id == campaign_id)
+    if merchant is not None:
+        stmt = stmt.where(RebatePayout.merchant == merchant)
+    if customer is not None:
+        stmt = stmt.where(RebatePayout.customer == customer)
+    return await PAYOUT_ORDER.fetch(session, stmt, cursor=cursor, limit=limit)
+
+
+@dataclass(frozen=True)
+class Totals:
+    payments: int
+    paid: dict[str, int]
+    reversed: dict[str, int]
+    refunded_fen: int
+    shortfall_fen: int
+
+
+async def totals(session: AsyncSession, campaign_id: str) -> Totals:
+    c = RebatePayout
+    row = (
+        await session.execute(
+            select(
+                func.count(),
+                *(
+                    func.coalesce(func.sum(col), 0)
+                    for col in (
+                        c.user_fen,
+                        c.merchant_fen,
+                        c.staff_fen,
+                        c.reversed_user_fen,
+                        c.reversed_merchant_fen,
+                        c.reversed_staff_fen,
+                        c.refunded_fen,
+                        c.shortfall_fen,
+                    )
+                ),
+            ).where(c.campaign_id == campaign_id)
+        )
+    ).one()
+    n, pu, pm, ps, ru, rm, rs, refunded, shortfall = (int(v) for v in row)
+    return Totals(
+        payments=n,
+        paid={"user": pu, "merchant": pm, "staff": ps},
+        reversed={"user": ru, "merchant": rm, "staff": rs},
+        refunded_fen=refunded,
+        shortfall_fen=shortfall,
+    )
+
+
+def detail_of(payout: RebatePayout) -> dict[str, Any]:
+    return {
+        "payment_id": payout.payment_id,
+        "customer": payout.customer,
+        "merchant": payout.merchant,
+        "staff": payout.staff,
+        "payment_fen": payout.payment_fen,
+        "paid": {
+            "user": payout.user_fen,
+            "merchant": payout.merchant_fen,
+            "staff": payout.staff_fen,
+        },
+        "refunded_fen": payout.refunded_fen,
+        "reversed": {
+            "user": payout.reversed_user_fen,
+            "merchant": payout.reversed_merchant_fen,
+            "staff": payout.reversed_staff_fen,
+        },
+        "shortfall_fen": payout.shortfall_fen,
+        "paid_at": payout.paid_at,
+    }
