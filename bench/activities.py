@@ -168,7 +168,7 @@ async def _world(url: str, data_dir: Path) -> dict[str, Any]:
                 role=role,
                 merchant_id=merchant.id if role == "merchant" else None,
             )
-            for name, role in (("bench-operator", "operator"), ("bench-staff", "merchant"))
+            for name, role in (("rebate-operator", "operator"), ("rebate-staff", "merchant"))
         ]
         s.add_all(users)
         await s.flush()

@@ -303,3 +303,42 @@ async def test_who_may_send_and_see_activities(
     )
     assert named.status_code == 200
     assert (await client.get("/api/v1/me/activities", headers=world.ma.headers)).status_code == 403
+
+
+async def test_a_batch_the_budget_cannot_cover_is_answered_as_one_by_one(
+    client: httpx.AsyncClient, db: Database, world: World, sender: Sender
+) -> None:
+    campaign = await rebate_campaign(client, db, world, budget=1_000)
+    cust, a, b = world.cust.user.id, world.merchant_a, world.merchant_b
+    batch = [payment(f"p{i}", cust, a, 10_000) for i in range(5)]  # 300 fen each
+    batch.insert(2, payment("elsewhere", cust, b, 10_000))
+    r = await client.post(
+        "/api/v1/activities/batch", json={"activities": batch}, headers=sender.headers
+    )
+    assert r.status_code == 201, r.text
+    got = [
+        (x["id"], outcome_of(x, campaign)["status"], outcome_of(x, campaign)["reason"])
+        for x in r.json()["activities"]
+    ]
+    assert got == [
+        ("p0", "rewarded", None),
+        ("p1", "rewarded", None),
+        ("elsewhere", "refused", "not-joined"),
+        ("p2", "rewarded", None),
+        ("p3", "refused", "budget-exhausted"),
+        ("p4", "refused", "budget-exhausted"),
+    ]
+    assert await balance(db, "user", cust) == 600
+    assert await balance(db, "merchant", a) == 300
+    assert await budget_left(db, campaign) == 100
+    assert await cny_total(db) == 0
+    # A batch the budget covers is paid whole, in one ledger batch.
+    covered = await rebate_campaign(client, db, world, budget=10_000)
+    r = await client.post(
+        "/api/v1/activities/batch",
+        json={"activities": [payment(f"q{i}", cust, a, 10_000) for i in range(5)]},
+        headers=sender.headers,
+    )
+    statuses = [outcome_of(x, covered)["status"] for x in r.json()["activities"]]
+    assert statuses == ["rewarded"] * 5
+    assert await budget_left(db, covered) == 10_000 - 5 * 300

@@ -99,11 +99,9 @@ async def _receive(
     if queued:
         await service.queue(session, recorded)
     else:
-        for r in recorded:
-            if r.new:
-                outcomes[r.activity.id] = (
-                    await service.evaluate(session, r.activity, claimed=True) or []
-                )
+        new = [r.activity for r in recorded if r.new]
+        outcomes.update(await service.evaluate(session, new, claimed=True))
+
     replayed = [r.activity for r in recorded if not r.new]
     outcomes.update(await service.outcomes_of(session, [a.id for a in replayed]))
     refers = [r.activity.refers_to for r in recorded if r.activity.refers_to]

@@ -148,6 +148,14 @@ class CampaignKind(Protocol):
         is an ``Outcome``). Called once per (activity, campaign); writes commit with it."""
         return Outcome.refused("not-consumed")
 
+    async def on_activities(
+        self, session: AsyncSession, campaign: CampaignFacts, activities: list[ActivityFacts]
+    ) -> list[Outcome]:
+        """Answer several activities at once, one outcome each in the same order (the same
+        answers ``on_activity`` would give one by one, in that order). Override to answer a
+        batch set-based."""
+        return [await self.on_activity(session, campaign, a) for a in activities]
+
 
 _kinds: dict[str, CampaignKind] = {}
 _adapter: TypeAdapter[Any] | None = None

@@ -28,9 +28,23 @@ class RebateKind(CampaignKind):
     async def on_activity(
         self, session: AsyncSession, campaign: CampaignFacts, activity: ActivityFacts
     ) -> Outcome:
-        if activity.type == "payment":
-            return await service.pay(session, campaign, activity)
-        return await service.reverse(session, campaign, activity)
+        return (await self.on_activities(session, campaign, [activity]))[0]
+
+    async def on_activities(
+        self, session: AsyncSession, campaign: CampaignFacts, activities: list[ActivityFacts]
+    ) -> list[Outcome]:
+        payments = [a for a in activities if a.type == "payment"]
+        answers = dict(
+            zip(
+                (p.id for p in payments),
+                await service.pay_many(session, campaign, payments),
+                strict=True,
+            )
+        )
+        for refund in activities:
+            if refund.type == "refund":
+                answers[refund.id] = await service.reverse(session, campaign, refund)
+        return [answers[a.id] for a in activities]
 
 
 register_kind(RebateKind())

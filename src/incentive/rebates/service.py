@@ -8,8 +8,9 @@ Contract:
   minimum, pays the customer, the merchant and the staff member their parts from the budget
   in one ledger batch: all three or none. Parts are cut to the per-payment cap and to what the
   customer's and the merchant's caps leave; every cut, count and transfer happens inside one
-  savepoint, so a budget that cannot cover the whole rebate (``budget-exhausted``) or caps that
-  leave nothing (``cap-reached``) leave nothing behind. The ledger keys
+  savepoint (when the rules have caps), so a budget that cannot cover the whole rebate
+  (``budget-exhausted``) or caps that leave nothing (``cap-reached``) move nothing and count
+  nothing (the parties' accounts may have been opened, empty). The ledger keys
   ``rebate:<campaign>:<activity>:<part>`` make a second payout of one payment impossible even
   past the outcome row.
 - ``reverse`` answers a refund of a rebated payment: each part is reversed in proportion to
@@ -23,6 +24,7 @@ Contract:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -73,8 +75,25 @@ async def joined(session: AsyncSession, campaign: CampaignFacts, merchant: str) 
     return await join_codes.has_joined(session, campaign.id, merchant)
 
 
-async def pay(session: AsyncSession, campaign: CampaignFacts, payment: ActivityFacts) -> Outcome:
-    """Rebate one payment (see the module contract)."""
+def _has_caps(rules: RebateRules) -> bool:
+    return any(
+        cap is not None
+        for cap in (
+            rules.customer_daily_cap_fen,
+            rules.customer_campaign_cap_fen,
+            rules.merchant_daily_cap_fen,
+            rules.merchant_campaign_cap_fen,
+        )
+    )
+
+
+async def _eligible(
+    session: AsyncSession,
+    campaign: CampaignFacts,
+    payment: ActivityFacts,
+    joined_merchants: dict[str, bool],
+) -> Parts | Outcome:
+    """The payment's parts, or the refusal that no count or budget can change."""
     rules = campaign.rules
     assert isinstance(rules, RebateRules)
     assert payment.merchant is not None
@@ -84,52 +103,85 @@ async def pay(session: AsyncSession, campaign: CampaignFacts, payment: ActivityF
         return Outcome.refused("category-not-eligible", merchant_category=category)
     if payment.amount_fen < rules.min_payment_fen:
         return Outcome.refused("below-minimum", min_payment_fen=rules.min_payment_fen)
-    if not await joined(session, campaign, payment.merchant):
+    if payment.merchant not in joined_merchants:
+        joined_merchants[payment.merchant] = await joined(session, campaign, payment.merchant)
+    if not joined_merchants[payment.merchant]:
         return Outcome.refused("not-joined", merchant=payment.merchant)
     parts = rebate_parts(rules, payment.amount_fen, payment.staff is not None)
     if parts.total == 0:
         return Outcome.refused("below-minimum", rebate_fen=0)
-    try:
-        async with session.begin_nested():
-            capped = await _within_caps(session, campaign.id, rules, payment, parts)
-            if capped.total == 0:
-                raise _CapReached
-            keys = await _pay_out(session, campaign, payment, capped)
-            await session.execute(
-                insert(session, RebatePayout).values(
-                    campaign_id=campaign.id,
-                    activity_id=payment.id,
-                    payment_id=payment.external_id,
-                    customer=payment.customer,
-                    merchant=payment.merchant,
-                    staff=payment.staff,
-                    payment_fen=payment.amount_fen,
-                    user_fen=capped.user,
-                    merchant_fen=capped.merchant,
-                    staff_fen=capped.staff,
-                    refunded_fen=0,
-                    reversed_user_fen=0,
-                    reversed_merchant_fen=0,
-                    reversed_staff_fen=0,
-                    shortfall_fen=0,
-                    paid_at=utcnow(),
-                )
-            )
-    except _CapReached:
-        return Outcome.refused("cap-reached")
-    except InsufficientFunds:
-        return Outcome.refused("budget-exhausted", rebate_fen=parts.total)
+    return parts
+
+
+def _rewarded(campaign: CampaignFacts, payment: ActivityFacts, paid: Parts, full: Parts) -> Outcome:
     return Outcome(
         "rewarded",
         detail={
-            "user_fen": capped.user,
-            "merchant_fen": capped.merchant,
-            "staff_fen": capped.staff,
-            "total_fen": capped.total,
-            "capped": capped != parts,
-            "transfers": keys,
+            "user_fen": paid.user,
+            "merchant_fen": paid.merchant,
+            "staff_fen": paid.staff,
+            "total_fen": paid.total,
+            "capped": paid != full,
+            "transfers": [key for key, _, _, _ in _parts_of(campaign, payment, paid)],
         },
     )
+
+
+async def pay(session: AsyncSession, campaign: CampaignFacts, payment: ActivityFacts) -> Outcome:
+    """Rebate one payment (see the module contract)."""
+    eligible = await _eligible(session, campaign, payment, {})
+    if isinstance(eligible, Outcome):
+        return eligible
+    rules = campaign.rules
+    assert isinstance(rules, RebateRules)
+    # Without caps nothing is written before the ledger batch, which leaves nothing when it
+    # refuses: no savepoint (two round trips) needed.
+    try:
+        async with session.begin_nested() if _has_caps(rules) else contextlib.nullcontext():
+            paid = await _within_caps(session, campaign.id, rules, payment, eligible)
+            if paid.total == 0:
+                raise _CapReached
+            await _pay_out(session, campaign, [(payment, paid)])
+    except _CapReached:
+        return Outcome.refused("cap-reached")
+    except InsufficientFunds:
+        return Outcome.refused("budget-exhausted", rebate_fen=eligible.total)
+    return _rewarded(campaign, payment, paid, eligible)
+
+
+async def pay_many(
+    session: AsyncSession, campaign: CampaignFacts, payments: list[ActivityFacts]
+) -> list[Outcome]:
+    """Rebate several payments, answering as ``pay`` would one by one in this order.
+
+    Without caps, the eligible payments are paid in one ledger batch (accounts opened
+    set-based, one ``batch_transfer``, one insert of payouts) inside a savepoint; when the
+    budget cannot cover all of them the savepoint is rolled back and they are paid one by
+    one, so each gets the answer it would have had alone. With caps, one by one.
+    """
+    rules = campaign.rules
+    assert isinstance(rules, RebateRules)
+    if len(payments) < 2 or _has_caps(rules):
+        return [await pay(session, campaign, p) for p in payments]
+    answers: dict[int, Outcome] = {}
+    eligible: list[tuple[ActivityFacts, Parts]] = []
+    joined_merchants: dict[str, bool] = {}
+    for payment in payments:
+        found = await _eligible(session, campaign, payment, joined_merchants)
+        if isinstance(found, Outcome):
+            answers[payment.id] = found
+        else:
+            eligible.append((payment, found))
+    try:
+        async with session.begin_nested():
+            await _pay_out(session, campaign, eligible)
+    except InsufficientFunds:
+        for payment, _ in eligible:
+            answers[payment.id] = await pay(session, campaign, payment)
+    else:
+        for payment, parts in eligible:
+            answers[payment.id] = _rewarded(campaign, payment, parts, parts)
+    return [answers[p.id] for p in payments]
 
 
 class _CapReached(Exception):
@@ -199,44 +251,82 @@ async def _take(
     return allowed
 
 
-async def _pay_out(
-    session: AsyncSession, campaign: CampaignFacts, payment: ActivityFacts, parts: Parts
-) -> list[str]:
-    assert campaign.budget_account_id is not None
+def _parts_of(
+    campaign: CampaignFacts, payment: ActivityFacts, parts: Parts
+) -> list[tuple[str, str, str, int]]:
+    """(ledger key, owner type, owner id, amount) of each part above zero."""
     assert payment.merchant is not None
-    owners = [
-        ("user", payment.customer, parts.user),
-        ("merchant", payment.merchant, parts.merchant),
+    found = [
+        ("user", "user", payment.customer, parts.user),
+        ("merchant", "merchant", payment.merchant, parts.merchant),
     ]
     if payment.staff is not None:
-        owners.append(("staff", payment.staff, parts.staff))
-    items = []
-    for part, owner, amount in owners:
-        if amount == 0:
-            continue
-        account = await ledger.open_account(
-            session,
-            owner_type="merchant" if part == "merchant" else "user",
-            owner_id=owner,
-            asset=ASSET,
-        )
-        items.append(
-            ledger.TransferItem(
-                idempotency_key=f"rebate:{campaign.id}:{payment.id}:{part}",
-                debit_account_id=campaign.budget_account_id,
-                credit_account_id=account.id,
-                amount=amount,
-                kind="rebate",
-                reference=f"campaign:{campaign.id}",
-                metadata={
-                    "campaign_id": campaign.id,
-                    "payment_id": payment.external_id,
-                    "part": part,
-                },
+        found.append(("staff", "user", payment.staff, parts.staff))
+    return [
+        (f"rebate:{campaign.id}:{payment.id}:{part}", owner_type, owner, amount)
+        for part, owner_type, owner, amount in found
+        if amount > 0
+    ]
+
+
+async def _pay_out(
+    session: AsyncSession, campaign: CampaignFacts, paid: list[tuple[ActivityFacts, Parts]]
+) -> None:
+    """Pay every part of ``paid`` from the budget in one ledger batch and record the payouts
+    (all or nothing: ``InsufficientFunds`` leaves nothing of the batch)."""
+    assert campaign.budget_account_id is not None
+    planned = [(payment, _parts_of(campaign, payment, parts)) for payment, parts in paid]
+    accounts: dict[tuple[str, str], int] = {}
+    for owner_type in ("user", "merchant"):
+        owners = {o for _, parts in planned for _, t, o, _ in parts if t == owner_type}
+        if owners:
+            opened = await ledger.open_accounts(
+                session, owner_type=owner_type, owner_ids=owners, asset=ASSET
             )
+            accounts.update({(owner_type, o): i for o, i in opened.items()})
+    items = [
+        ledger.TransferItem(
+            idempotency_key=key,
+            debit_account_id=campaign.budget_account_id,
+            credit_account_id=accounts[owner_type, owner],
+            amount=amount,
+            kind="rebate",
+            reference=f"campaign:{campaign.id}",
+            metadata={
+                "campaign_id": campaign.id,
+                "payment_id": payment.external_id,
+                "part": key.rsplit(":", 1)[1],
+            },
         )
+        for payment, parts in planned
+        for key, owner_type, owner, amount in parts
+    ]
     await ledger.batch_transfer(session, items)
-    return [i.idempotency_key for i in items]
+    now = utcnow()
+    await session.execute(
+        insert(session, RebatePayout.__table__),
+        [
+            {
+                "campaign_id": campaign.id,
+                "activity_id": payment.id,
+                "payment_id": payment.external_id,
+                "customer": payment.customer,
+                "merchant": payment.merchant,
+                "staff": payment.staff,
+                "payment_fen": payment.amount_fen,
+                "user_fen": parts.user,
+                "merchant_fen": parts.merchant,
+                "staff_fen": parts.staff,
+                "refunded_fen": 0,
+                "reversed_user_fen": 0,
+                "reversed_merchant_fen": 0,
+                "reversed_staff_fen": 0,
+                "shortfall_fen": 0,
+                "paid_at": now,
+            }
+            for payment, parts in paid
+        ],
+    )
 
 
 # --------------------------------------------------------------------------- refunds
