@@ -187,3 +187,47 @@ async def test_concurrent_payments_retries_and_refunds_keep_every_guarantee(
         day = (datetime.fromisoformat(body["occurred_at"]) + timedelta(hours=8)).date()
         paid_per_day[body["customer"], day.isoformat()] += detail["user_fen"]
     assert max(paid_per_day.values()) == DAILY_CAP  # the cap was reached, never passed
+
+
+async def test_concurrent_batches_pay_set_based_and_never_overdraw_the_budget(
+    client: httpx.AsyncClient, db: Database, world: World, sender: Sender
+) -> None:
+    """20 clients send 50 batches of 20 payments (300 fen of rebate each) against a budget
+    for about half of them: batches are paid whole while the budget lasts, then one by one."""
+    budget = 150_000 + 3 * 300 + 123  # 25 whole batches, then 3 payments of the next one
+    campaign = await rebate_campaign(client, db, world, budget=budget)
+    batches = [
+        [payment(f"b{n}-{i}", f"cust-{i % 7}", world.merchant_a, 10_000) for i in range(20)]
+        for n in range(50)
+    ]
+
+    async def send(n: int) -> None:
+        for batch in batches[n::20]:
+            r = await client.post(
+                "/api/v1/activities/batch", json={"activities": batch}, headers=sender.headers
+            )
+            assert r.status_code == 201, r.text
+
+    await asyncio.gather(*(send(n) for n in range(20)))
+    async with db.unit_of_work() as s:
+        outcomes = dict(
+            (
+                await s.execute(
+                    select(ActivityOutcome.status, func.count())
+                    .where(ActivityOutcome.campaign_id == campaign["id"])
+                    .group_by(ActivityOutcome.status)
+                )
+            ).all()
+        )
+        moved = int(
+            await s.scalar(
+                select(func.coalesce(func.sum(Transfer.amount), 0)).where(Transfer.kind == "rebate")
+            )
+            or 0
+        )
+    left = await budget_left(db, campaign)
+    assert sum(outcomes.values()) == 1_000
+    assert outcomes["rewarded"] == 503  # the budget paid all it could, to the last 300
+    assert moved == 503 * 300 == budget - left
+    assert 0 <= left < 300
+    assert await cny_total(db) == 0
