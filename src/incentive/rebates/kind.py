@@ -13,7 +13,7 @@ from incentive.campaigns.kinds import (
     Outcome,
     register_kind,
 )
-from incentive.rebates import service
+from incentive.rebates import refunds, service
 from incentive.rebates.rules import RebateRules
 
 
@@ -43,7 +43,7 @@ class RebateKind(CampaignKind):
         )
         for refund in activities:
             if refund.type == "refund":
-                answers[refund.id] = await service.reverse(session, campaign, refund)
+                answers[refund.id] = await refunds.reverse(session, campaign, refund)
         return [answers[a.id] for a in activities]
 
 
