@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Path, Query
@@ -10,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.activities import service
 from incentive.activities.errors import ActivityIdReused, ActivityNotFound
-from incentive.activities.models import Activity, ActivityOutcome
+from incentive.activities.models import Activity
 from incentive.activities.schemas import (
     ActivityBatchIn,
     ActivityBatchOut,
@@ -56,7 +57,9 @@ async def _shaped(session: AsyncSession, rows: list[Activity]) -> list[ActivityO
     return [_out(a, outcomes[a.id], referred) for a in rows]
 
 
-def _out(a: Activity, outcomes: list[ActivityOutcome], referred: dict[int, str]) -> ActivityOut:
+def _out(
+    a: service.AnyActivity, outcomes: Sequence[service.AnyOutcome], referred: dict[int, str]
+) -> ActivityOut:
     return ActivityOut(
         id=a.external_id,
         type=a.type,
@@ -95,26 +98,21 @@ async def _receive(
     queued = _async(prefer)
     sender = sender_of(principal)
     recorded = await service.record(session, sender, items, batch=batch, inline=not queued)
-    outcomes: dict[int, list[ActivityOutcome]] = {}
+    outcomes: dict[int, Sequence[service.AnyOutcome]] = {}
     if queued:
         await service.queue(session, recorded)
     else:
         new = [r.activity for r in recorded if r.new]
         outcomes.update(await service.evaluate(session, new, claimed=True))
-
-    replayed = [r.activity for r in recorded if not r.new]
-    outcomes.update(await service.outcomes_of(session, [a.id for a in replayed]))
-    refers = [r.activity.refers_to for r in recorded if r.activity.refers_to]
-    referred = {a.id: a.external_id for a in recorded_activities(recorded) if a.id in refers}
+    replayed = [r.activity.id for r in recorded if not r.new]
+    outcomes.update(await service.outcomes_of(session, replayed))
+    refers = {r.activity.refers_to for r in recorded if r.activity.refers_to}
+    referred = {r.activity.id: r.activity.external_id for r in recorded if r.activity.id in refers}
     referred.update(await service.external_ids(session, [i for i in refers if i not in referred]))
     shaped = [_out(r.activity, outcomes.get(r.activity.id, []), referred) for r in recorded]
     if not any(r.new for r in recorded):
         return shaped, 200
     return shaped, 202 if queued else 201
-
-
-def recorded_activities(recorded: list[service.Recorded]) -> list[Activity]:
-    return [r.activity for r in recorded]
 
 
 @router.post(

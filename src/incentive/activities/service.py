@@ -53,9 +53,48 @@ from incentive.kit.pagination import KeyInt, Keyset, Slice
 RECEIVED_TOPIC = "activities.received"
 
 
+@dataclass(slots=True)
+class NewActivity:
+    """An activity this transaction stored, as the columns hold it (a plain object: an ORM
+    instance per row cost 0.05 ms, half of storing a batch)."""
+
+    id: int
+    sender: str
+    external_id: str
+    fingerprint: str
+    type: str
+    occurred_at: datetime
+    customer: str
+    merchant: str | None
+    staff: str | None
+    amount_fen: int | None
+    refers_to: int | None
+    attributes: dict[str, Any]
+    state: str
+    received_at: datetime
+    evaluated_at: datetime | None
+
+
+@dataclass(slots=True)
+class NewOutcome:
+    """An outcome this transaction wrote (plain, like ``NewActivity``)."""
+
+    activity_id: int
+    campaign_id: str
+    kind: str
+    status: str
+    reason: str | None
+    detail: dict[str, Any] | None
+    decided_at: datetime
+
+
+AnyActivity = Activity | NewActivity
+AnyOutcome = ActivityOutcome | NewOutcome
+
+
 @dataclass
 class Recorded:
-    activity: Activity
+    activity: AnyActivity
     new: bool  # False: a replay of what the sender sent before
 
 
@@ -92,7 +131,7 @@ async def record(
     ids = {a.external_id: a.id for a in stored.values()}
     pending = list(range(len(items)))
     now = utcnow()
-    fresh: dict[str, Activity] = {}
+    fresh: dict[str, NewActivity] = {}
     while pending:
         ready = [i for i in pending if items[i].refers_to is None or items[i].refers_to in ids]
         if not ready:
@@ -116,7 +155,7 @@ async def record(
         )
         for activity_id, external_id in (await session.execute(stmt, list(rows.values()))).all():
             ids[external_id] = activity_id
-            fresh[external_id] = Activity(id=activity_id, **rows[external_id])
+            fresh[external_id] = NewActivity(id=activity_id, **rows[external_id])
         sent_before = [external_id for external_id in rows if external_id not in fresh]
         if sent_before:
             stored.update(await _stored(session, sender, sent_before))
@@ -204,7 +243,7 @@ async def queue(session: AsyncSession, recorded: Sequence[Recorded]) -> None:
 # --------------------------------------------------------------------------- evaluation
 
 
-def facts(activity: Activity) -> ActivityFacts:
+def facts(activity: AnyActivity) -> ActivityFacts:
     return ActivityFacts(
         id=activity.id,
         sender=activity.sender,
@@ -221,8 +260,8 @@ def facts(activity: Activity) -> ActivityFacts:
 
 
 async def evaluate(
-    session: AsyncSession, activities: Sequence[Activity], *, claimed: bool = False
-) -> dict[int, list[ActivityOutcome]]:
+    session: AsyncSession, activities: Sequence[AnyActivity], *, claimed: bool = False
+) -> dict[int, list[AnyOutcome]]:
     """Offer ``activities`` to their campaigns, each once (see the module contract): the
     outcomes written, by activity id, for those this call evaluated (others were claimed by
     another evaluation). ``claimed``: stored by this transaction already claimed
@@ -248,7 +287,7 @@ async def evaluate(
         )
         # (The objects are not changed to match: dirty objects would be flushed again.)
         activities = [a for a in activities if a.id in won]
-    answers: dict[int, list[ActivityOutcome]] = {a.id: [] for a in activities}
+    answers: dict[int, list[AnyOutcome]] = {a.id: [] for a in activities}
     by_type: dict[str, list[ActivityFacts]] = {}
     for activity in activities:
         if activity.refers_to is None:
@@ -295,7 +334,7 @@ async def _offer(
     session: AsyncSession,
     campaign: CampaignFacts,
     group: list[ActivityFacts],
-    answers: dict[int, list[ActivityOutcome]],
+    answers: dict[int, list[AnyOutcome]],
     now: datetime,
     *,
     follow_up: bool,
@@ -320,7 +359,7 @@ async def _offer(
         outcome = asked.get(activity.id) or Outcome.refused("outside-window")
         OUTCOMES.labels(campaign.kind, outcome.status, outcome.reason or "").inc()
         answers[activity.id].append(
-            ActivityOutcome(
+            NewOutcome(
                 activity_id=activity.id,
                 campaign_id=campaign.id,
                 kind=campaign.kind,
