@@ -36,6 +36,8 @@ from weakref import WeakSet
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from incentive.kit.subscription import subscribed
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "incentive:principals"
@@ -268,8 +270,7 @@ async def run_announcer(caches: Caches, redis: Any) -> None:
 async def _listen(caches: Caches, redis: Any) -> None:
     while True:
         try:
-            async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                await pubsub.subscribe(CHANNEL)
+            async with subscribed(redis, CHANNEL) as pubsub:
                 # Whatever was announced while not subscribed is lost: start afresh.
                 caches.clear()
                 while True:

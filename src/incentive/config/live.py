@@ -26,6 +26,7 @@ from incentive.config.errors import InvalidConfigValue
 from incentive.config.models import REVISION_ROW_ID, ConfigEntry, ConfigRevision
 from incentive.config.registry import ConfigKey, get_key
 from incentive.db import Database
+from incentive.kit.subscription import subscribed
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +194,7 @@ async def run_refresher(config: LiveConfig, interval: float, redis: Any | None =
 async def _listen(config: LiveConfig, redis: Any, interval: float) -> None:
     while True:
         try:
-            async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                await pubsub.subscribe(CHANNEL)
+            async with subscribed(redis, CHANNEL) as pubsub:
                 while True:
                     message = await pubsub.get_message(timeout=interval)
                     if message is not None:
