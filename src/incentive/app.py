@@ -58,7 +58,11 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             async with database.draining():
                 for t in tasks:
                     t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                # Bounded: a task stuck closing a Redis connection (redis/redis-py#3941) must
+                # not hold the shutdown forever.
+                _, stuck = await asyncio.wait(tasks, timeout=10) if tasks else (set(), set())
+                if stuck:
+                    log.warning("background tasks still stopping after 10 s; left behind")
             await bootstrap.stop(app)
             if owns_db:
                 await database.dispose()

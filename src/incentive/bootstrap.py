@@ -7,6 +7,7 @@ domain's ``JOBS`` become background tasks; the lifespan in app.py stays one call
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from fastapi import FastAPI
@@ -52,4 +53,9 @@ async def stop(app: FastAPI) -> None:
             await runtime.stop(app)
     redis = getattr(app.state, "redis", None)
     if redis is not None:
-        await redis.aclose()
+        # Bounded for the reason of kit/subscription.py: closing a connection whose read was
+        # cancelled can wait forever in redis-py (redis/redis-py#3941); at shutdown, let go.
+        try:
+            await asyncio.wait_for(redis.aclose(), 5)
+        except TimeoutError:
+            log.warning("Redis connections not closed within 5 s; left to the process exit")
