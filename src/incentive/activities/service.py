@@ -373,7 +373,7 @@ async def _offer(
 
 async def evaluate_queued(session: AsyncSession, activity_ids: Sequence[int]) -> int:
     """Evaluate the queued activities among ``activity_ids`` (those not evaluated yet)."""
-    queued = [a for a in (await _by_ids(session, sorted(activity_ids))).values()]
+    queued = (await _by_ids(session, sorted(activity_ids))).values()
     return len(await evaluate(session, [a for a in queued if a.state == "received"]))
 
 
