@@ -1,0 +1,401 @@
+"""A third-party coupon provider, spoken to over "Incentive coupon provider API v1".
+
+The protocol is `docs/coupon-provider-api.md`. Every call that changes something at the
+provider answers with one of three things, and the caller acts on exactly that:
+
+- `Done`: the provider did it (first time or an idempotent repeat of the same request number);
+- `Refused`: a definitive no, a 4xx carrying an error code — never retry it;
+- `Unclear`: timeout, connection error, 5xx, an answer we cannot read — it may or may not have
+  happened, so the caller asks again with the same request number or looks it up (`find_*`).
+
+Nothing here retries: whether and when to ask again is the caller's decision, made against
+its own durable record of the request number. Webhook signatures are Standard Webhooks'.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+COUPON_STATES = frozenset({"issued", "redeemed", "revoked"})
+REDEMPTION_STATES = frozenset({"redeemed", "reversed"})
+BATCH_STATES = frozenset({"running", "paused", "stopped", "exhausted"})
+_SECRET_PREFIX = "whsec_"
+_BIGINT = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class ProviderBatch:
+    id: str
+    name: str
+    state: str
+    stock: int
+    face_value_fen: int
+    min_spend_fen: int
+    valid_from: datetime | None
+    valid_until: datetime | None
+
+
+@dataclass(frozen=True)
+class ProviderCoupon:
+    """A coupon as the provider sees it; for a redemption, `request_no` is the redemption's
+    and `state` is the redemption's (`redeemed` or `reversed`)."""
+
+    request_no: str
+    code: str
+    batch_id: str
+    state: str
+    valid_until: datetime | None = None
+    issued_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Done:
+    coupon: ProviderCoupon
+
+
+@dataclass(frozen=True)
+class Refused:
+    reason: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Unclear:
+    why: str
+
+
+Answer = Done | Refused | Unclear
+_Parse = Callable[[Any], ProviderCoupon]
+
+
+class ProviderUnavailable(Exception):
+    """The provider could not answer a read (batches, the coupon listing) right now."""
+
+
+class BadSignature(Exception):
+    """A webhook that must not be believed; the message names what is wrong."""
+
+
+# Statuses that say nothing about the request itself: our credentials or the rate we call at.
+# Refusing on them would fail coupons for good over a misconfiguration that an operator fixes.
+_NOT_AN_ANSWER = frozenset({401, 403, 408, 429})
+
+
+class ProviderClient:
+    """One provider's API, over one pooled connection set. Never retries, never raises for a
+    network problem from the calls that answer an `Answer`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        credentials: str,
+        *,
+        timeout: float = 5.0,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {credentials}", "Accept": "application/json"}
+        self._timeout = httpx.Timeout(timeout)
+        self._owns_client = client is None
+        # Redirects stay unfollowed: a POST that is redirected is not a POST the provider took.
+        self._client = client or httpx.AsyncClient(timeout=self._timeout, follow_redirects=False)
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def batches(self) -> list[ProviderBatch]:
+        found: list[ProviderBatch] = []
+        async for item in self._pages("/v1/batches", {}):
+            try:
+                found.append(parse_batch(item))
+            except ValueError as exc:
+                raise ProviderUnavailable(f"bad batch in listing: {exc}") from exc
+        return found
+
+    async def issue(self, request_no: str, batch_id: str, customer: str) -> Answer:
+        body = {"request_no": request_no, "batch_id": batch_id, "customer": customer}
+        return await self._change("POST", "/v1/coupons", body, parse_coupon)
+
+    async def find_coupon(self, request_no: str) -> ProviderCoupon | None | Unclear:
+        return await self._find(f"/v1/coupons/{_segment(request_no)}", parse_coupon)
+
+    async def redeem(self, request_no: str, code: str, merchant: str, amount_fen: int) -> Answer:
+        body = {"request_no": request_no, "code": code, "merchant": merchant}
+        return await self._change(
+            "POST", "/v1/redemptions", {**body, "amount_fen": amount_fen}, _parse_redemption
+        )
+
+    async def find_redemption(self, request_no: str) -> ProviderCoupon | None | Unclear:
+        return await self._find(f"/v1/redemptions/{_segment(request_no)}", _parse_redemption)
+
+    async def reverse_redemption(self, request_no: str) -> Answer:
+        path = f"/v1/redemptions/{_segment(request_no)}/reversal"
+        return await self._change("POST", path, {}, _parse_redemption)
+
+    async def revoke(self, request_no: str, code: str, reason: str) -> Answer:
+        path = f"/v1/coupons/{_segment(code)}/revocation"
+        return await self._change(
+            "POST", path, {"request_no": request_no, "reason": reason}, parse_coupon
+        )
+
+    async def coupons(
+        self, *, batch_id: str | None = None, date: date | None = None
+    ) -> AsyncIterator[ProviderCoupon]:
+        query: dict[str, str] = {}
+        if batch_id is not None:
+            query["batch_id"] = batch_id
+        if date is not None:
+            query["date"] = date.isoformat()
+        async for item in self._pages("/v1/coupons", query):
+            try:
+                yield parse_coupon(item)
+            except ValueError as exc:
+                raise ProviderUnavailable(f"bad coupon in listing: {exc}") from exc
+
+    async def _send(
+        self, method: str, path: str, *, json: Any = None, params: Mapping[str, str] | None = None
+    ) -> httpx.Response | Unclear:
+        try:
+            return await self._client.request(
+                method,
+                self._base + path,
+                json=json,
+                params=params,
+                headers=self._headers,
+                timeout=self._timeout,
+            )
+        except httpx.TimeoutException:
+            return Unclear("timeout")
+        except httpx.ConnectError:
+            return Unclear("connect-error")
+        except httpx.HTTPError as exc:  # the connection broke mid-answer, a protocol error, ...
+            return Unclear(f"network-error: {type(exc).__name__}")
+
+    async def _change(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any],
+        parse: _Parse,
+    ) -> Answer:
+        response = await self._send(method, path, json=body)
+        if isinstance(response, Unclear):
+            return response
+        status = response.status_code
+        if status in (200, 201):
+            try:
+                return Done(parse(response.json()))
+            except ValueError:  # json.JSONDecodeError is a ValueError
+                return Unclear("bad-answer")
+        error = _error_code(response)
+        if 400 <= status < 500 and status not in _NOT_AN_ANSWER and error is not None:
+            return Refused(error[0], error[1])
+        return Unclear(f"http-{status}")
+
+    async def _find(self, path: str, parse: _Parse) -> ProviderCoupon | None | Unclear:
+        response = await self._send("GET", path)
+        if isinstance(response, Unclear):
+            return response
+        if response.status_code == 200:
+            try:
+                return parse(response.json())
+            except ValueError:
+                return Unclear("bad-answer")
+        # Only the provider's own "not-found" means it never happened; a bare 404 from a proxy
+        # or a wrong base URL must not make the caller issue a second coupon.
+        error = _error_code(response)
+        if response.status_code == 404 and error is not None and error[0] == "not-found":
+            return None
+        return Unclear(f"http-{response.status_code}")
+
+    async def _pages(self, path: str, query: Mapping[str, str]) -> AsyncIterator[Mapping[str, Any]]:
+        cursor: str | None = None
+        seen: set[str] = set()
+        while True:
+            params = dict(query) if cursor is None else {**query, "cursor": cursor}
+            response = await self._send("GET", path, params=params)
+            if isinstance(response, Unclear):
+                raise ProviderUnavailable(f"{path}: {response.why}")
+            if response.status_code != 200:
+                raise ProviderUnavailable(f"{path}: http-{response.status_code}")
+            try:
+                page = response.json()
+                items = page["items"]
+                cursor = page["next_cursor"]
+                if not isinstance(items, list) or not (cursor is None or isinstance(cursor, str)):
+                    raise ValueError("items or next_cursor")
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ProviderUnavailable(f"{path}: bad-answer") from exc
+            for item in items:
+                if not isinstance(item, Mapping):
+                    raise ProviderUnavailable(f"{path}: bad-answer (item not an object)")
+                yield item
+            if cursor is None:
+                return
+            if cursor in seen:  # a provider that loops would otherwise page forever
+                raise ProviderUnavailable(f"{path}: cursor {cursor!r} came back twice")
+            seen.add(cursor)
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _error_code(response: httpx.Response) -> tuple[str, str] | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if not isinstance(body, Mapping):
+        return None
+    error, message = body.get("error"), body.get("message", "")
+    if not isinstance(error, str) or not error:
+        return None
+    return error, message if isinstance(message, str) else ""
+
+
+def _key(secret: str) -> bytes:
+    # Standard Webhooks secrets are "whsec_<base64>" and the key is the decoded bytes, so a
+    # provider using one of its libraries interoperates; any other secret is used as UTF-8.
+    if secret.startswith(_SECRET_PREFIX):
+        try:
+            return base64.b64decode(secret[len(_SECRET_PREFIX) :], validate=True)
+        except binascii.Error as exc:
+            raise ValueError("a whsec_ secret must be base64") from exc
+    return secret.encode()
+
+
+def _digest(secret: str, msg_id: str, timestamp: str, body: bytes) -> bytes:
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return hmac.new(_key(secret), signed, hashlib.sha256).digest()
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` header value for a body sent at `timestamp` (unix seconds)."""
+    return "v1," + base64.b64encode(_digest(secret, msg_id, str(timestamp), body)).decode()
+
+
+def verify(
+    secret: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    now: float | None = None,
+    tolerance: int = 300,
+) -> None:
+    """Accept a webhook only when one of its v1 signatures is ours over these exact bytes and
+    its timestamp is within `tolerance` seconds of now; raise `BadSignature` otherwise."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    values: dict[str, str] = {}
+    for name in ("webhook-id", "webhook-timestamp", "webhook-signature"):
+        value = lowered.get(name, "").strip()
+        if not value:
+            raise BadSignature(f"missing header {name}")
+        values[name] = value
+    stamp = values["webhook-timestamp"]
+    if not stamp.isascii() or not stamp.isdigit():
+        raise BadSignature(f"webhook-timestamp is not unix seconds: {stamp[:40]!r}")
+    age = (time.time() if now is None else now) - int(stamp)
+    if age > tolerance:
+        raise BadSignature(f"stale webhook-timestamp: {int(age)} s old")
+    if age < -tolerance:
+        raise BadSignature(f"webhook-timestamp {int(-age)} s in the future")
+    expected = _digest(secret, values["webhook-id"], stamp, body)
+    matched = False
+    for candidate in values["webhook-signature"].split():
+        version, _, encoded = candidate.partition(",")
+        if version != "v1":
+            continue
+        try:
+            given = base64.b64decode(encoded, validate=True)
+        except binascii.Error:
+            continue
+        # No early exit: every candidate costs the same, whichever one matches.
+        matched |= hmac.compare_digest(expected, given)
+    if not matched:
+        raise BadSignature("no matching signature")
+
+
+def parse_batch(data: Mapping[str, Any]) -> ProviderBatch:
+    return ProviderBatch(
+        id=_text(data, "id"),
+        name=_text(data, "name", allow_empty=True),
+        state=_choice(data, "state", BATCH_STATES),
+        stock=_count(data, "stock"),
+        face_value_fen=_count(data, "face_value_fen"),
+        min_spend_fen=_count(data, "min_spend_fen"),
+        valid_from=_time(data, "valid_from"),
+        valid_until=_time(data, "valid_until"),
+    )
+
+
+def parse_coupon(data: Mapping[str, Any]) -> ProviderCoupon:
+    return _coupon(data, COUPON_STATES)
+
+
+def _parse_redemption(data: Mapping[str, Any]) -> ProviderCoupon:
+    return _coupon(data, REDEMPTION_STATES)
+
+
+def _coupon(data: Mapping[str, Any], states: frozenset[str]) -> ProviderCoupon:
+    if not isinstance(data, Mapping):
+        raise ValueError("coupon: not an object")
+    return ProviderCoupon(
+        request_no=_text(data, "request_no"),
+        code=_text(data, "code"),
+        batch_id=_text(data, "batch_id"),
+        state=_choice(data, "state", states),
+        valid_until=_time(data, "valid_until"),
+        issued_at=_time(data, "issued_at"),
+    )
+
+
+def _text(data: Mapping[str, Any], field: str, *, allow_empty: bool = False) -> str:
+    if not isinstance(data, Mapping):
+        raise ValueError("not an object")
+    value = data.get(field)
+    if not isinstance(value, str) or not (value or allow_empty):
+        raise ValueError(f"{field}: a non-empty string is required")
+    return value
+
+
+def _choice(data: Mapping[str, Any], field: str, allowed: frozenset[str]) -> str:
+    value = _text(data, field)
+    if value not in allowed:
+        raise ValueError(f"{field}: {value[:40]!r} is not one of {sorted(allowed)}")
+    return value
+
+
+def _count(data: Mapping[str, Any], field: str) -> int:
+    value = data.get(field)
+    # bool is an int in Python; `true` from a provider is not a count.
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _BIGINT:
+        raise ValueError(f"{field}: an integer from 0 to 2^63-1 is required")
+    return value
+
+
+def _time(data: Mapping[str, Any], field: str) -> datetime | None:
+    value = data.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{field}: an ISO 8601 time or null is required")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ValueError(f"{field}: {value[:40]!r} is not an ISO 8601 time") from exc
+    if moment.tzinfo is None:
+        raise ValueError(f"{field}: {value[:40]!r} has no UTC offset")
+    return moment.astimezone(UTC)
