@@ -207,8 +207,12 @@ class FakeProvider:
             batch.state = state if state is not None else batch.state
             batch.stock = stock if stock is not None else batch.stock
             data = self._batch_json(batch)
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._spawn, self._deliver("batch.updated", data))
+        loop = self._loop
+        if loop is not None:
+            try:  # the coroutine is made in the loop, so a stopped fake leaves none unawaited
+                loop.call_soon_threadsafe(lambda: self._spawn(self._deliver("batch.updated", data)))
+            except RuntimeError:  # stopped meanwhile: nobody is listening for webhooks
+                pass
 
     @property
     def issued(self) -> int:
@@ -295,7 +299,7 @@ class FakeProvider:
         thread, server, loop = self._thread, self._server, self._loop
         if thread is None or server is None:
             return
-        self._thread = None
+        self._thread, self._loop = None, None
         server.should_exit = True
         if loop is not None and self._stopping is not None:
             try:
