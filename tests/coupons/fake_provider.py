@@ -11,9 +11,12 @@ timeouts and real connection errors:
 
 It is deliberately not idempotent unless asked (`idempotent=True`): every accepted
 `POST /v1/coupons` issues a fresh code, so a client that sends a request twice shows in the
-counts. Faults are injected per call (`set_faults`), at any time, from any thread. It knows
-nothing of the client's code: its JSON and its webhook signatures are written here, so a
-mistake in the client is not mirrored by the fake.
+counts (`issued`, `issued_for`, `calls`); a repeated redemption meets `already-redeemed`.
+Faults are injected per call (`set_faults`: latency, 503 without work, or work then a hang),
+at any time, from any thread; `stop()` ends hangs and returns within seconds. Webhooks
+(`webhook_url` + `webhook_secret`) leave from background tasks, optionally late or twice, and
+each POST's outcome is kept in `deliveries()`. It knows nothing of the client's code: its
+JSON and its webhook signatures are written here, so a client mistake is not mirrored.
 """
 
 from __future__ import annotations
@@ -138,6 +141,7 @@ class FakeProvider:
         webhook_secret: str | None = None,
         duplicate_callbacks: bool = False,
         callback_delay: float = 0.0,
+        failure_callbacks: bool = False,
         faults: Faults = Faults(),  # noqa: B008 - frozen, so one shared default is safe
         seed: int = 0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -149,6 +153,7 @@ class FakeProvider:
         self.webhook_secret = webhook_secret
         self.duplicate_callbacks = duplicate_callbacks
         self.callback_delay = callback_delay
+        self.failure_callbacks = failure_callbacks  # `coupon.failed` after an injected 503
         self.clock = clock
         self._faults = faults
         self._random = random.Random(seed)
@@ -379,6 +384,8 @@ class FakeProvider:
         if applies and faults.latency:
             await self._pause(faults.latency)
         if fail:
+            if name == "issue" and self.failure_callbacks:
+                await self._tell_failed(request)
             return JSONResponse({"error": "unavailable", "message": "injected"}, 503)
         body: dict[str, Any] = {}
         if request.method == "POST":
@@ -403,6 +410,14 @@ class FakeProvider:
         if hang:
             await self._pause(faults.hang_seconds)
         return JSONResponse(answer, status)
+
+    async def _tell_failed(self, request: Request) -> None:
+        try:
+            request_no = json.loads(await request.body())["request_no"]
+        except (ValueError, KeyError, TypeError):
+            return
+        failed = {"request_no": request_no, "reason": "provider-error"}
+        self._spawn(self._deliver("coupon.failed", failed))
 
     async def _pause(self, seconds: float) -> None:
         # Bounded by stop(): a hanging call must never keep the server from stopping.

@@ -715,6 +715,25 @@ async def test_duplicate_and_late_callbacks_and_their_recorded_statuses(
         verify(SECRET, headers, body)
 
 
+async def test_an_issue_that_failed_at_the_provider_is_called_back(scripted: Scripted) -> None:
+    with FakeProvider(
+        credentials=KEY, webhook_url=scripted.url, webhook_secret=SECRET, failure_callbacks=True
+    ) as fake:
+        fake.add_batch("B1", stock=5)
+        fake.set_faults(fail_ratio=1.0, endpoints={"issue"})
+        client = ProviderClient(fake.base_url, KEY)
+        assert await client.issue("r1", "B1", "u") == Unclear("http-503")
+        await client.aclose()
+        await asyncio.to_thread(fake.wait_for_deliveries, 1)
+    [(headers, body)] = _events(scripted)
+    verify(SECRET, headers, body)
+    assert json.loads(body) == {
+        "type": "coupon.failed",
+        "data": {"request_no": "r1", "reason": "provider-error"},
+    }
+    assert fake.issued == 0
+
+
 def test_the_fakes_signature_is_the_standard_one() -> None:
     body = b'{"test": 2432232314}'
     assert webhook_signature(SECRET, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body) == (
