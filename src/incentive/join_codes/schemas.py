@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from incentive.join_codes.service import ALPHABET, MAX_COUNT, PREFIX_MAX_LENGTH
+from incentive.join_codes.service import MAX_COUNT, PREFIX_MAX_LENGTH
+from incentive.kit.codes import ALPHABET
 from incentive.kit.pagination import Page
 
 CodeStatus = Literal["unused", "used", "void"]

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import re
-import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,11 +38,10 @@ from incentive.db import insert as db_insert
 from incentive.errors import InvalidField
 from incentive.join_codes.errors import AlreadyJoined, CodeUsed, CodeVoid, JoinCodeNotFound
 from incentive.join_codes.models import CODE_MAX_LENGTH, CampaignMerchant, JoinCode
+from incentive.kit.codes import ALPHABET, RANDOM_LENGTH, normalize_code, random_codes
 from incentive.kit.idempotency import Caller
 from incentive.kit.pagination import KeyId, Keyset, KeyTime, Slice
 
-ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"  # no 0 O 1 I L
-RANDOM_LENGTH = 10  # 31**10 ~ 2**49.5
 PREFIX_MAX_LENGTH = 8
 PREFIX_RULE = re.compile(f"[{ALPHABET}]{{1,{PREFIX_MAX_LENGTH}}}")
 MAX_COUNT = 1_000_000
@@ -61,28 +59,6 @@ EXPORT_COLUMNS = (
     "voided_at",
 )
 assert PREFIX_MAX_LENGTH + RANDOM_LENGTH <= CODE_MAX_LENGTH
-
-# Each byte below 248 (8 x 31) maps to one symbol, uniformly; bytes 248-255 are dropped.
-_SYMBOLS = "".join(ALPHABET[b % len(ALPHABET)] for b in range(248)).encode("ascii")
-_TABLE = bytes.maketrans(bytes(range(248)), _SYMBOLS)
-_DROPPED = bytes(range(248, 256))
-
-
-def random_codes(count: int, prefix: str = "") -> list[str]:
-    """``count`` codes: ``prefix`` and ``RANDOM_LENGTH`` uniform symbols from ``secrets``."""
-    need = count * RANDOM_LENGTH
-    symbols = b""
-    while len(symbols) < need:
-        # 248/256 of the bytes are kept: draw ~4 % more than needed, then top up.
-        more = need - len(symbols)
-        symbols += secrets.token_bytes(more + more // 20 + 16).translate(_TABLE, _DROPPED)
-    text_ = symbols[:need].decode("ascii")
-    return [prefix + text_[i : i + RANDOM_LENGTH] for i in range(0, need, RANDOM_LENGTH)]
-
-
-def normalize_code(raw: str) -> str:
-    """What a merchant typed, as stored: upper case, without spaces and hyphens."""
-    return re.sub(r"[\s-]", "", raw).upper()
 
 
 def check_prefix(prefix: str | None) -> str:
