@@ -37,6 +37,9 @@ OWN_TRANSACTIONS = {
     "points_files/staging.py": "staging commits chunk by chunk (resumable, bounded memory)",
     "points_files/crediting.py": "each crediting batch commits on its own (crash-safe)",
     "points_files/answers.py": "feedback is written and delivered in resumable steps",
+    "coupons/calls.py": "provider calls are taken, sent outside any transaction, then recorded",
+    "coupons/providers.py::sync": "a provider's batches are pulled outside any transaction",
+    "coupons/reconcile.py::reconcile": "the provider's list is read outside any transaction",
 }
 
 

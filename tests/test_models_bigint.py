@@ -27,6 +27,10 @@ VALUE_COLUMN = re.compile(r"fen|amount|points|balance|stock|quantity|total|sold|
 
 # INTEGER columns that may stay INTEGER, each bounded far below 2^31 by what it counts.
 SMALL_INTEGERS = {
+    "coupon_batches.rate_bp": "basis points, at most 10,000",
+    "coupon_batches.valid_days": "days, at most 3,650",
+    "coupons.rate_bp": "basis points, at most 10,000",
+    "coupon_provider_calls.attempts": "attempts of one call (coupons.provider_call_attempts)",
     "config_revision.id": "the one row of the revision counter",
     "idempotency_records.response_status": "an HTTP status",
     "outbox.attempts": "delivery retries of one event",

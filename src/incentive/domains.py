@@ -75,7 +75,7 @@ DOMAINS: tuple[Domain, ...] = (
     Domain("flash_sales", models=True, router=True, cli=True, keys=True, kind=True, runtime=True),
     Domain("activities", models=True, router=True, runtime=True),
     Domain("rebates", models=True, router=True, kind=True),
-    Domain("coupons", kind=True),
+    Domain("coupons", models=True, router=True, cli=True, keys=True, kind=True, runtime=True),
     Domain("rewards", kind=True),
     Domain("referrals", kind=True),
     Domain("points_files", models=True, router=True, cli=True, runtime=True),

@@ -14,13 +14,17 @@ against the real subclasses, their statuses and slugs::
     │       └── PartnerKeyInvalid (422 partner-key-invalid) [points_files]
     ├── Unauthorized (401 unauthorized)
     │   ├── InvalidCredentials (401 invalid-credentials) [auth]
-    │   └── InvalidRefreshToken (401 invalid-refresh-token) [auth]
-    │       └── RefreshTokenReused (401 refresh-token-reused) [auth]
+    │   ├── InvalidRefreshToken (401 invalid-refresh-token) [auth]
+    │   │   └── RefreshTokenReused (401 refresh-token-reused) [auth]
+    │   └── BadWebhookSignature (401 bad-webhook-signature) [coupons]
     ├── Forbidden (403 forbidden)
     ├── NotFound (404 not-found)
     │   ├── AccountNotFound (404 account-not-found) [ledger]
     │   ├── JoinCodeNotFound (404 join-code-not-found) [join_codes]
     │   ├── ActivityNotFound (404 activity-not-found) [activities]
+    │   ├── CouponNotFound (404 coupon-not-found) [coupons]
+    │   ├── BatchNotFound (404 coupon-batch-not-found) [coupons]
+    │   ├── ProviderNotFound (404 coupon-provider-not-found) [coupons]
     │   ├── UnknownConfigKey (404 config-key-unknown) [config]
     │   └── PointsFileNotFound (404 points-file-not-found) [points_files]
     ├── Conflict (409 conflict)
@@ -44,6 +48,14 @@ against the real subclasses, their statuses and slugs::
     │   ├── AlreadyActivated (409 flash-sale-conflict) [flash_sales]
     │   ├── NotOnSale (409 not-on-sale) [flash_sales]
     │   ├── LimitExceeded (409 limit-exceeded) [flash_sales]
+    │   ├── BatchClosed (409 coupon-batch-closed) [coupons]
+    │   ├── CouponsExhausted (409 coupons-exhausted) [coupons]
+    │   ├── ClaimLimitReached (409 claim-limit-reached) [coupons]
+    │   ├── CouponNotUsable (409 coupon-not-usable) [coupons]
+    │   ├── OtherMerchant (409 coupon-other-merchant) [coupons]
+    │   ├── MinimumSpendNotMet (409 min-spend-not-met) [coupons]
+    │   ├── UndoWindowPassed (409 undo-window-passed) [coupons]
+    │   ├── ProviderTaken (409 coupon-provider-exists) [coupons]
     │   ├── PartnerNotConfigured (409 points-partner-not-configured) [points_files]
     │   └── AnswerNotReady (409 points-answer-not-ready) [points_files]
     ├── UnsupportedMediaType (415 unsupported-media-type)
@@ -59,7 +71,7 @@ Each domain's leaves also derive from one marker base of that domain, so ``excep
 
 - AuthError [auth], LedgerError [ledger], ConfigError [config], CampaignError [campaigns],
 - StockError [stock], FlashSaleError [flash_sales], PointsFileError [points_files],
-- JoinCodeError [join_codes], ActivityError [activities].
+- JoinCodeError [join_codes], ActivityError [activities], CouponError [coupons].
 
 Only this module knows about HTTP status codes; services raise these and never see HTTP.
 """

@@ -1,36 +1,49 @@
-"""The ``coupon`` campaign kind: its rules (the wallet and providers come with their issue)."""
+"""The ``coupon`` campaign kind: a batch opened on activation and closed when the campaign
+leaves ``active``; payments and completed tasks unlock the coupons their task locked."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from pydantic import Field, model_validator
-
-from incentive.campaigns.kinds import CampaignKind, KindRules, register_kind
-from incentive.kit.amounts import Count, Fen, PositiveFen
-
-
-class CouponRules(KindRules):
-    kind: Literal["coupon"] = "coupon"
-    face_value_fen: PositiveFen
-    min_spend_fen: Fen = 0
-    quantity: Count
-    per_user_limit: Count = 1
-    valid_days: Annotated[int, Field(strict=True, ge=1, le=3650)] = 30
-
-    @model_validator(mode="after")
-    def _limit_fits(self) -> CouponRules:
-        if self.per_user_limit > self.quantity:
-            raise ValueError("per_user_limit cannot exceed quantity")
-        return self
+from incentive.campaigns.kinds import (
+    ActivityFacts,
+    CampaignFacts,
+    CampaignKind,
+    KindRules,
+    Outcome,
+    register_kind,
+)
+from incentive.coupons import batches, providers, tasks
+from incentive.coupons.rules import CouponRules
 
 
 class CouponKind(CampaignKind):
     name = "coupon"
     rules = CouponRules
+    consumes = frozenset({"payment", "task_completed"})
 
     def budget_asset(self, rules: KindRules) -> str:
         return "CNY"
+
+    async def on_create(self, session: AsyncSession, campaign: CampaignFacts) -> None:
+        await providers.check_rules(session, campaign)
+
+    async def on_edit(self, session: AsyncSession, campaign: CampaignFacts) -> None:
+        await providers.check_rules(session, campaign)
+
+    async def on_activate(self, session: AsyncSession, campaign: CampaignFacts) -> None:
+        await batches.open_for(session, campaign)
+
+    async def on_transition(
+        self, session: AsyncSession, campaign: CampaignFacts, from_status: str
+    ) -> None:
+        if from_status == "active" and campaign.status != "active":
+            await batches.close_for(session, campaign.id)
+
+    async def on_activities(
+        self, session: AsyncSession, campaign: CampaignFacts, activities: list[ActivityFacts]
+    ) -> list[Outcome]:
+        return await tasks.complete_tasks(session, campaign, activities)
 
 
 register_kind(CouponKind())
