@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -38,13 +39,22 @@ _TICK = os.sysconf("SC_CLK_TCK")
 # One connection per client; each request a caller's token (round robin over ``tokens``) and,
 # for writes, an Idempotency-Key unique to this run (``run`` is fresh per call, so a measured
 # run never replays the warm-up's keys), which also replaces every ``@SEQ@`` in the body (ids a
-# body must not repeat). Statuses are counted per thread and summed in done().
+# body must not repeat). With a body file (one body a line) the requests take its lines in turn,
+# the threads interleaved so no two requests send the same line; past the last line they start
+# again and count ``reused`` (a run that must not repeat a body checks it is 0). Bodies are read
+# from a file, not written into the script: LuaJIT refuses a function of over 65,536 constants.
+# Statuses are counted per thread and summed in done(), beside ``sent`` (requests written: those
+# still in flight when wrk stopped may have been served without their answer being counted).
 WRK_SCRIPT = """
 local tokens = {%(tokens)s}
+local bodies = {}
+if %(bodies)s ~= nil then
+  for line in io.lines(%(bodies)s) do bodies[#bodies + 1] = line end
+end
 local counter = 0
 local threads = {}
 local next_id = 0
-s2xx, s409, s503, sother = 0, 0, 0, 0
+s2xx, s409, s503, sother, sent, reused = 0, 0, 0, 0, 0, 0
 function setup(thread)
   thread:set("id", next_id)
   next_id = next_id + 1
@@ -52,6 +62,7 @@ function setup(thread)
 end
 function request()
   counter = counter + 1
+  sent = sent + 1
   local headers = {}
   if #tokens > 0 then
     headers["Authorization"] = "Bearer " .. tokens[(counter * 7 + id * 131) %% #tokens + 1]
@@ -62,7 +73,13 @@ function request()
     local key = "%(run)s-" .. id .. "-" .. counter
     headers["Idempotency-Key"] = key
     headers["Content-Type"] = "application/json"
-    body = (string.gsub(%(body)s, "@SEQ@", key))
+    local template = %(body)s
+    if #bodies > 0 then
+      local index = (counter - 1) * %(threads)d + id
+      if index >= #bodies then reused = reused + 1 end
+      template = bodies[index %% #bodies + 1]
+    end
+    body = (string.gsub(template, "@SEQ@", key))
   end
   return wrk.format("%(method)s", "%(path)s", headers, body)
 end
@@ -73,17 +90,18 @@ function response(status, headers, body)
   else sother = sother + 1 end
 end
 function done(summary, latency, requests)
-  local t = {s2xx = 0, s409 = 0, s503 = 0, sother = 0}
+  local t = {s2xx = 0, s409 = 0, s503 = 0, sother = 0, sent = 0, reused = 0}
   for _, thread in ipairs(threads) do
     for k, _ in pairs(t) do t[k] = t[k] + thread:get(k) end
   end
   io.write(string.format(
     'WRK {"requests": %%d, "seconds": %%.3f, "errors": %%d, "p50_us": %%d, "p99_us": %%d, ' ..
-    '"ok": %%d, "conflict_409": %%d, "unavailable_503": %%d, "other": %%d}\\n',
+    '"ok": %%d, "conflict_409": %%d, "unavailable_503": %%d, "other": %%d, ' ..
+    '"sent": %%d, "bodies_reused": %%d}\\n',
     summary.requests, summary.duration / 1e6,
     summary.errors.connect + summary.errors.read + summary.errors.write +
     summary.errors.timeout, latency:percentile(50), latency:percentile(99),
-    t.s2xx, t.s409, t.s503, t.sother))
+    t.s2xx, t.s409, t.s503, t.sother, t.sent, t.reused))
 end
 """
 
@@ -161,16 +179,26 @@ def wrk(
     headers: dict[str, str] | None = None,
     seconds: int = 15,
     connections: int = 200,
+    bodies: Sequence[str] = (),
 ) -> dict[str, Any]:
     """One ``wrk -t2`` run; requests/s, p50/p99 and statuses counted by class. ``body``'s
-    ``@SEQ@`` becomes the request's unique key; ``headers`` go with every request."""
+    ``@SEQ@`` becomes the request's unique key; ``headers`` go with every request. Given
+    ``bodies`` (one line each), each request sends a different one of them in turn instead of
+    ``body``, until they run out (then ``bodies_reused`` counts the repeats)."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not on PATH (apt-get install wrk)")
+    if any("\n" in b for b in bodies):
+        raise ValueError("a body in bodies must fit on one line")
+    threads = min(2, connections)
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    listed = Path(tempfile.mkstemp(suffix=".bodies")[1])
+    listed.write_text("".join(b + "\n" for b in bodies))
     script.write_text(
         WRK_SCRIPT
         % {
             "tokens": ",".join(f'"{t}"' for t in tokens),
+            "bodies": json.dumps(str(listed)) if bodies else "nil",
+            "threads": threads,
             "method": method,
             "path": path,
             "run": secrets.token_hex(4),
@@ -183,7 +211,7 @@ def wrk(
     try:
         command = [
             "wrk",
-            f"-t{min(2, connections)}",
+            f"-t{threads}",
             f"-c{connections}",
             f"-d{seconds}s",
             "--timeout",
@@ -194,6 +222,7 @@ def wrk(
         ).stdout
     finally:
         script.unlink()
+        listed.unlink()
     line = next(x for x in out.splitlines() if x.startswith("WRK "))
     figures: dict[str, Any] = json.loads(line[4:])
     figures["rps"] = round(figures["requests"] / figures["seconds"])
@@ -245,6 +274,22 @@ class Server:
         used = tree_cpu_seconds(self.proc.pid) - before
         figures["server_cpu_ms"] = round(1000 * used / max(figures["requests"], 1), 3)
         return figures
+
+    def settle(
+        self, *, quiet_cpu_s: float = 0.02, every_s: float = 0.5, limit_s: float = 120
+    ) -> float:
+        """Wait until the server is idle again (under ``quiet_cpu_s`` of CPU per ``every_s``):
+        requests still in flight when wrk stopped are served after it, and would otherwise
+        be counted in the next run's CPU and database figures. Returns the seconds waited."""
+        started = time.monotonic()
+        last = tree_cpu_seconds(self.proc.pid)
+        while time.monotonic() - started < limit_s:
+            time.sleep(every_s)
+            now = tree_cpu_seconds(self.proc.pid)
+            if now - last < quiet_cpu_s:
+                break
+            last = now
+        return round(time.monotonic() - started, 1)
 
     def errors_logged(self) -> int:
         lines = self.log.read_text(errors="replace").splitlines()
