@@ -14,7 +14,7 @@ measured one after the other against the same server:
 - ``redemption``: ``POST /api/v1/till/redemptions`` by merchant A's staff, each request a
   different usable coupon of a second batch (its code in the body). Those coupons are issued
   beforehand through ``incentive.coupons.service.issue`` (1,000 per unit of work, not timed),
-  as many as 1.5x the faster of the two lines before could use (``--codes`` to set it).
+  twice what the faster of the two lines before answered (``--codes`` to set it).
 
 ``ratios`` compares each line with the transfer by requests/s and by server CPU per request
 (the steadier figure on this shared machine; the issue's target, a claim at most 1.5x a
@@ -298,11 +298,11 @@ async def bench(
     transfer = measure("/api/v1/transfers", seconds=seconds, body=transfer_body, **as_operator)
     claim = measure(claim_path, seconds=seconds, **as_customers)
 
-    # Enough coupons for the till never to send a code twice: 3x what the faster line so far
-    # sent, per run (wrk sends up to one request per connection beyond what is answered).
+    # Enough coupons for the till never to send a code twice: twice what the faster line so
+    # far answered, per run, and one request per connection more (sent, never answered).
     rate = max(transfer["rps"], claim["rps"])
-    warm_codes = math.ceil(3 * rate * warm) + 2 * concurrency
-    codes_needed = args.codes or math.ceil(3 * rate * seconds) + 2 * concurrency
+    warm_codes = math.ceil(2 * rate * warm) + 2 * concurrency
+    codes_needed = args.codes or math.ceil(2 * rate * seconds) + 2 * concurrency
     started = time.perf_counter()
     codes = await _issue(db, till_batch, warm_codes + codes_needed)
     issue_s = time.perf_counter() - started
