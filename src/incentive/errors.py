@@ -337,6 +337,7 @@ def install_handlers(app: FastAPI) -> None:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
 
     def respond(
         status: int, body: dict[str, Any], headers: dict[str, str] | None = None
@@ -397,6 +398,20 @@ def install_handlers(app: FastAPI) -> None:
             "errors": errors,
         }
         return respond(422, body)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client hung up before its body arrived (a route reading it late, such as an
+        # idempotent one without a body): nothing was done, and nobody reads this answer.
+        log.info("client disconnected", extra={"path": request.url.path})
+        body = {
+            "type": PROBLEM_BASE + "client-disconnected",
+            "title": "Client disconnected",
+            "status": 400,
+            "detail": "the client closed the connection before its request arrived",
+            "instance": request.url.path,
+        }
+        return respond(400, body)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -106,6 +106,21 @@ async def test_a_thousand_concurrent_claims_on_a_batch_of_a_hundred_give_exactly
     assert await states(db, batch) == {"usable": 100}
 
 
+async def test_concurrent_claims_of_few_customers_stop_at_each_ones_limit(
+    client: httpx.AsyncClient, db: Database, world: World, app: Any
+) -> None:
+    _, batch = await coupon_campaign(client, world, quantity=100, per_user_limit=3)
+    people = await customers(db, app, 10, prefix="few")
+    codes = await asyncio.gather(*(claim(client, people[i % 10], batch) for i in range(200)))
+    assert sorted(r.status_code for r in codes) == [201] * 30 + [409] * 170
+    per_customer: dict[str, int] = {}
+    for c in await coupons_of(db, batch):
+        per_customer[c.customer_id] = per_customer.get(c.customer_id, 0) + 1
+    assert sorted(per_customer.values()) == [3] * 10
+    row = await batch_row(db, batch)
+    assert (row.stock, row.claimed) == (70, 30)
+
+
 async def test_the_qr_code_reads_back_as_the_coupon_code(
     client: httpx.AsyncClient, world: World, tmp_path: Any
 ) -> None:
@@ -149,3 +164,70 @@ async def test_rules_are_checked_at_the_field(client: httpx.AsyncClient, world: 
         assert r.status_code == 422, (rules, r.text)
         problem = r.json()
         assert problem["errors"][0]["field"].startswith(field), problem
+
+
+async def test_a_coupon_and_a_closed_batch_are_seen_only_by_who_may(
+    client: httpx.AsyncClient, db: Database, world: World, app: Any
+) -> None:
+    campaign, batch = await coupon_campaign(client, world)
+    coupon = (await claim(client, world.cust, batch)).json()
+    (other,) = await customers(db, app, 1, prefix="other")
+    for path in (
+        "/api/v1/me/coupons/{}",
+        "/api/v1/me/coupons/{}/qr",
+        "/api/v1/coupons/{}/transitions",
+    ):
+        r = await client.get(path.format(coupon["id"]), headers=other.headers)
+        assert r.status_code == 404, (path, r.text)
+        assert r.json()["type"].endswith("coupon-not-found")
+    r = await client.get(f"/api/v1/coupons/{coupon['id']}/transitions", headers=world.op.headers)
+    assert r.status_code == 200
+    await client.post(
+        f"/api/v1/campaigns/{campaign['id']}/transitions",
+        json={"to": "paused", "reason": "x"},
+        headers=world.ma.headers,
+    )
+    url = f"/api/v1/coupon-batches/{batch}"
+    assert (await client.get(url, headers=world.mb.headers)).status_code == 404
+    assert (await client.get(url, headers=other.headers)).status_code == 404
+    mine = await client.get(url, headers=world.ma.headers)
+    assert mine.status_code == 200
+    assert mine.json()["counts"] == {"usable": 1}
+    refused = await claim(client, other, batch)
+    assert refused.status_code == 409
+
+
+async def test_a_client_gone_before_its_claim_arrived_is_a_quiet_answer(
+    app: Any, world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An idempotent route without a body reads the (empty) body after the caller is known:
+    a client hanging up meanwhile is no server error (it was logged as one, a 500)."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": f"/api/v1/coupon-batches/{'0' * 32}/claims",
+        "raw_path": f"/api/v1/coupon-batches/{'0' * 32}/claims".encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"test"),
+            (b"authorization", world.cust.headers["Authorization"].encode()),
+            (b"idempotency-key", b"gone-1"),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
+    }
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 400
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
