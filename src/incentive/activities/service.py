@@ -345,7 +345,7 @@ async def _offer(
     inside = [
         a
         for a in group
-        if a.type in kind.consumes
+        if kind.listens_to(campaign, a.type)
         and (follow_up or campaign.starts_at <= a.occurred_at < campaign.ends_at)
     ]
     asked = dict(
@@ -354,7 +354,7 @@ async def _offer(
         )
     )
     for activity in group:
-        if activity.type not in kind.consumes:
+        if not kind.listens_to(campaign, activity.type):
             continue
         outcome = asked.get(activity.id) or Outcome.refused("outside-window")
         OUTCOMES.labels(campaign.kind, outcome.status, outcome.reason or "").inc()

@@ -124,6 +124,12 @@ class CampaignKind(Protocol):
     def budget_asset(self, rules: KindRules) -> str:
         """The asset (``POINTS`` or ``CNY``) the campaign's budget is held in."""
 
+    def listens_to(self, campaign: CampaignFacts, activity_type: str) -> bool:
+        """Whether ``campaign`` is offered activities of ``activity_type`` (one this kind
+        ``consumes``). A kind whose rules choose what a campaign listens to narrows it (a
+        coupon campaign hears only its task's type): other activities get no outcome row."""
+        return activity_type in self.consumes
+
     async def on_create(self, session: AsyncSession, campaign: CampaignFacts) -> None:
         return None
 

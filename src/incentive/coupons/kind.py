@@ -25,6 +25,11 @@ class CouponKind(CampaignKind):
     def budget_asset(self, rules: KindRules) -> str:
         return "CNY"
 
+    def listens_to(self, campaign: CampaignFacts, activity_type: str) -> bool:
+        rules = campaign.rules
+        assert isinstance(rules, CouponRules)
+        return rules.task is not None and rules.task.activity == activity_type
+
     async def on_create(self, session: AsyncSession, campaign: CampaignFacts) -> None:
         await providers.check_rules(session, campaign)
 

@@ -19,9 +19,8 @@ LOCKED = service.LOCKED
 
 
 def _task_refusal(task: CouponTask | None, activity: ActivityFacts) -> str | None:
-    if task is None:
-        return "no-task"
-    if activity.type != task.activity:
+    # The kind's ``listens_to`` offers a campaign only its task's activity type.
+    if task is None or activity.type != task.activity:
         return "not-the-task"
     if task.activity == "payment" and (activity.amount_fen or 0) < task.min_amount_fen:
         return "below-task-minimum"
