@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 
 from incentive import demo
 from incentive.auth.models import User
+from incentive.coupons.models import CouponRedemption
 from incentive.db import Database
 from incentive.flash_sales.models import Purchase
 from incentive.join_codes.models import CampaignMerchant, JoinCode
@@ -100,3 +101,6 @@ async def test_readme_examples_run_as_pasted(
             (await s.execute(select(JoinCode.status, func.count()).group_by(JoinCode.status))).all()
         )
         assert states == {"used": 1, "void": 2}
+        # alice's coupon was redeemed once, at the demo merchant, for its 500 fen.
+        redeemed = (await s.execute(select(CouponRedemption))).scalars().all()
+        assert [(r.discount_fen, r.undone_at) for r in redeemed] == [(500, None)]

@@ -200,6 +200,24 @@ NOT_CALLED_ABOVE = {
     ("DELETE", "/api/v1/partners/{code}/api-keys/{key_id}"),
     ("POST", "/api/v1/partners/{code}/disable"),
     ("POST", "/api/v1/partners/{code}/enable"),
+    # Coupons: a coupon is its holder's (others' ids answer 404) and operators'; a batch not
+    # open for claims is seen by operators and its campaign's merchant only (404 otherwise):
+    # `tests/coupons/test_claims.py::test_a_coupon_and_a_closed_batch_are_seen_only_by_who_may`.
+    # Revocation, code imports, provider routes: operators only (the role's 403 first). The
+    # till's undo answers another merchant's redemption as absent
+    # (`tests/coupons/test_till.py::test_undo_within_the_window_and_not_after`). A provider's
+    # webhook route takes no caller: only its signature (`tests/coupons/test_providers.py`).
+    ("GET", "/api/v1/me/coupons/{coupon_id}"),
+    ("GET", "/api/v1/me/coupons/{coupon_id}/qr"),
+    ("GET", "/api/v1/coupons/{coupon_id}/transitions"),
+    ("POST", "/api/v1/coupons/{coupon_id}/revocation"),
+    ("GET", "/api/v1/coupon-batches/{batch_id}"),
+    ("POST", "/api/v1/coupon-batches/{batch_id}/claims"),
+    ("POST", "/api/v1/coupon-batches/{batch_id}/codes"),
+    ("PATCH", "/api/v1/coupon-providers/{code}"),
+    ("POST", "/api/v1/coupon-providers/{code}/sync"),
+    ("POST", "/api/v1/coupon-providers/{code}/webhooks"),
+    ("POST", "/api/v1/till/redemptions/{redemption_id}/undo"),
 }
 
 

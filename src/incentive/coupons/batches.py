@@ -59,6 +59,7 @@ async def open_for(session: AsyncSession, campaign: CampaignFacts) -> CouponBatc
             batch = CouponBatch(
                 id=new_id(),
                 campaign_id=campaign.id,
+                codes_imported=imported,
                 quantity=quantity,
                 stock=0 if imported else quantity,
                 claimed=0,

@@ -103,6 +103,8 @@ class CouponBatch(Base):
     external_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     name: Mapped[str] = mapped_column(String(200))
     open: Mapped[bool] = mapped_column(default=False)
+    #: our own batch's codes come from imports (``ImportedCode``), not drawn at the claim
+    codes_imported: Mapped[bool] = mapped_column(default=False)
     provider_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     claims_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     quantity: Mapped[int] = mapped_column(BigInteger)  # ours: in all; a provider's: its stock

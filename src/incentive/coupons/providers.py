@@ -192,6 +192,7 @@ async def apply_batch(
             external_id=seen.id,
             name=seen.name[:200],
             open=False,
+            codes_imported=False,
             claimed=0,
             per_customer_limit=1,
             **terms,

@@ -278,7 +278,7 @@ async def issue(
 
 async def _code_for(session: AsyncSession, batch: CouponBatch, coupon_id: str) -> str:
     """Our code for the coupon: the next imported one, or freshly drawn (49.5 bits)."""
-    if batch.provider_id is not None or not await _imports(session, batch.id):
+    if not batch.codes_imported:
         return random_codes(1)[0]
     free = (
         select(ImportedCode.code)
@@ -298,14 +298,6 @@ async def _code_for(session: AsyncSession, batch: CouponBatch, coupon_id: str) -
     if code is None:  # the stock said one was left: another claim took it meanwhile
         raise CouponsExhausted(f"no coupons left in batch {batch.id}", batch_id=batch.id)
     return code
-
-
-async def _imports(session: AsyncSession, batch_id: str) -> bool:
-    return (
-        await session.scalar(
-            select(ImportedCode.code).where(ImportedCode.batch_id == batch_id).limit(1)
-        )
-    ) is not None
 
 
 async def queue_call(

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.campaigns import service as campaigns
@@ -87,7 +87,7 @@ async def _accepted_here(session: AsyncSession, coupon: Coupon, merchant_id: str
     )
 
 
-def _usable_by(merchant_id: str, now: datetime) -> object:
+def _usable_by(merchant_id: str, now: datetime) -> ColumnElement[bool]:
     # Held by this merchant, or by anyone whose hold has lapsed.
     return or_(Coupon.held_by == merchant_id, Coupon.held_until <= now)
 
@@ -155,7 +155,7 @@ async def hold(session: AsyncSession, code: str, staff: Staff, amount_fen: int) 
         "held",
         staff.actor,
         "held at till again",
-        only_if=_usable_by(staff.merchant_id, now),  # type: ignore[arg-type]
+        only_if=_usable_by(staff.merchant_id, now),
         held_by=staff.merchant_id,
         held_until=until,
     )
@@ -175,19 +175,22 @@ async def redeem(
     verdict = await verify(session, code, staff, amount_fen)
     coupon = verdict.coupon
     now = utcnow()
-    values = {"held_by": None, "held_until": None}
-    moved = await service.move(
-        session,
-        coupon.id,
-        "held",
-        "redeemed",
-        staff.actor,
-        "redeemed at till",
-        only_if=_usable_by(staff.merchant_id, now),  # type: ignore[arg-type]
-        **values,
-    ) or await service.move(
-        session, coupon.id, "usable", "redeemed", staff.actor, "redeemed at till", **values
-    )
+    # From the state just read first (one UPDATE in the common case), then the other.
+    moved = False
+    for state in ("usable", "held") if coupon.state == "usable" else ("held", "usable"):
+        moved = await service.move(
+            session,
+            coupon.id,
+            state,
+            "redeemed",
+            staff.actor,
+            "redeemed at till",
+            only_if=_usable_by(staff.merchant_id, now) if state == "held" else None,
+            held_by=None,
+            held_until=None,
+        )
+        if moved:
+            break
     if not moved:
         await session.refresh(coupon)
         _check_usable(coupon, staff.merchant_id, now)

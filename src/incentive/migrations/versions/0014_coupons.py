@@ -46,6 +46,7 @@ def upgrade() -> None:
         sa.Column("external_id", sa.String(length=64), nullable=True),
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("open", sa.Boolean(), nullable=False),
+        sa.Column("codes_imported", sa.Boolean(), nullable=False),
         sa.Column("provider_state", sa.String(length=16), nullable=True),
         sa.Column("claims_until", incentive.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("quantity", sa.BigInteger(), nullable=False),
