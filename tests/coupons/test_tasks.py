@@ -152,3 +152,16 @@ async def test_an_operator_revokes_an_unused_coupon_and_not_a_used_one(
     again = await client.post(url, json={"reason": "fraud"}, headers=world.op.headers)
     assert again.status_code == 409
     assert await history(db, coupon["id"]) == [(None, "usable"), ("usable", "revoked")]
+
+
+async def test_a_coupon_campaign_hears_only_its_tasks_activity_type(
+    client: httpx.AsyncClient, db: Database, world: World, sender: Sender
+) -> None:
+    locked, _ = await coupon_campaign(client, world, task=TASK)
+    plain, _ = await coupon_campaign(client, world)
+    tasked = {"activity": "task_completed", "task_code": "t", "within_days": 1}
+    other, _ = await coupon_campaign(client, world, task=tasked)
+    r = await send(client, sender, payment("p-1", world.cust.user.id, world.merchant_a, 5_000))
+    answered = {o["campaign_id"] for o in r.json()["activities"][0]["outcomes"]}
+    assert locked["id"] in answered
+    assert not {plain["id"], other["id"]} & answered
