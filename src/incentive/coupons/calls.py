@@ -289,7 +289,7 @@ async def _settle(
                 session, call.provider_id, answer.coupon, reason="provider answered"
             )
         elif not isinstance(answer, Done):
-            await providers.refused(session, call.request_no, why or "failed")
+            await providers.refused(session, call.provider_id, call.request_no, why or "failed")
         return
     if call.action in ("redeem", "reverse") and call.redemption_id is not None:
         state = {"redeem": "confirmed", "reverse": "reversed"}[call.action]

@@ -1,0 +1,238 @@
+"""Regression tests from the outside review of the coupons domain: each one failed before
+its fix."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select, update
+
+from incentive.coupons import calls
+from incentive.coupons.models import (
+    Coupon,
+    CouponBatch,
+    CouponProvider,
+    CouponTransition,
+    ProviderCall,
+)
+from incentive.coupons.provider import sign
+from incentive.db import Database
+from tests.activities.conftest import Sender, payment
+from tests.activities.conftest import sender as sender  # noqa: F401  (fixture)
+from tests.campaigns.conftest import World
+from tests.coupons.conftest import claim, coupons_of, customers, history
+from tests.coupons.fake_provider import FakeProvider
+from tests.coupons.test_providers import (
+    SECRET,
+    configure,
+    provider_campaign,
+    register,
+    settle,
+)
+from tests.coupons.test_providers import fake as fake  # noqa: F401  (fixture)
+from tests.coupons.test_providers import served as served  # noqa: F401  (fixture)
+from tests.coupons.test_providers import settings as settings  # noqa: F401  (fixture)
+
+
+async def test_a_coupon_failed_callback_after_a_503_does_not_stop_the_retries(
+    client: httpx.AsyncClient,
+    db: Database,
+    world: World,
+    fake: FakeProvider,
+    app: Any,
+    sender: Sender,
+) -> None:
+    # The provider's doc: `coupon.failed` means "nothing issued under that request_no unless
+    # you send it again" — a hint, not a final refusal while our retries are still due.
+    await configure(db, app)
+    fake.add_batch("B1", stock=100)
+    await register(client, world, fake)
+    batch = await provider_campaign(client, world, "B1", task={"activity": "payment"})
+    people = await customers(db, app, 10)
+    for p in people:
+        assert (await claim(client, p, batch)).status_code == 201
+    fake.failure_callbacks = True
+    fake.set_faults(fail_ratio=0.5, seed=3)
+    r = await client.post(
+        "/api/v1/activities/batch",
+        json={
+            "activities": [
+                payment(f"p{i}", p.user.id, world.merchant_a, 500) for i, p in enumerate(people)
+            ]
+        },
+        headers=sender.headers,
+    )
+    assert r.status_code in (200, 201), r.text
+    coupon_sender = calls.Sender(db)
+    try:
+        for _ in range(3):
+            await settle(db, coupon_sender)
+            await asyncio.sleep(0.5)  # the coupon.failed callbacks land
+    finally:
+        await coupon_sender.aclose()
+    ours = await coupons_of(db, batch)
+    assert {c.state for c in ours} == {"usable"}, [(c.state, c.reason) for c in ours]
+    assert fake.issued == 10
+
+
+async def _table_rows(db: Database) -> dict[str, int]:
+    async with db.unit_of_work() as s:
+        return {
+            model.__tablename__: int(await s.scalar(select(func.count()).select_from(model)) or 0)
+            for model in (CouponProvider, CouponBatch, Coupon, CouponTransition, ProviderCall)
+        }
+
+
+def _refusal(r: httpx.Response, field: str, rule: str | None = None) -> None:
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    error = r.json()["errors"][0]
+    assert error["field"] == field, r.json()
+    if rule is not None:
+        assert error["rule"] == rule, r.json()
+
+
+async def test_a_provider_whose_whsec_secret_is_not_base64_or_whose_url_is_too_long_is_422(
+    client: httpx.AsyncClient, db: Database, world: World
+) -> None:
+    # Such a secret was stored and then refused every webhook the provider signed (401); such
+    # an address was a 500 on PostgreSQL (varchar(500)) and silently kept on SQLite.
+    good = {"code": "acme", "name": "Acme", "base_url": "http://127.0.0.1:9", "credentials": "k"}
+    before = await _table_rows(db)
+    r = await client.post(
+        "/api/v1/coupon-providers",
+        json={**good, "webhook_secret": "whsec_!!!!!!!!!!!!!!!!"},
+        headers=world.op.headers,
+    )
+    _refusal(r, "webhook_secret", "webhook_secret_base64")
+    r = await client.post(
+        "/api/v1/coupon-providers",
+        json={**good, "base_url": "http://" + "a" * 600 + ".example"},
+        headers=world.op.headers,
+    )
+    _refusal(r, "base_url", "url_too_long")
+    assert await _table_rows(db) == before
+
+    assert (
+        await client.post("/api/v1/coupon-providers", json=good, headers=world.op.headers)
+    ).status_code == 201
+    r = await client.patch(
+        "/api/v1/coupon-providers/acme",
+        json={"webhook_secret": "whsec_!!!!!!!!!!!!!!!!"},
+        headers=world.op.headers,
+    )
+    _refusal(r, "webhook_secret", "webhook_secret_base64")
+
+
+def _signed(body: bytes) -> dict[str, str]:
+    stamp = int(time.time())
+    return {
+        "content-type": "application/json",
+        "webhook-id": "m1",
+        "webhook-timestamp": str(stamp),
+        "webhook-signature": sign(SECRET, "m1", stamp, body),
+    }
+
+
+def _batch(**changes: Any) -> dict[str, Any]:
+    return {
+        "id": "B9",
+        "name": "n",
+        "state": "running",
+        "stock": 1,
+        "face_value_fen": 1,
+        "min_spend_fen": 0,
+        **changes,
+    }
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"type": "batch.updated", "data": _batch(id="B\u00009")},
+        {"type": "batch.updated", "data": _batch(id="B" * 65)},
+        {"type": "batch.updated", "data": _batch(name="n\u0000")},
+        {"type": "batch.updated", "data": _batch(name="n\ud800")},
+        {"type": "batch.updated", "data": _batch(valid_until="0001-01-01T00:00:00+14:00")},
+        {"type": "batch.updated", "data": _batch(valid_until="9999-12-31T23:59:59-12:00")},
+        {"type": "coupon.issued", "data": {"request_no": "I1", "code": "C" * 65,
+                                            "batch_id": "B9", "state": "issued"}},
+        {"type": "coupon.failed", "data": {"request_no": "I\u00001"}},
+        {"type": "coupon.failed", "data": {"request_no": 5}},
+        {"type": "coupon.failed", "data": {"request_no": "I1", "reason": ["x"]}},
+        {"type": ["batch.updated"], "data": {}},
+        "[" * 100_000 + "]" * 100_000,
+    ],
+    ids=[
+        "nul-id", "long-id", "nul-name", "surrogate-name", "before-year-1", "after-year-9999",
+        "long-code", "nul-request-no", "int-request-no", "list-reason", "list-type", "deep",
+    ],
+)  # fmt: skip
+async def test_a_signed_webhook_of_the_wrong_shape_is_422_and_writes_nothing(
+    client: httpx.AsyncClient, db: Database, world: World, event: Any
+) -> None:
+    # Each was a 500 on PostgreSQL (NUL, too long) or on both engines (a time out of range in
+    # UTC, JSON nested deeper than the parser), or stored as given on SQLite.
+    r = await client.post(
+        "/api/v1/coupon-providers",
+        json={
+            "code": "acme",
+            "name": "Acme",
+            "base_url": "http://127.0.0.1:9",
+            "credentials": "k",
+            "webhook_secret": SECRET,
+        },
+        headers=world.op.headers,
+    )
+    assert r.status_code == 201, r.text
+    before = await _table_rows(db)
+    body = (event if isinstance(event, str) else json.dumps(event)).encode()
+    r = await client.post(
+        "/api/v1/coupon-providers/acme/webhooks", content=body, headers=_signed(body)
+    )
+    _refusal(r, "data")
+    assert await _table_rows(db) == before
+
+
+async def test_a_provider_cannot_fail_another_providers_coupon(
+    client: httpx.AsyncClient, db: Database, world: World, fake: FakeProvider, app: Any
+) -> None:
+    await configure(db, app)
+    fake.add_batch("B1", stock=5)
+    await register(client, world, fake)
+    batch = await provider_campaign(client, world, "B1")
+    (customer,) = await customers(db, app, 1)
+    assert (await claim(client, customer, batch)).status_code == 201
+    (coupon,) = await coupons_of(db, batch)
+    assert coupon.state == "activating"
+    assert coupon.request_no is not None
+    # Another registered provider, with its own secret, names acme's request number.
+    r = await client.post(
+        "/api/v1/coupon-providers",
+        json={
+            "code": "rogue",
+            "name": "Rogue",
+            "base_url": "http://127.0.0.1:9",
+            "credentials": "k",
+            "webhook_secret": SECRET,
+        },
+        headers=world.op.headers,
+    )
+    assert r.status_code == 201, r.text
+    async with db.unit_of_work() as s:  # acme's call is no longer due: only a word decides
+        await s.execute(update(ProviderCall).values(state="failed"))
+    body = json.dumps(
+        {"type": "coupon.failed", "data": {"request_no": coupon.request_no, "reason": "x"}}
+    ).encode()
+    r = await client.post(
+        "/api/v1/coupon-providers/rogue/webhooks", content=body, headers=_signed(body)
+    )
+    assert r.status_code == 200, r.text
+    (after,) = await coupons_of(db, batch)
+    assert after.state == "activating"
+    assert await history(db, after.id) == [(None, "activating")]
