@@ -18,6 +18,7 @@ from incentive.coupons.models import (
     CouponBatch,
     CouponProvider,
     CouponTransition,
+    ImportedCode,
     ProviderCall,
 )
 from incentive.coupons.provider import sign
@@ -25,7 +26,14 @@ from incentive.db import Database
 from tests.activities.conftest import Sender, payment
 from tests.activities.conftest import sender as sender  # noqa: F401  (fixture)
 from tests.campaigns.conftest import World
-from tests.coupons.conftest import claim, coupons_of, customers, history
+from tests.coupons.conftest import (
+    batch_row,
+    claim,
+    coupon_campaign,
+    coupons_of,
+    customers,
+    history,
+)
 from tests.coupons.fake_provider import FakeProvider
 from tests.coupons.test_providers import (
     SECRET,
@@ -236,3 +244,49 @@ async def test_a_provider_cannot_fail_another_providers_coupon(
     (after,) = await coupons_of(db, batch)
     assert after.state == "activating"
     assert await history(db, after.id) == [(None, "activating")]
+
+
+async def _imported_batch(client: httpx.AsyncClient, world: World, quantity: int) -> str:
+    _, batch = await coupon_campaign(client, world, quantity=quantity, codes="imported")
+    return batch
+
+
+@pytest.mark.parametrize(
+    ("code", "why"), [("- - -", "nothing left"), ("A" * 33, "longer than a coupon code")]
+)
+async def test_an_imported_code_the_till_could_never_take_is_422(
+    client: httpx.AsyncClient, db: Database, world: World, code: str, why: str
+) -> None:
+    # Was stored (an empty code, or a 500 on PostgreSQL for a long one), claimed into a wallet,
+    # and refused at every till.
+    batch = await _imported_batch(client, world, 5)
+    before = await _table_rows(db)
+    r = await client.post(
+        f"/api/v1/coupon-batches/{batch}/codes",
+        json={"codes": ["GOOD1", code]},
+        headers=world.op.headers,
+    )
+    _refusal(r, "codes.1", "code_length")
+    assert await _table_rows(db) == before
+    assert (await batch_row(db, batch)).stock == 0
+
+
+async def test_imports_at_once_never_stock_more_than_the_approved_quantity(
+    client: httpx.AsyncClient, db: Database, world: World
+) -> None:
+    batch = await _imported_batch(client, world, 10)
+    answers = await asyncio.gather(
+        *(
+            client.post(
+                f"/api/v1/coupon-batches/{batch}/codes",
+                json={"codes": [f"IMP{n}X{i}" for i in range(10)]},
+                headers=world.op.headers,
+            )
+            for n in range(4)
+        )
+    )
+    assert sorted(r.status_code for r in answers) == [200, 422, 422, 422], [r.text for r in answers]
+    row = await batch_row(db, batch)
+    assert row.stock == 10
+    async with db.unit_of_work() as s:
+        assert await s.scalar(select(func.count()).select_from(ImportedCode)) == 10

@@ -17,10 +17,11 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from incentive.coupons.batches import IMPORT_MAX
-from incentive.coupons.models import STATES
+from incentive.coupons.models import CODE_MAX_LENGTH, STATES
 from incentive.coupons.provider import webhook_key
 from incentive.coupons.rules import ProviderCode
 from incentive.kit.amounts import Fen
+from incentive.kit.codes import normalize_code
 from incentive.kit.pagination import Page
 from incentive.kit.text import Line, Name
 
@@ -54,6 +55,21 @@ def _usable_secret(secret: str) -> str:
     return secret
 
 
+
+
+def _storable_code(code: str) -> str:
+    # Stored as typed at the till would read it (no spaces, hyphens; upper case): an imported
+    # code with nothing left, or longer than a coupon's code column, could never be redeemed.
+    if not 0 < len(normalize_code(code)) <= CODE_MAX_LENGTH:
+        raise PydanticCustomError(
+            "code_length",
+            "must have 1 to {max} letters and digits besides spaces and hyphens",
+            {"max": CODE_MAX_LENGTH},
+        )
+    return code
+
+
+ImportedCodeText = Annotated[CodeText, AfterValidator(_storable_code)]
 Secret = Annotated[
     str,
     StringConstraints(min_length=16, max_length=200, pattern=r"^[\x21-\x7e]+$"),
@@ -159,7 +175,7 @@ class BatchPage(Page[BatchOut]):
 class CodesIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    codes: Annotated[list[CodeText], Field(min_length=1, max_length=IMPORT_MAX)]
+    codes: Annotated[list[ImportedCodeText], Field(min_length=1, max_length=IMPORT_MAX)]
 
 
 class CodesOut(BaseModel):
