@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select, update
 
-from incentive.coupons import calls
+from incentive.coupons import calls, service
 from incentive.coupons.models import (
     Coupon,
     CouponBatch,
@@ -290,3 +290,28 @@ async def test_imports_at_once_never_stock_more_than_the_approved_quantity(
     assert row.stock == 10
     async with db.unit_of_work() as s:
         assert await s.scalar(select(func.count()).select_from(ImportedCode)) == 10
+
+
+async def test_a_batch_update_arriving_mid_claim_keeps_that_claim_out_of_the_stock(
+    client: httpx.AsyncClient, db: Database, world: World, fake: FakeProvider, app: Any
+) -> None:
+    # The sync counted our outstanding claims before waiting for the claim's row lock, then
+    # wrote the provider's stock less a count that missed the claim: one coupon promised
+    # twice (PostgreSQL; SQLite's single writer serialises the two).
+    await configure(db, app)
+    fake.add_batch("B1", stock=5)
+    await register(client, world, fake)
+    batch = await provider_campaign(client, world, "B1", task={"activity": "payment"})
+    (customer,) = await customers(db, app, 1)
+    body = json.dumps({"type": "batch.updated", "data": _batch(id="B1", stock=5)}).encode()
+    async with db.unit_of_work() as s:
+        await service.issue(s, batch, customer.user.id, service.SYSTEM)
+        update_ = asyncio.create_task(
+            client.post(
+                "/api/v1/coupon-providers/acme/webhooks", content=body, headers=_signed(body)
+            )
+        )
+        await asyncio.sleep(0.5)  # the webhook is waiting for the batch now
+    r = await update_
+    assert r.status_code == 200, r.text
+    assert (await batch_row(db, batch)).stock == 4

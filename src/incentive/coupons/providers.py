@@ -161,10 +161,13 @@ async def apply_batch(
     """Store what the provider says of one batch (insert or update); its claimable stock
     becomes the provider's stock less our claims it has not issued yet."""
     now = utcnow()
+    # The batch's row is locked before our outstanding claims are counted: a claim that took
+    # stock and has not committed yet holds it, so the count (a statement after the lock)
+    # includes that claim instead of overwriting the stock it took.
     existing = await session.scalar(
-        select(CouponBatch).where(
-            CouponBatch.provider_id == provider.id, CouponBatch.external_id == seen.id
-        )
+        select(CouponBatch)
+        .where(CouponBatch.provider_id == provider.id, CouponBatch.external_id == seen.id)
+        .with_for_update()
     )
     outstanding = 0
     if existing is not None:
