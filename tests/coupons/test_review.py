@@ -17,6 +17,7 @@ from incentive.coupons.models import (
     Coupon,
     CouponBatch,
     CouponProvider,
+    CouponRedemption,
     CouponTransition,
     ImportedCode,
     ProviderCall,
@@ -315,3 +316,45 @@ async def test_a_batch_update_arriving_mid_claim_keeps_that_claim_out_of_the_sto
     r = await update_
     assert r.status_code == 200, r.text
     assert (await batch_row(db, batch)).stock == 4
+
+
+async def test_an_undo_reaches_the_provider_only_after_the_redemption_it_undoes(
+    client: httpx.AsyncClient, db: Database, world: World, fake: FakeProvider, app: Any
+) -> None:
+    # A redemption answered 503 waited for its retry while the undo's reversal went out
+    # first (404 at the provider: nothing to reverse), then the retry redeemed: the provider
+    # held the coupon used, ours was usable again.
+    await configure(db, app)
+    fake.add_batch("B1", stock=10)
+    await register(client, world, fake)
+    batch = await provider_campaign(client, world, "B1")
+    coupon_sender = calls.Sender(db)
+    try:
+        first = (await claim(client, world.cust, batch)).json()
+        await settle(db, coupon_sender)
+        mine = (
+            await client.get(f"/api/v1/me/coupons/{first['id']}", headers=world.cust.headers)
+        ).json()
+        assert mine["state"] == "usable"
+        r = await client.post(
+            "/api/v1/till/redemptions",
+            json={"code": mine["code"], "amount_fen": 5_000},
+            headers={**world.ma.headers, "Idempotency-Key": "sale"},
+        )
+        assert r.status_code == 201, r.text
+        fake.set_faults(fail_ratio=1.0, endpoints={"redeem"})
+        await coupon_sender.run_once()  # the redemption's first attempt: 503
+        fake.set_faults(fail_ratio=0.0, endpoints=None)
+        undo = await client.post(
+            f"/api/v1/till/redemptions/{r.json()['id']}/undo", headers=world.ma.headers
+        )
+        assert undo.status_code == 200, undo.text
+        await settle(db, coupon_sender)
+    finally:
+        await coupon_sender.aclose()
+    (theirs,) = fake.coupons()
+    assert (fake.redeemed, fake.reversed, theirs.state) == (1, 1, "issued")
+    async with db.unit_of_work() as s:
+        redemption = await s.get(CouponRedemption, r.json()["id"])
+        assert redemption is not None
+        assert redemption.provider_state == "reversed"
