@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import func, select, update
 
-from incentive.coupons import calls, service
+from incentive.coupons import calls, reconcile, service
 from incentive.coupons.models import (
     Coupon,
     CouponBatch,
@@ -358,3 +359,39 @@ async def test_an_undo_reaches_the_provider_only_after_the_redemption_it_undoes(
         redemption = await s.get(CouponRedemption, r.json()["id"])
         assert redemption is not None
         assert redemption.provider_state == "reversed"
+
+
+async def test_reconciliation_does_not_make_usable_a_coupon_the_provider_revoked(
+    client: httpx.AsyncClient, db: Database, world: World, fake: FakeProvider, app: Any
+) -> None:
+    # We gave up on the issue (it failed) although the provider issued it, and the provider
+    # then revoked it: the repair to `usable` handed the customer a coupon the provider
+    # refuses at every till.
+    await configure(db, app, **{"coupons.provider_call_attempts": 1})
+    fake.add_batch("B1", stock=10)
+    await register(client, world, fake)
+    batch = await provider_campaign(client, world, "B1")
+    await claim(client, world.cust, batch)
+    fake.set_faults(timeout_ratio=1.0, hang_seconds=2.0)
+    fake.webhook_url = None
+    coupon_sender = calls.Sender(db)
+    try:
+        await settle(db, coupon_sender)
+    finally:
+        await coupon_sender.aclose()
+    fake.set_faults(timeout_ratio=0.0)
+    (failed,) = await coupons_of(db, batch)
+    assert failed.state == "failed"
+    (theirs,) = fake.coupons()
+    async with httpx.AsyncClient() as raw:
+        r = await raw.post(
+            f"{fake.base_url}/v1/coupons/{theirs.code}/revocation",
+            json={"request_no": "V-by-their-operator", "reason": "fraud"},
+            headers={"Authorization": "Bearer acme-key"},
+        )
+        assert r.status_code in (200, 201), r.text
+    report = await reconcile.reconcile(db, "acme", datetime.now(UTC).date())
+    kinds = {d.request_no: (d.kind, d.repaired) for d in report.differences}
+    assert kinds == {failed.request_no: ("issued-at-provider", False)}
+    (after,) = await coupons_of(db, batch)
+    assert after.state == "failed"

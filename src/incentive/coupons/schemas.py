@@ -55,8 +55,6 @@ def _usable_secret(secret: str) -> str:
     return secret
 
 
-
-
 def _storable_code(code: str) -> str:
     # Stored as typed at the till would read it (no spaces, hyphens; upper case): an imported
     # code with nothing left, or longer than a coupon's code column, could never be redeemed.
