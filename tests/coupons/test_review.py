@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -395,3 +395,20 @@ async def test_reconciliation_does_not_make_usable_a_coupon_the_provider_revoked
     assert kinds == {failed.request_no: ("issued-at-provider", False)}
     (after,) = await coupons_of(db, batch)
     assert after.state == "failed"
+
+
+async def test_a_batch_past_its_validity_gives_no_coupon_and_keeps_its_stock(
+    client: httpx.AsyncClient, db: Database, world: World, app: Any
+) -> None:
+    # The campaign runs on after `valid_until`: each claim spent stock (and the customer's
+    # limit) on a coupon that was expired before it reached the wallet.
+    until = datetime.now(UTC) + timedelta(seconds=1)
+    _, batch = await coupon_campaign(client, world, quantity=5, valid_until=until.isoformat())
+    await asyncio.sleep(max(0.0, (until - datetime.now(UTC)).total_seconds()) + 0.1)
+    (customer,) = await customers(db, app, 1)
+    r = await claim(client, customer, batch)
+    assert r.status_code == 409, r.text
+    assert r.json()["type"].endswith("/coupon-batch-closed")
+    row = await batch_row(db, batch)
+    assert (row.stock, row.claimed) == (5, 0)
+    assert await coupons_of(db, batch) == []
