@@ -202,10 +202,20 @@ async def import_codes(
                 )
             )
         )
-    await session.execute(
+    # The room is checked again in the statement that uses it: two imports at once both read
+    # the room above, and only what still fits under the approved quantity may be added.
+    fits = await session.scalar(
         update(CouponBatch)
-        .where(CouponBatch.id == batch_id)
+        .where(
+            CouponBatch.id == batch_id,
+            CouponBatch.quantity - CouponBatch.claimed - CouponBatch.stock >= added,
+        )
         .values(stock=CouponBatch.stock + added)
+        .returning(CouponBatch.id)
         .execution_options(synchronize_session=False)
     )
+    if fits is None:  # the unit of work rolls the inserted codes back with this refusal
+        raise InvalidField(
+            "codes", "within-quantity", f"{added} codes but another import took the room"
+        )
     return added, len(wanted) - added

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from incentive.config import live_config
 from incentive.coupons import providers, service
@@ -74,13 +75,27 @@ async def take(db: Database, limit: int) -> list[Taken]:
     whose lease ran out (their worker died or hung)."""
     now = utcnow()
     lease = timedelta(seconds=float(live_config.get(CALL_LEASE_SECONDS)))
+    # A coupon's calls reach the provider in the order they were written: an undo's reversal
+    # waits while the redemption it undoes is still to be sent (or retried), a revocation
+    # while the issue is; otherwise the later call could overtake and be undone by the earlier.
+    earlier = aliased(ProviderCall)
+    open_before = (
+        select(earlier.id)
+        .where(
+            earlier.coupon_id == ProviderCall.coupon_id,
+            earlier.id < ProviderCall.id,
+            earlier.state.in_(("pending", "in_flight")),
+        )
+        .exists()
+    )
     due = (
         select(ProviderCall.id)
         .where(
             or_(
                 (ProviderCall.state == "pending") & (ProviderCall.due_at <= now),
                 (ProviderCall.state == "in_flight") & (ProviderCall.leased_until <= now),
-            )
+            ),
+            ~open_before,
         )
         .order_by(ProviderCall.due_at)
         .limit(limit)
@@ -289,7 +304,7 @@ async def _settle(
                 session, call.provider_id, answer.coupon, reason="provider answered"
             )
         elif not isinstance(answer, Done):
-            await providers.refused(session, call.request_no, why or "failed")
+            await providers.refused(session, call.provider_id, call.request_no, why or "failed")
         return
     if call.action in ("redeem", "reverse") and call.redemption_id is not None:
         state = {"redeem": "confirmed", "reverse": "reversed"}[call.action]

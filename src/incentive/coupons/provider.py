@@ -27,11 +27,15 @@ from urllib.parse import quote
 
 import httpx
 
+from incentive.kit.text import REFUSED_IN_LINE, refused_character, refused_message
+
 COUPON_STATES = frozenset({"issued", "redeemed", "revoked"})
 REDEMPTION_STATES = frozenset({"redeemed", "reversed"})
 BATCH_STATES = frozenset({"running", "paused", "stopped", "exhausted"})
 _SECRET_PREFIX = "whsec_"
 _BIGINT = 2**63 - 1
+#: the longest id, code or request number a provider may send: what our columns hold
+_ID_MAX_LENGTH = 64
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,14 @@ class ProviderCoupon:
     state: str
     valid_until: datetime | None = None
     issued_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ProviderFailure:
+    """A ``coupon.failed`` webhook: nothing issued under ``request_no`` unless asked again."""
+
+    request_no: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -254,7 +266,7 @@ def _error_code(response: httpx.Response) -> tuple[str, str] | None:
     return error, message if isinstance(message, str) else ""
 
 
-def _key(secret: str) -> bytes:
+def webhook_key(secret: str) -> bytes:
     # Standard Webhooks secrets are "whsec_<base64>" and the key is the decoded bytes, so a
     # provider using one of its libraries interoperates; any other secret is used as UTF-8.
     if secret.startswith(_SECRET_PREFIX):
@@ -268,7 +280,7 @@ def _key(secret: str) -> bytes:
 
 def _digest(secret: str, msg_id: str, timestamp: str, body: bytes) -> bytes:
     signed = f"{msg_id}.{timestamp}.".encode() + body
-    return hmac.new(_key(secret), signed, hashlib.sha256).digest()
+    return hmac.new(webhook_key(secret), signed, hashlib.sha256).digest()
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -320,7 +332,7 @@ def verify(
 def parse_batch(data: Mapping[str, Any]) -> ProviderBatch:
     return ProviderBatch(
         id=_text(data, "id"),
-        name=_text(data, "name", allow_empty=True),
+        name=_text(data, "name", allow_empty=True, max_length=None),
         state=_text(data, "state", allowed=BATCH_STATES),
         stock=_count(data, "stock"),
         face_value_fen=_count(data, "face_value_fen"),
@@ -332,6 +344,14 @@ def parse_batch(data: Mapping[str, Any]) -> ProviderBatch:
 
 def parse_coupon(data: Mapping[str, Any]) -> ProviderCoupon:
     return _coupon(data, COUPON_STATES)
+
+
+def parse_failure(data: Mapping[str, Any]) -> ProviderFailure:
+    reason = data.get("reason", "failed") if isinstance(data, Mapping) else None
+    return ProviderFailure(
+        request_no=_text(data, "request_no"),
+        reason=_text({"reason": reason}, "reason", max_length=None)[:200],
+    )
 
 
 def _parse_redemption(data: Mapping[str, Any]) -> ProviderCoupon:
@@ -355,12 +375,20 @@ def _text(
     *,
     allow_empty: bool = False,
     allowed: frozenset[str] | None = None,
+    max_length: int | None = _ID_MAX_LENGTH,
 ) -> str:
     if not isinstance(data, Mapping):
         raise ValueError("not an object")
     value = data.get(field)
     if not isinstance(value, str) or not (value or allow_empty):
         raise ValueError(f"{field}: a non-empty string is required")
+    # What we store (ids, codes, request numbers, names): nothing PostgreSQL cannot keep or a
+    # column cannot hold, whichever engine this is.
+    if max_length is not None and len(value) > max_length:
+        raise ValueError(f"{field}: at most {max_length} characters")
+    char = refused_character(value, REFUSED_IN_LINE)
+    if char is not None:
+        raise ValueError(f"{field}: {refused_message(char)}")
     if allowed is not None and value not in allowed:
         raise ValueError(f"{field}: {value[:40]!r} is not one of {sorted(allowed)}")
     return value
@@ -386,4 +414,7 @@ def _time(data: Mapping[str, Any], field: str) -> datetime | None:
         raise ValueError(f"{field}: {value[:40]!r} is not an ISO 8601 time") from exc
     if moment.tzinfo is None:
         raise ValueError(f"{field}: {value[:40]!r} has no UTC offset")
-    return moment.astimezone(UTC)
+    try:  # 0001-01-01T00:00+14:00 is a valid time that is before year 1 in UTC
+        return moment.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError(f"{field}: {value[:40]!r} is out of range in UTC") from exc

@@ -36,6 +36,7 @@ from incentive.coupons.provider import (
     ProviderCoupon,
     parse_batch,
     parse_coupon,
+    parse_failure,
     verify,
 )
 from incentive.coupons.rules import CouponRules
@@ -160,10 +161,13 @@ async def apply_batch(
     """Store what the provider says of one batch (insert or update); its claimable stock
     becomes the provider's stock less our claims it has not issued yet."""
     now = utcnow()
+    # The batch's row is locked before our outstanding claims are counted: a claim that took
+    # stock and has not committed yet holds it, so the count (a statement after the lock)
+    # includes that claim instead of overwriting the stock it took.
     existing = await session.scalar(
-        select(CouponBatch).where(
-            CouponBatch.provider_id == provider.id, CouponBatch.external_id == seen.id
-        )
+        select(CouponBatch)
+        .where(CouponBatch.provider_id == provider.id, CouponBatch.external_id == seen.id)
+        .with_for_update()
     )
     outstanding = 0
     if existing is not None:
@@ -267,17 +271,21 @@ async def receive_webhook(
     try:
         event = json.loads(body)
         kind = event["type"]
+        if not isinstance(kind, str):
+            raise TypeError("type: a string is required")
         data = event["data"]
         if kind == "batch.updated":
             await apply_batch(session, provider, parse_batch(data))
         elif kind == "coupon.issued":
             await issued(session, provider.id, parse_coupon(data), reason="provider webhook")
         elif kind == "coupon.failed":
-            await refused(session, str(data["request_no"]), str(data.get("reason", "failed")))
+            failure = parse_failure(data)
+            await failure_told(session, provider.id, failure.request_no, failure.reason)
         else:
             raise InvalidField("type", "known", f"unknown webhook type {kind!r}")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidField("data", "webhook-shape", f"webhook body: {exc}") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        # RecursionError: JSON nested deeper than the parser goes is no webhook either.
+        raise InvalidField("data", "webhook-shape", f"webhook body: {exc!s:.200}") from None
     return str(kind)
 
 
@@ -315,11 +323,32 @@ async def issued(
     return False
 
 
-async def refused(session: AsyncSession, request_no: str, why: str) -> bool:
+async def failure_told(session: AsyncSession, provider_id: str, request_no: str, why: str) -> bool:
+    """A ``coupon.failed`` webhook: the provider did not issue under ``request_no`` *unless
+    we send it again* — a hint, not a refusal. While our issue call is still due or in
+    flight, its retries and their answers decide (failing the coupon now would drop the
+    retries, and a success answered meanwhile); only a coupon no call will settle fails."""
+    open_call = await session.scalar(
+        select(ProviderCall.id)
+        .where(
+            ProviderCall.request_no == request_no,
+            ProviderCall.provider_id == provider_id,
+            ProviderCall.state.in_(("pending", "in_flight")),
+        )
+        .with_for_update()
+    )
+    if open_call is not None:
+        return False
+    return await refused(session, provider_id, request_no, why)
+
+
+async def refused(session: AsyncSession, provider_id: str, request_no: str, why: str) -> bool:
     """The provider will not issue the coupon asked under ``request_no``: ours ``failed``
     (from ``activating`` or ``unknown`` only: a refusal never undoes an issued coupon)."""
     await _lock_call(session, request_no)
-    ours = await session.scalar(select(Coupon).where(Coupon.request_no == request_no))
+    ours = await session.scalar(
+        select(Coupon).where(Coupon.request_no == request_no, Coupon.provider_id == provider_id)
+    )
     if ours is None:
         return False
     actor = service.Actor(f"provider:{ours.provider_id}", "provider")

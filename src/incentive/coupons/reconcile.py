@@ -1,9 +1,10 @@
 """Reconciliation with a provider: its coupons issued on a day against ours.
 
-Every difference is reported; what is safe is repaired: a coupon the provider issued that we
-hold as activating, unknown or failed becomes usable with the provider's code (the provider
-holds it, so must the customer), and one the provider revoked is revoked here too (the till
-must refuse it). Nothing is ever issued, redeemed or deleted by a reconciliation.
+Every difference is reported; what is safe is repaired: a coupon the provider issued (and
+still holds as issued) that we hold as activating, unknown or failed becomes usable with
+the provider's code (the provider holds it, so must the customer), and one the provider
+revoked is revoked here too (the till must refuse it). Nothing is ever issued, redeemed or
+deleted by a reconciliation.
 """
 
 from __future__ import annotations
@@ -117,7 +118,11 @@ async def _compare(
     if mine is None:
         return Difference(no, "unknown-at-ours", None, theirs.state)
     if mine.state in NOT_YET:
-        repaired = await providers.issued(session, provider_id, theirs, reason="reconciliation")
+        # Only a coupon the provider still honours is safe to hand over: one it revoked (or
+        # that was used there) would be refused at every till.
+        repaired = theirs.state == "issued" and await providers.issued(
+            session, provider_id, theirs, reason="reconciliation"
+        )
         return Difference(no, "issued-at-provider", mine.state, theirs.state, repaired)
     if theirs.state == "revoked" and mine.state in ("usable", "held"):
         repaired = await service.move(

@@ -5,12 +5,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    UrlConstraints,
+)
+from pydantic_core import PydanticCustomError
 
 from incentive.coupons.batches import IMPORT_MAX
-from incentive.coupons.models import STATES
+from incentive.coupons.models import CODE_MAX_LENGTH, STATES
+from incentive.coupons.provider import webhook_key
 from incentive.coupons.rules import ProviderCode
 from incentive.kit.amounts import Fen
+from incentive.kit.codes import normalize_code
 from incentive.kit.pagination import Page
 from incentive.kit.text import Line, Name
 
@@ -30,7 +41,40 @@ assert set(CouponState.__args__) == set(STATES)  # type: ignore[attr-defined]
 CodeText = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9 -]+$")
 ]
-Secret = Annotated[str, StringConstraints(min_length=16, max_length=200, pattern=r"^[\x21-\x7e]+$")]
+
+
+def _usable_secret(secret: str) -> str:
+    # A "whsec_" secret is keyed by its base64-decoded bytes (Standard Webhooks): one that does
+    # not decode would refuse every webhook the provider ever signs, so it is refused here.
+    try:
+        webhook_key(secret)
+    except ValueError:
+        raise PydanticCustomError(
+            "webhook_secret_base64", "a secret starting whsec_ must be base64 after it"
+        ) from None
+    return secret
+
+
+def _storable_code(code: str) -> str:
+    # Stored as typed at the till would read it (no spaces, hyphens; upper case): an imported
+    # code with nothing left, or longer than a coupon's code column, could never be redeemed.
+    if not 0 < len(normalize_code(code)) <= CODE_MAX_LENGTH:
+        raise PydanticCustomError(
+            "code_length",
+            "must have 1 to {max} letters and digits besides spaces and hyphens",
+            {"max": CODE_MAX_LENGTH},
+        )
+    return code
+
+
+ImportedCodeText = Annotated[CodeText, AfterValidator(_storable_code)]
+Secret = Annotated[
+    str,
+    StringConstraints(min_length=16, max_length=200, pattern=r"^[\x21-\x7e]+$"),
+    AfterValidator(_usable_secret),
+]
+#: what the providers table holds (``base_url``: 500 characters)
+BaseUrl = Annotated[AnyHttpUrl, UrlConstraints(max_length=500)]
 Credentials = Annotated[
     str, StringConstraints(min_length=1, max_length=500, pattern=r"^[\x21-\x7e]+$")
 ]
@@ -45,7 +89,7 @@ class ProviderIn(BaseModel):
 
     code: ProviderCode
     name: Name
-    base_url: AnyHttpUrl
+    base_url: BaseUrl
     credentials: Credentials = Field(description="sent as `Authorization: Bearer …`")
     webhook_secret: Secret | None = Field(
         None, description="signs the provider's webhooks; generated (and shown once) if absent"
@@ -56,7 +100,7 @@ class ProviderChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Name | None = None
-    base_url: AnyHttpUrl | None = None
+    base_url: BaseUrl | None = None
     credentials: Credentials | None = None
     webhook_secret: Secret | None = None
     state: Literal["active", "disabled"] | None = None
@@ -129,7 +173,7 @@ class BatchPage(Page[BatchOut]):
 class CodesIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    codes: Annotated[list[CodeText], Field(min_length=1, max_length=IMPORT_MAX)]
+    codes: Annotated[list[ImportedCodeText], Field(min_length=1, max_length=IMPORT_MAX)]
 
 
 class CodesOut(BaseModel):

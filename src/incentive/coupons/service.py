@@ -168,6 +168,9 @@ _TAKE_STOCK = (
         CouponBatch.open.is_(True),
         or_(CouponBatch.provider_state.is_(None), CouponBatch.provider_state == "running"),
         or_(CouponBatch.claims_until.is_(None), CouponBatch.claims_until > bindparam("now")),
+        # A batch whose coupons are no longer valid gives none: a claim would spend stock on a
+        # coupon expired before it reached the wallet.
+        or_(CouponBatch.valid_until.is_(None), CouponBatch.valid_until > bindparam("now")),
         CouponBatch.stock >= 1,
     )
     .values(stock=CouponBatch.stock - 1, claimed=CouponBatch.claimed + 1)
@@ -204,6 +207,11 @@ async def _explain_refusal(session: AsyncSession, batch_id: str) -> None:
         )
     if batch.claims_until is not None and batch.claims_until <= utcnow():
         raise BatchClosed(f"coupon batch {batch_id}'s campaign has ended", batch_id=batch_id)
+    if batch.valid_until is not None and batch.valid_until <= utcnow():
+        raise BatchClosed(
+            f"coupon batch {batch_id}'s coupons were valid until {batch.valid_until.isoformat()}",
+            batch_id=batch_id,
+        )
     raise CouponsExhausted(f"no coupons left in batch {batch_id}", batch_id=batch_id)
 
 
