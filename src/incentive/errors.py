@@ -56,6 +56,7 @@ against the real subclasses, their statuses and slugs::
     │   ├── MinimumSpendNotMet (409 min-spend-not-met) [coupons]
     │   ├── UndoWindowPassed (409 undo-window-passed) [coupons]
     │   ├── ProviderTaken (409 coupon-provider-exists) [coupons]
+    │   ├── ProviderDisabled (409 coupon-provider-disabled) [coupons]
     │   ├── PartnerNotConfigured (409 points-partner-not-configured) [points_files]
     │   └── AnswerNotReady (409 points-answer-not-ready) [points_files]
     ├── UnsupportedMediaType (415 unsupported-media-type)

@@ -139,8 +139,8 @@ async def test_a_provider_whose_whsec_secret_is_not_base64_or_whose_url_is_too_l
     _refusal(r, "webhook_secret", "webhook_secret_base64")
 
 
-def _signed(body: bytes) -> dict[str, str]:
-    stamp = int(time.time())
+def _signed(body: bytes, age_seconds: int = 0) -> dict[str, str]:
+    stamp = int(time.time()) - age_seconds
     return {
         "content-type": "application/json",
         "webhook-id": "m1",
@@ -412,3 +412,98 @@ async def test_a_batch_past_its_validity_gives_no_coupon_and_keeps_its_stock(
     row = await batch_row(db, batch)
     assert (row.stock, row.claimed) == (5, 0)
     assert await coupons_of(db, batch) == []
+
+
+async def test_batch_updates_arriving_out_of_order_keep_the_newest(
+    client: httpx.AsyncClient, db: Database, world: World, fake: FakeProvider, app: Any
+) -> None:
+    await configure(db, app)
+    fake.add_batch("B9", stock=5)
+    await register(client, world, fake)  # pulled now: running, 5
+
+    async def send(age: int, **changes: Any) -> None:
+        body = json.dumps({"type": "batch.updated", "data": _batch(**changes)}).encode()
+        r = await client.post(
+            "/api/v1/coupon-providers/acme/webhooks", content=body, headers=_signed(body, age)
+        )
+        assert r.status_code == 200, r.text
+
+    # Sent 30 s ago: stopped (but older than the pull: ignored); then sent now: stopped; then
+    # a word from 60 s ago saying running with 100 arrives last: ignored.
+    await send(30, state="stopped", stock=0)
+    async with db.unit_of_work() as s:
+        row = await s.scalar(select(CouponBatch).where(CouponBatch.external_id == "B9"))
+        assert row is not None
+        assert (row.provider_state, row.stock) == ("running", 5)
+    await send(0, state="stopped", stock=0)
+    await send(60, state="running", stock=100)
+    async with db.unit_of_work() as s:
+        row = await s.scalar(select(CouponBatch).where(CouponBatch.external_id == "B9"))
+        assert row is not None
+        assert (row.provider_state, row.stock) == ("stopped", 0)
+
+
+async def test_a_disabled_provider_is_not_called_nor_heard_and_its_batches_take_no_claims(
+    client: httpx.AsyncClient, db: Database, world: World, fake: FakeProvider, app: Any
+) -> None:
+    await configure(db, app)
+    fake.add_batch("B1", stock=10)
+    await register(client, world, fake)
+    batch = await provider_campaign(client, world, "B1")
+    assert (await claim(client, world.cust, batch)).status_code == 201  # activating
+    r = await client.patch(
+        "/api/v1/coupon-providers/acme", json={"state": "disabled"}, headers=world.op.headers
+    )
+    assert r.status_code == 200, r.text
+    sender_ = calls.Sender(db)
+    try:
+        await sender_.run_once()
+        assert fake.calls("issue") == 0
+        refused = await claim(client, world.ma, batch)
+        assert refused.status_code == 403  # merchants do not claim; a customer:
+        (late,) = await customers(db, app, 1, prefix="late")
+        closed = await claim(client, late, batch)
+        assert closed.status_code == 409
+        assert closed.json()["type"].endswith("coupon-batch-closed")
+        body = json.dumps({"type": "batch.updated", "data": _batch(id="B1")}).encode()
+        heard = await client.post(
+            "/api/v1/coupon-providers/acme/webhooks", content=body, headers=_signed(body)
+        )
+        assert heard.status_code == 409
+        r = await client.patch(
+            "/api/v1/coupon-providers/acme", json={"state": "active"}, headers=world.op.headers
+        )
+        assert r.status_code == 200
+        await settle(db, sender_)
+    finally:
+        await sender_.aclose()
+    assert fake.issued == 1
+    assert {c.state for c in await coupons_of(db, batch)} == {"usable"}
+    assert (await claim(client, late, batch)).status_code == 201
+
+
+async def test_a_lapsed_hold_is_released_by_the_expiry_job(
+    client: httpx.AsyncClient, db: Database, world: World
+) -> None:
+    _, batch = await coupon_campaign(client, world)
+    coupon = (await claim(client, world.cust, batch)).json()
+    held = await client.post(
+        "/api/v1/till/holds",
+        json={"code": coupon["code"], "amount_fen": 5_000},
+        headers=world.ma.headers,
+    )
+    assert held.json()["state"] == "held"
+    from incentive.coupons.runtime import expire_due
+
+    assert await expire_due(db) == 0
+    assert (await coupons_of(db, batch))[0].state == "held"  # not lapsed yet
+    async with db.unit_of_work() as s:
+        await s.execute(
+            update(Coupon)
+            .where(Coupon.id == coupon["id"])
+            .values(held_until=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    await expire_due(db)
+    (row,) = await coupons_of(db, batch)
+    assert (row.state, row.held_by) == ("usable", None)
+    assert [to for _, to in await history(db, row.id)] == ["usable", "held", "usable"]

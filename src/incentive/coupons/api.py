@@ -20,6 +20,7 @@ from incentive.coupons.errors import (
     CouponNotFound,
     CouponNotUsable,
     CouponsExhausted,
+    ProviderDisabled,
     ProviderNotFound,
     ProviderTaken,
 )
@@ -157,7 +158,7 @@ async def sync_provider(code: ProviderPath, principal: Operator, request: Reques
     "/coupon-providers/{code}/webhooks",
     name="receive_coupon_provider_webhook",
     response_model=WebhookOut,
-    responses=problems(*VALIDATION, ProviderNotFound, BadWebhookSignature),
+    responses=problems(*VALIDATION, ProviderNotFound, ProviderDisabled, BadWebhookSignature),
     openapi_extra={
         "requestBody": {
             "required": True,

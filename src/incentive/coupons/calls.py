@@ -96,6 +96,10 @@ async def take(db: Database, limit: int) -> list[Taken]:
                 (ProviderCall.state == "in_flight") & (ProviderCall.leased_until <= now),
             ),
             ~open_before,
+            # A disabled provider is not called; its calls wait until it is enabled again.
+            ProviderCall.provider_id.in_(
+                select(CouponProvider.id).where(CouponProvider.state == "active")
+            ),
         )
         .order_by(ProviderCall.due_at)
         .limit(limit)

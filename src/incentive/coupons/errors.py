@@ -80,6 +80,13 @@ class ProviderTaken(CouponError, Conflict):
     title = "Coupon provider exists"
 
 
+class ProviderDisabled(CouponError, Conflict):
+    """The provider is disabled: its webhooks are refused (it may send them again later)."""
+
+    slug = "coupon-provider-disabled"
+    title = "Coupon provider disabled"
+
+
 class BadWebhookSignature(CouponError, Unauthorized):
     """A provider's webhook whose signature does not verify (missing, stale, wrong)."""
 

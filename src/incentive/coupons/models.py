@@ -259,6 +259,8 @@ class ProviderCall(Base):
         CheckConstraint(_in("action", CALL_ACTIONS), name="action_known"),
         CheckConstraint(_in("state", CALL_STATES), name="state_known"),
         Index("ix_coupon_provider_calls_due", "state", "due_at"),
+        # A coupon's earlier calls still open (calls.take sends a coupon's calls in order).
+        Index("ix_coupon_provider_calls_coupon", "coupon_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

@@ -12,18 +12,21 @@ import base64
 import json
 import secrets
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.auth.audit import record_audit
+from incentive.campaigns import service as campaigns
 from incentive.campaigns.kinds import CampaignFacts
 from incentive.config import live_config
 from incentive.coupons import service
 from incentive.coupons.errors import (
     BadWebhookSignature,
     BatchNotFound,
+    ProviderDisabled,
     ProviderNotFound,
     ProviderTaken,
 )
@@ -123,12 +126,30 @@ async def change(
             .execution_options(synchronize_session=False)
         )
         await session.refresh(provider)
+        if "state" in changes:
+            await _open_batches(session, provider)
     shown = {
         k: ("(changed)" if k in ("credentials", "webhook_secret") else v)
         for k, v in changes.items()
     }
     await record_audit(session, actor, "coupons.provider_changed", code, shown)
     return provider
+
+
+async def _open_batches(session: AsyncSession, provider: CouponProvider) -> None:
+    """A disabled provider's batches take no claims; enabled again, those of active
+    campaigns do."""
+    linked = await session.scalars(
+        select(CouponBatch).where(
+            CouponBatch.provider_id == provider.id, CouponBatch.campaign_id.is_not(None)
+        )
+    )
+    for batch in linked:
+        active = False
+        if provider.state == "active" and batch.campaign_id is not None:
+            active = (await campaigns.campaign_facts(session, batch.campaign_id)).status == "active"
+        batch.open = active
+    await session.flush()
 
 
 def client_for(base_url: str, credentials: str) -> ProviderClient:
@@ -156,11 +177,12 @@ async def check_rules(session: AsyncSession, campaign: CampaignFacts) -> None:
 
 
 async def apply_batch(
-    session: AsyncSession, provider: CouponProvider, seen: ProviderBatch
+    session: AsyncSession, provider: CouponProvider, seen: ProviderBatch, as_of: datetime
 ) -> CouponBatch:
-    """Store what the provider says of one batch (insert or update); its claimable stock
-    becomes the provider's stock less our claims it has not issued yet."""
-    now = utcnow()
+    """Store what the provider said of one batch at ``as_of`` (a webhook's signed timestamp,
+    or when a pull began): inserted, or updated unless what we hold is newer (webhooks may
+    arrive out of order). Its claimable stock becomes the provider's stock less our claims it
+    has not issued yet."""
     # The batch's row is locked before our outstanding claims are counted: a claim that took
     # stock and has not committed yet holds it, so the count (a statement after the lock)
     # includes that claim instead of overwriting the stock it took.
@@ -169,6 +191,8 @@ async def apply_batch(
         .where(CouponBatch.provider_id == provider.id, CouponBatch.external_id == seen.id)
         .with_for_update()
     )
+    if existing is not None and existing.synced_at is not None and existing.synced_at > as_of:
+        return existing  # an older word than the one applied
     outstanding = 0
     if existing is not None:
         outstanding = int(
@@ -187,7 +211,7 @@ async def apply_batch(
         "min_spend_fen": seen.min_spend_fen,
         "valid_from": seen.valid_from,
         "valid_until": seen.valid_until,
-        "synced_at": now,
+        "synced_at": as_of,
     }
     if existing is None:
         batch = CouponBatch(
@@ -221,6 +245,9 @@ async def sync(db: Database, code: str) -> int:
     async with db.unit_of_work() as session:
         provider = await by_code(session, code)
     client = client_for(provider.base_url, provider.credentials)
+    # Whole seconds, as webhook timestamps are: a webhook sent in the second the pull began
+    # is applied after it rather than lost.
+    began = utcnow().replace(microsecond=0)
     try:
         seen = await client.batches()
     except Exception as exc:
@@ -235,7 +262,7 @@ async def sync(db: Database, code: str) -> int:
         await client.aclose()
     async with db.unit_of_work() as session:
         for batch in seen:
-            await apply_batch(session, provider, batch)
+            await apply_batch(session, provider, batch, began)
         await session.execute(
             update(CouponProvider)
             .where(CouponProvider.id == provider.id)
@@ -264,6 +291,8 @@ async def receive_webhook(
     ``BadWebhookSignature`` (nothing applied) unless signed with the provider's secret;
     422 for a body that is not one of the documented events."""
     provider = await by_code(session, code)
+    if provider.state != "active":
+        raise ProviderDisabled(f"coupon provider {code} is disabled", provider=code)
     try:
         verify(provider.webhook_secret, headers, body)
     except (BadSignature, ValueError) as exc:  # ValueError: a whsec_ secret that is not base64
@@ -275,7 +304,8 @@ async def receive_webhook(
             raise TypeError("type: a string is required")
         data = event["data"]
         if kind == "batch.updated":
-            await apply_batch(session, provider, parse_batch(data))
+            sent_at = datetime.fromtimestamp(int(_header(headers, "webhook-timestamp")), UTC)
+            await apply_batch(session, provider, parse_batch(data), sent_at)
         elif kind == "coupon.issued":
             await issued(session, provider.id, parse_coupon(data), reason="provider webhook")
         elif kind == "coupon.failed":
@@ -287,6 +317,10 @@ async def receive_webhook(
         # RecursionError: JSON nested deeper than the parser goes is no webhook either.
         raise InvalidField("data", "webhook-shape", f"webhook body: {exc!s:.200}") from None
     return str(kind)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    return next(v for k, v in headers.items() if k.lower() == name)
 
 
 async def issued(
@@ -306,6 +340,8 @@ async def issued(
     if ours is None:
         return False
     actor = service.Actor(f"provider:{provider_id}", "provider")
+    # The provider's own end of validity, when it gives one, if sooner than ours.
+    until = min(ours.valid_until, coupon.valid_until or ours.valid_until)
     for state in ("activating", "unknown", "failed"):
         if await service.move(
             session,
@@ -316,6 +352,7 @@ async def issued(
             reason,
             provider_code=coupon.code,
             reason=None,
+            valid_until=until,
         ):
             await _settle_call(session, coupon.request_no, "done")
             await _issued_from_stock(session, ours.batch_id)

@@ -12,6 +12,7 @@ from incentive.coupons import calls, providers, reconcile, service
 from incentive.coupons.keys import EXPIRY_SECONDS, SYNC_SECONDS
 from incentive.coupons.metrics import EXPIRED
 from incentive.coupons.models import CouponProvider
+from incentive.coupons.provider import ProviderUnavailable
 from incentive.db import Database
 from incentive.domains import WorkerJob
 
@@ -71,8 +72,10 @@ async def _sync(app: FastAPI) -> None:
     for code in await _active_providers(app.state.db):
         try:
             await providers.sync(app.state.db, code)
+        except ProviderUnavailable as exc:  # an answer by the provider's state: one line
+            log.warning("provider batches not synced", extra={"provider": code, "error": str(exc)})
         except Exception:
-            log.warning("provider batches not synced", exc_info=True, extra={"provider": code})
+            log.exception("provider batches not synced", extra={"provider": code})
 
 
 async def _reconcile(app: FastAPI) -> None:
@@ -80,8 +83,11 @@ async def _reconcile(app: FastAPI) -> None:
     for code in await _active_providers(app.state.db):
         try:
             report = await reconcile.reconcile(app.state.db, code, day)
+        except ProviderUnavailable as exc:
+            log.warning("provider not reconciled", extra={"provider": code, "error": str(exc)})
+            continue
         except Exception:
-            log.warning("provider not reconciled", exc_info=True, extra={"provider": code})
+            log.exception("provider not reconciled", extra={"provider": code})
             continue
         log.info("provider reconciled", extra={"provider": code, **report.as_json()})
 

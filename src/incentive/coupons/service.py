@@ -401,6 +401,18 @@ async def expire_due(session: AsyncSession, *, limit: int = EXPIRY_PAGE) -> int:
             .execution_options(synchronize_session=False)
         )
     done += len(moved)
+    # A hold the till never committed lapses: the coupon is plainly usable again.
+    lapsed_holds = list(
+        await session.scalars(
+            select(Coupon.id)
+            .where(Coupon.state == "held", Coupon.held_until <= now, Coupon.valid_until > now)
+            .limit(limit)
+        )
+    )
+    await move_all(
+        session, lapsed_holds, "held", "usable", SYSTEM, "hold lapsed",
+        only_if=Coupon.held_until <= now, held_by=None, held_until=None,
+    )  # fmt: skip
     for state in EXPIRING:
         ids = list(
             await session.scalars(

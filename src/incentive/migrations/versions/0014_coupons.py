@@ -210,6 +210,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("request_no", name=op.f("uq_coupon_provider_calls_request_no")),
     )
     with op.batch_alter_table("coupon_provider_calls", schema=None) as batch_op:
+        batch_op.create_index("ix_coupon_provider_calls_coupon", ["coupon_id", "id"], unique=False)
         batch_op.create_index("ix_coupon_provider_calls_due", ["state", "due_at"], unique=False)
 
     op.create_table(
@@ -282,6 +283,7 @@ def downgrade() -> None:
     op.drop_table("coupon_redemptions")
     with op.batch_alter_table("coupon_provider_calls", schema=None) as batch_op:
         batch_op.drop_index("ix_coupon_provider_calls_due")
+        batch_op.drop_index("ix_coupon_provider_calls_coupon")
 
     op.drop_table("coupon_provider_calls")
     with op.batch_alter_table("coupons", schema=None) as batch_op:
