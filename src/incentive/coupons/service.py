@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, insert, or_, select, update
+from sqlalchemy import ColumnElement, Row, and_, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.coupons.batches import get_batch
@@ -143,7 +143,9 @@ async def _record(
         }
         for i in ids
     ]
-    if rows:
+    if len(rows) == 1:  # one statement, not an executemany, on the claim's hot path
+        await session.execute(insert(CouponTransition).values(**rows[0]))
+    elif rows:
         await session.execute(insert(CouponTransition), rows)
 
 
@@ -174,7 +176,21 @@ _TAKE_STOCK = (
         CouponBatch.stock >= 1,
     )
     .values(stock=CouponBatch.stock - 1, claimed=CouponBatch.claimed + 1)
-    .returning(CouponBatch)
+    # The terms a coupon is claimed under (plain columns: no ORM instance on the hot path).
+    .returning(
+        CouponBatch.id,
+        CouponBatch.campaign_id,
+        CouponBatch.provider_id,
+        CouponBatch.codes_imported,
+        CouponBatch.task,
+        CouponBatch.valid_from,
+        CouponBatch.valid_until,
+        CouponBatch.valid_days,
+        CouponBatch.face_value_fen,
+        CouponBatch.rate_bp,
+        CouponBatch.max_discount_fen,
+        CouponBatch.min_spend_fen,
+    )
 )
 
 
@@ -227,7 +243,9 @@ async def issue(
     ``CouponsExhausted``, ``BatchClosed``; 404 ``BatchNotFound``). A batch with a task gives
     a locked (``received``) coupon; otherwise ours is ``usable`` at once and a provider's is
     ``activating``, its issue call written to go out after the commit. Must run in the
-    caller's unit of work; an error leaves nothing behind once it rolls back.
+    caller's unit of work; an error leaves nothing behind once it rolls back (a caller that
+    goes on after a refusal — a reward falling back — wraps it in a savepoint). Returns the
+    coupon as written, detached from the session.
     """
     if not await _count_claim(session, batch_id, customer_id):
         await get_batch(session, batch_id)
@@ -242,7 +260,7 @@ async def issue(
             {"batch": batch_id, "now": now},
             execution_options={"synchronize_session": False},
         )
-    ).scalar_one_or_none()
+    ).first()
     if batch is None:
         await _explain_refusal(session, batch_id)
     assert batch is not None
@@ -257,7 +275,7 @@ async def issue(
     if batch.valid_days is not None:
         by_days = now + timedelta(days=batch.valid_days)
         until = by_days if until is None else min(until, by_days)
-    coupon = Coupon(
+    row = dict(
         id=coupon_id,
         batch_id=batch.id,
         campaign_id=batch.campaign_id or "",
@@ -276,15 +294,15 @@ async def issue(
         request_no=request_no("issue", coupon_id) if batch.provider_id else None,
         updated_at=now,
     )
-    session.add(coupon)
-    await session.flush()
+    await session.execute(insert(Coupon).values(**row))
+    coupon = Coupon(**row)  # what was written, as a detached snapshot for the answer
     await _record(session, [coupon_id], None, state, actor, reason, now)
     if state == "activating":
         await queue_call(session, "issue", coupon)
     return coupon
 
 
-async def _code_for(session: AsyncSession, batch: CouponBatch, coupon_id: str) -> str:
+async def _code_for(session: AsyncSession, batch: Row[Any], coupon_id: str) -> str:
     """Our code for the coupon: the next imported one, or freshly drawn (49.5 bits)."""
     if not batch.codes_imported:
         return random_codes(1)[0]
@@ -315,8 +333,8 @@ async def queue_call(
     workers once this transaction commits (``coupons.calls``)."""
     assert coupon.provider_id is not None
     now = utcnow()
-    session.add(
-        ProviderCall(
+    await session.execute(
+        insert(ProviderCall).values(
             provider_id=coupon.provider_id,
             coupon_id=coupon.id,
             redemption_id=redemption_id,
@@ -328,7 +346,6 @@ async def queue_call(
             created_at=now,
         )
     )
-    await session.flush()
 
 
 # --------------------------------------------------------------------------- wallet
