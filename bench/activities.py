@@ -51,21 +51,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from httpbench import Server, customers_and_operator
+from httpbench import Server, customers_and_operator, merchant_world
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from incentive import migrations
 from incentive.activities.models import Activity, ActivityOutcome
-from incentive.auth.keyring import KeyRing
-from incentive.auth.models import Merchant, User
 from incentive.auth.principal import Principal
-from incentive.auth.tokens import issue_access_token
 from incentive.campaigns import service as campaigns
 from incentive.db import Database, utcnow
 from incentive.join_codes.models import JoinCode
 from incentive.kit.pgadmin import drop_database, recreate_database
-from incentive.ledger import service as ledger
 from incentive.ledger.models import Account, Transfer
 
 DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1/incentive_bench_activities"
@@ -153,42 +149,11 @@ async def part_codes(run: Run) -> dict[str, Any]:
 
 
 async def _world(url: str, data_dir: Path) -> dict[str, Any]:
-    """Operator, merchant A's staff, the platform's marketing account (funds everything) and
-    a sink account for the transfer line; tokens signed with the server's key ring."""
     db = Database(url)
-    async with db.unit_of_work() as s:
-        merchant = Merchant(code="BENCH-A", name="Bench shop")
-        s.add(merchant)
-        await s.flush()
-        users = [
-            User(
-                username=name,
-                display_name=name,
-                password_hash="-",
-                role=role,
-                merchant_id=merchant.id if role == "merchant" else None,
-            )
-            for name, role in (("rebate-operator", "operator"), ("rebate-staff", "merchant"))
-        ]
-        s.add_all(users)
-        await s.flush()
-        marketing = await ledger.open_account(
-            s, owner_type="platform", owner_id="marketing", asset="CNY", allow_negative=True
-        )
-        sink = await ledger.open_account(s, owner_type="user", owner_id="sink", asset="CNY")
-        world = {"merchant": merchant.id, "marketing": marketing.id, "sink": sink.id}
-        ring = KeyRing.load(data_dir / "keys")
-        for key, user in zip(("operator", "staff"), users, strict=True):
-            world[key] = issue_access_token(
-                ring,
-                user_id=user.id,
-                name=user.username,
-                role=user.role,
-                merchant_id=user.merchant_id,
-                ttl_seconds=3600,
-            )[0]
-    await db.dispose()
-    return world
+    try:
+        return await merchant_world(db, data_dir, "rebate")
+    finally:
+        await db.dispose()
 
 
 def _auth(token: str, key: str | None = None) -> dict[str, str]:

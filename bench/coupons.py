@@ -47,19 +47,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from httpbench import Server, customers_and_operator
+from httpbench import Server, customers_and_operator, merchant_world
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from incentive import migrations
-from incentive.auth.keyring import KeyRing
-from incentive.auth.models import Merchant, User
-from incentive.auth.tokens import issue_access_token
 from incentive.coupons import service as coupons
 from incentive.coupons.models import Coupon, CouponBatch, CouponHolding, CouponRedemption
 from incentive.db import Database
 from incentive.kit.pgadmin import drop_database, recreate_database
-from incentive.ledger import service as ledger
 from incentive.ledger.models import Account
 
 DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1/incentive_bench_coupons"
@@ -69,43 +65,6 @@ FACE_VALUE_FEN = 500
 SALE_FEN = 10_000
 WARM_UP_SECONDS = 2
 ISSUE_PER_UNIT = 1_000
-
-
-async def _world(db: Database, data_dir: Path) -> dict[str, Any]:
-    """Operator, merchant A's staff, the platform's marketing account and a sink account for
-    the transfer line; tokens signed with the server's key ring."""
-    async with db.unit_of_work() as s:
-        merchant = Merchant(code="BENCH-A", name="Bench shop")
-        s.add(merchant)
-        await s.flush()
-        users = [
-            User(
-                username=name,
-                display_name=name,
-                password_hash="-",
-                role=role,
-                merchant_id=merchant.id if role == "merchant" else None,
-            )
-            for name, role in (("coupon-operator", "operator"), ("coupon-staff", "merchant"))
-        ]
-        s.add_all(users)
-        await s.flush()
-        marketing = await ledger.open_account(
-            s, owner_type="platform", owner_id="marketing", asset="CNY", allow_negative=True
-        )
-        sink = await ledger.open_account(s, owner_type="user", owner_id="sink", asset="CNY")
-        world = {"merchant": merchant.id, "marketing": marketing.id, "sink": sink.id}
-        ring = KeyRing.load(data_dir / "keys")
-        for key, user in zip(("operator", "staff"), users, strict=True):
-            world[key] = issue_access_token(
-                ring,
-                user_id=user.id,
-                name=user.username,
-                role=user.role,
-                merchant_id=user.merchant_id,
-                ttl_seconds=3600,
-            )[0]
-    return world
 
 
 def _auth(token: str) -> dict[str, str]:
@@ -267,7 +226,7 @@ async def bench(
     url: str, db: Database, server: Server, data_dir: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
     seconds, concurrency = args.seconds, args.concurrency
-    world = await _world(db, data_dir)
+    world = await merchant_world(db, data_dir, "coupon")
     customers, _ = await customers_and_operator(db, data_dir / "keys", args.customers)
     claims_batch = await _coupon_batch(server.base, world, "bench claims")
     till_batch = await _coupon_batch(server.base, world, "bench till")

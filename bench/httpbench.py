@@ -30,9 +30,10 @@ import httpx
 from sqlalchemy import insert
 
 from incentive.auth.keyring import KeyRing
-from incentive.auth.models import User
+from incentive.auth.models import Merchant, User
 from incentive.auth.tokens import issue_access_token
 from incentive.db import Database, new_id, utcnow
+from incentive.ledger import service as ledger
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -104,6 +105,44 @@ function done(summary, latency, requests)
     t.s2xx, t.s409, t.s503, t.sother, t.sent, t.reused))
 end
 """
+
+
+async def merchant_world(db: Database, data_dir: Path, prefix: str) -> dict[str, Any]:
+    """Merchant A with a staff member, an operator, the platform's marketing account (funds
+    everything) and a sink account for the transfer line; tokens signed with the server's
+    key ring (keys in ``data_dir``)."""
+    async with db.unit_of_work() as s:
+        merchant = Merchant(code="BENCH-A", name="Bench shop")
+        s.add(merchant)
+        await s.flush()
+        users = [
+            User(
+                username=name,
+                display_name=name,
+                password_hash="-",
+                role=role,
+                merchant_id=merchant.id if role == "merchant" else None,
+            )
+            for name, role in ((f"{prefix}-operator", "operator"), (f"{prefix}-staff", "merchant"))
+        ]
+        s.add_all(users)
+        await s.flush()
+        marketing = await ledger.open_account(
+            s, owner_type="platform", owner_id="marketing", asset="CNY", allow_negative=True
+        )
+        sink = await ledger.open_account(s, owner_type="user", owner_id="sink", asset="CNY")
+        world = {"merchant": merchant.id, "marketing": marketing.id, "sink": sink.id}
+        ring = KeyRing.load(data_dir / "keys")
+        for key, user in zip(("operator", "staff"), users, strict=True):
+            world[key] = issue_access_token(
+                ring,
+                user_id=user.id,
+                name=user.username,
+                role=user.role,
+                merchant_id=user.merchant_id,
+                ttl_seconds=3600,
+            )[0]
+    return world
 
 
 async def customers_and_operator(db: Database, keys: Path, n: int) -> tuple[list[str], str]:

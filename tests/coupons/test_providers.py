@@ -131,6 +131,28 @@ async def settle(db: Database, sender: calls.Sender, seconds: float = 60) -> Non
     raise AssertionError("provider calls did not settle")
 
 
+async def usable_provider_coupon(
+    client: httpx.AsyncClient,
+    db: Database,
+    world: World,
+    fake: FakeProvider,
+    app: Any,
+    coupon_sender: calls.Sender,
+) -> dict[str, Any]:
+    """A coupon of provider acme's batch B1 in the customer's wallet, issued and usable."""
+    await configure(db, app)
+    fake.add_batch("B1", stock=10)
+    await register(client, world, fake)
+    batch = await provider_campaign(client, world, "B1")
+    first = (await claim(client, world.cust, batch)).json()
+    await settle(db, coupon_sender)
+    r = await client.get(f"/api/v1/me/coupons/{first['id']}", headers=world.cust.headers)
+    mine: dict[str, Any] = r.json()
+    assert mine["state"] == "usable"
+    assert mine["provider_code"]
+    return mine
+
+
 async def test_batches_arrive_by_pull_and_by_signed_webhook(
     client: httpx.AsyncClient, db: Database, world: World, fake: FakeProvider, app: Any
 ) -> None:
@@ -318,19 +340,9 @@ async def test_a_worker_killed_during_activation_resumes_with_the_same_request_n
 async def test_a_third_party_coupon_is_redeemed_undone_and_revoked_at_the_provider(
     client: httpx.AsyncClient, db: Database, world: World, fake: FakeProvider, app: Any
 ) -> None:
-    await configure(db, app)
-    fake.add_batch("B1", stock=10)
-    await register(client, world, fake)
-    batch = await provider_campaign(client, world, "B1")
     coupon_sender = calls.Sender(db)
     try:
-        first = (await claim(client, world.cust, batch)).json()
-        await settle(db, coupon_sender)
-        mine = (
-            await client.get(f"/api/v1/me/coupons/{first['id']}", headers=world.cust.headers)
-        ).json()
-        assert mine["state"] == "usable"
-        assert mine["provider_code"]
+        mine = first = await usable_provider_coupon(client, db, world, fake, app, coupon_sender)
         r = await client.post(
             "/api/v1/till/redemptions",
             json={"code": mine["code"], "amount_fen": 5_000},

@@ -43,6 +43,7 @@ from tests.coupons.test_providers import (
     provider_campaign,
     register,
     settle,
+    usable_provider_coupon,
 )
 from tests.coupons.test_providers import fake as fake  # noqa: F401  (fixture)
 from tests.coupons.test_providers import served as served  # noqa: F401  (fixture)
@@ -139,6 +140,22 @@ async def test_a_provider_whose_whsec_secret_is_not_base64_or_whose_url_is_too_l
     _refusal(r, "webhook_secret", "webhook_secret_base64")
 
 
+async def _unreachable_provider(client: httpx.AsyncClient, world: World, code: str) -> None:
+    """A provider registered with our test secret at an address nobody answers."""
+    r = await client.post(
+        "/api/v1/coupon-providers",
+        json={
+            "code": code,
+            "name": code.title(),
+            "base_url": "http://127.0.0.1:9",
+            "credentials": "k",
+            "webhook_secret": SECRET,
+        },
+        headers=world.op.headers,
+    )
+    assert r.status_code == 201, r.text
+
+
 def _signed(body: bytes, age_seconds: int = 0) -> dict[str, str]:
     stamp = int(time.time()) - age_seconds
     return {
@@ -188,18 +205,7 @@ async def test_a_signed_webhook_of_the_wrong_shape_is_422_and_writes_nothing(
 ) -> None:
     # Each was a 500 on PostgreSQL (NUL, too long) or on both engines (a time out of range in
     # UTC, JSON nested deeper than the parser), or stored as given on SQLite.
-    r = await client.post(
-        "/api/v1/coupon-providers",
-        json={
-            "code": "acme",
-            "name": "Acme",
-            "base_url": "http://127.0.0.1:9",
-            "credentials": "k",
-            "webhook_secret": SECRET,
-        },
-        headers=world.op.headers,
-    )
-    assert r.status_code == 201, r.text
+    await _unreachable_provider(client, world, "acme")
     before = await _table_rows(db)
     body = (event if isinstance(event, str) else json.dumps(event)).encode()
     r = await client.post(
@@ -222,18 +228,7 @@ async def test_a_provider_cannot_fail_another_providers_coupon(
     assert coupon.state == "activating"
     assert coupon.request_no is not None
     # Another registered provider, with its own secret, names acme's request number.
-    r = await client.post(
-        "/api/v1/coupon-providers",
-        json={
-            "code": "rogue",
-            "name": "Rogue",
-            "base_url": "http://127.0.0.1:9",
-            "credentials": "k",
-            "webhook_secret": SECRET,
-        },
-        headers=world.op.headers,
-    )
-    assert r.status_code == 201, r.text
+    await _unreachable_provider(client, world, "rogue")
     async with db.unit_of_work() as s:  # acme's call is no longer due: only a word decides
         await s.execute(update(ProviderCall).values(state="failed"))
     body = json.dumps(
@@ -325,18 +320,9 @@ async def test_an_undo_reaches_the_provider_only_after_the_redemption_it_undoes(
     # A redemption answered 503 waited for its retry while the undo's reversal went out
     # first (404 at the provider: nothing to reverse), then the retry redeemed: the provider
     # held the coupon used, ours was usable again.
-    await configure(db, app)
-    fake.add_batch("B1", stock=10)
-    await register(client, world, fake)
-    batch = await provider_campaign(client, world, "B1")
     coupon_sender = calls.Sender(db)
     try:
-        first = (await claim(client, world.cust, batch)).json()
-        await settle(db, coupon_sender)
-        mine = (
-            await client.get(f"/api/v1/me/coupons/{first['id']}", headers=world.cust.headers)
-        ).json()
-        assert mine["state"] == "usable"
+        mine = await usable_provider_coupon(client, db, world, fake, app, coupon_sender)
         r = await client.post(
             "/api/v1/till/redemptions",
             json={"code": mine["code"], "amount_fen": 5_000},
