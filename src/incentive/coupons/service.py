@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Row, and_, bindparam, insert, or_, select, update
+from sqlalchemy import ColumnElement, Row, Table, and_, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.coupons.batches import get_batch
@@ -40,6 +40,11 @@ from incentive.db import new_id, one_of, utcnow
 from incentive.kit.codes import random_codes
 from incentive.kit.idempotency import Caller
 from incentive.kit.pagination import KeyId, KeyInt, Keyset, KeyTime, Slice
+
+# Tables for plain inserts with parameters: one cached statement, no ORM bulk insert.
+_COUPONS = cast(Table, Coupon.__table__)
+_TRANSITIONS = cast(Table, CouponTransition.__table__)
+_CALLS = cast(Table, ProviderCall.__table__)
 
 LOCKED = "received"
 #: states a coupon leaves only by expiry at the end of its validity
@@ -143,10 +148,8 @@ async def _record(
         }
         for i in ids
     ]
-    if len(rows) == 1:  # one statement, not an executemany, on the claim's hot path
-        await session.execute(insert(CouponTransition).values(**rows[0]))
-    elif rows:
-        await session.execute(insert(CouponTransition), rows)
+    if rows:
+        await session.execute(_TRANSITIONS.insert(), rows)
 
 
 TRANSITION_ORDER = Keyset((CouponTransition.id,), tuple[KeyInt], descending=False)
@@ -194,23 +197,37 @@ _TAKE_STOCK = (
 )
 
 
+_COUNT_CLAIM: dict[str, Any] = {}  # by dialect: built once, run with parameters
+
+
+def _count_claim_statement(session: AsyncSession) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect not in _COUNT_CLAIM:
+        limit = (
+            select(CouponBatch.per_customer_limit)
+            .where(CouponBatch.id == bindparam("batch"))
+            .scalar_subquery()
+        )
+        _COUNT_CLAIM[dialect] = (
+            db_insert(dialect, CouponHolding)
+            .values(batch_id=bindparam("batch"), customer_id=bindparam("customer"), claimed=1)
+            .on_conflict_do_update(
+                index_elements=["batch_id", "customer_id"],
+                set_={"claimed": CouponHolding.claimed + 1},
+                where=CouponHolding.claimed < limit,
+            )
+            .returning(CouponHolding.claimed)
+        )
+    return _COUNT_CLAIM[dialect]
+
+
 async def _count_claim(session: AsyncSession, batch_id: str, customer_id: str) -> bool:
     """One more claim of ``customer_id`` on the batch, if within its limit (atomic: the
     upsert's condition is checked under the row's lock)."""
-    limit = (
-        select(CouponBatch.per_customer_limit).where(CouponBatch.id == batch_id).scalar_subquery()
-    )
-    stmt = (
-        db_insert(session, CouponHolding)
-        .values(batch_id=batch_id, customer_id=customer_id, claimed=1)
-        .on_conflict_do_update(
-            index_elements=["batch_id", "customer_id"],
-            set_={"claimed": CouponHolding.claimed + 1},
-            where=CouponHolding.claimed < limit,
-        )
-        .returning(CouponHolding.claimed)
-    )
-    return (await session.execute(stmt)).first() is not None
+    stmt = _count_claim_statement(session)
+    return (
+        await session.execute(stmt, {"batch": batch_id, "customer": customer_id})
+    ).first() is not None
 
 
 async def _explain_refusal(session: AsyncSession, batch_id: str) -> None:
@@ -294,7 +311,7 @@ async def issue(
         request_no=request_no("issue", coupon_id) if batch.provider_id else None,
         updated_at=now,
     )
-    await session.execute(insert(Coupon).values(**row))
+    await session.execute(_COUPONS.insert(), row)
     coupon = Coupon(**row)  # what was written, as a detached snapshot for the answer
     await _record(session, [coupon_id], None, state, actor, reason, now)
     if state == "activating":
@@ -334,17 +351,18 @@ async def queue_call(
     assert coupon.provider_id is not None
     now = utcnow()
     await session.execute(
-        insert(ProviderCall).values(
-            provider_id=coupon.provider_id,
-            coupon_id=coupon.id,
-            redemption_id=redemption_id,
-            action=action,
-            request_no=request_no(action, redemption_id or coupon.id),
-            state="pending",
-            attempts=0,
-            due_at=now,
-            created_at=now,
-        )
+        _CALLS.insert(),
+        {
+            "provider_id": coupon.provider_id,
+            "coupon_id": coupon.id,
+            "redemption_id": redemption_id,
+            "action": action,
+            "request_no": request_no(action, redemption_id or coupon.id),
+            "state": "pending",
+            "attempts": 0,
+            "due_at": now,
+            "created_at": now,
+        },
     )
 
 
