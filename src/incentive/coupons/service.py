@@ -45,6 +45,7 @@ from incentive.kit.pagination import KeyId, KeyInt, Keyset, KeyTime, Slice
 _COUPONS = cast(Table, Coupon.__table__)
 _TRANSITIONS = cast(Table, CouponTransition.__table__)
 _CALLS = cast(Table, ProviderCall.__table__)
+_HOLDINGS = cast(Table, CouponHolding.__table__)
 
 LOCKED = "received"
 #: states a coupon leaves only by expiry at the end of its validity
@@ -166,33 +167,35 @@ async def transitions(
 # --------------------------------------------------------------------------- claims
 
 
+_BATCHES = cast(Table, CouponBatch.__table__)
+_B = _BATCHES.c
 _TAKE_STOCK = (
-    update(CouponBatch)
+    _BATCHES.update()
     .where(
-        CouponBatch.id == bindparam("batch"),
-        CouponBatch.open.is_(True),
-        or_(CouponBatch.provider_state.is_(None), CouponBatch.provider_state == "running"),
-        or_(CouponBatch.claims_until.is_(None), CouponBatch.claims_until > bindparam("now")),
+        _B.id == bindparam("batch"),
+        _B.open.is_(True),
+        or_(_B.provider_state.is_(None), _B.provider_state == "running"),
+        or_(_B.claims_until.is_(None), _B.claims_until > bindparam("now")),
         # A batch whose coupons are no longer valid gives none: a claim would spend stock on a
         # coupon expired before it reached the wallet.
-        or_(CouponBatch.valid_until.is_(None), CouponBatch.valid_until > bindparam("now")),
-        CouponBatch.stock >= 1,
+        or_(_B.valid_until.is_(None), _B.valid_until > bindparam("now")),
+        _B.stock >= 1,
     )
-    .values(stock=CouponBatch.stock - 1, claimed=CouponBatch.claimed + 1)
-    # The terms a coupon is claimed under (plain columns: no ORM instance on the hot path).
+    .values(stock=_B.stock - 1, claimed=_B.claimed + 1)
+    # The terms a coupon is claimed under (a table statement: no ORM work on the hot path).
     .returning(
-        CouponBatch.id,
-        CouponBatch.campaign_id,
-        CouponBatch.provider_id,
-        CouponBatch.codes_imported,
-        CouponBatch.task,
-        CouponBatch.valid_from,
-        CouponBatch.valid_until,
-        CouponBatch.valid_days,
-        CouponBatch.face_value_fen,
-        CouponBatch.rate_bp,
-        CouponBatch.max_discount_fen,
-        CouponBatch.min_spend_fen,
+        _B.id,
+        _B.campaign_id,
+        _B.provider_id,
+        _B.codes_imported,
+        _B.task,
+        _B.valid_from,
+        _B.valid_until,
+        _B.valid_days,
+        _B.face_value_fen,
+        _B.rate_bp,
+        _B.max_discount_fen,
+        _B.min_spend_fen,
     )
 )
 
@@ -203,20 +206,17 @@ _COUNT_CLAIM: dict[str, Any] = {}  # by dialect: built once, run with parameters
 def _count_claim_statement(session: AsyncSession) -> Any:
     dialect = session.get_bind().dialect.name
     if dialect not in _COUNT_CLAIM:
-        limit = (
-            select(CouponBatch.per_customer_limit)
-            .where(CouponBatch.id == bindparam("batch"))
-            .scalar_subquery()
-        )
+        limit = select(_B.per_customer_limit).where(_B.id == bindparam("batch")).scalar_subquery()
+        held = _HOLDINGS.c
         _COUNT_CLAIM[dialect] = (
-            db_insert(dialect, CouponHolding)
+            db_insert(dialect, _HOLDINGS)
             .values(batch_id=bindparam("batch"), customer_id=bindparam("customer"), claimed=1)
             .on_conflict_do_update(
                 index_elements=["batch_id", "customer_id"],
-                set_={"claimed": CouponHolding.claimed + 1},
-                where=CouponHolding.claimed < limit,
+                set_={"claimed": held.claimed + 1},
+                where=held.claimed < limit,
             )
-            .returning(CouponHolding.claimed)
+            .returning(held.claimed)
         )
     return _COUNT_CLAIM[dialect]
 
