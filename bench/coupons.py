@@ -280,7 +280,6 @@ async def bench(
     n_standing = redeemed["standing"]
     claim_ratio = _ratio(claim, transfer)
     errors = server.errors_logged()
-    hung_up = server.log.read_text(errors="replace").count("starlette.requests.ClientDisconnect")
     return {
         "server": "incentive serve, 1 uvicorn worker, PostgreSQL"
         + (" + Redis" if REDIS_URL else ""),
@@ -328,10 +327,10 @@ async def bench(
             "no_coupon_redeemed_twice": redeemed["coupons_redeemed_more_than_once"] == 0,
             "discounts_are_face_value": redeemed["discount_fen_sum"] == FACE_VALUE_FEN * n_standing,
             "ledger_conserved": redeemed["cny_balances_sum"] == 0,
-            "no_server_error_logged_but_hang_ups": errors == hung_up,
+            # (a claim cut off by wrk's stop before its empty body was read is a quiet 400)
+            "no_server_error_logged": errors == 0,
         },
         "server_errors_logged": errors,
-        "of_which_client_disconnect": hung_up,
         "notes": [
             f"claims: {len(customers)} customers, each request the next one's token (round "
             "robin), per_user_limit = quantity so no claim meets its limit; every claim takes "
@@ -342,10 +341,6 @@ async def bench(
             "claims and redemptions acknowledged = wrk's 2xx answers, warm-up included; a "
             "request in flight when wrk stopped may be served without its answer counted "
             "(coupons - acknowledged <= sent - answered)",
-            "of_which_client_disconnect: claims whose connection wrk closed at its stop before "
-            "the server read their (empty) body fail in the idempotency dependency "
-            "(request.body() raises ClientDisconnect) and are logged as unhandled errors; "
-            "nothing is written for them",
         ],
     }
 
