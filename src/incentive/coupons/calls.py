@@ -70,6 +70,22 @@ class Taken:
     attempts: int  # including this one
 
 
+async def _any_due(db: Database) -> bool:
+    now = utcnow()
+    async with db.reader() as conn:
+        found = await conn.scalar(
+            select(ProviderCall.id)
+            .where(
+                or_(
+                    (ProviderCall.state == "pending") & (ProviderCall.due_at <= now),
+                    (ProviderCall.state == "in_flight") & (ProviderCall.leased_until <= now),
+                )
+            )
+            .limit(1)
+        )
+    return found is not None
+
+
 async def take(db: Database, limit: int) -> list[Taken]:
     """Lease up to ``limit`` due calls: pending ones whose time came, and in-flight ones
     whose lease ran out (their worker died or hung)."""
@@ -165,6 +181,8 @@ class Sender:
 
     async def run_once(self) -> int:
         """Take and send one round of due calls; returns how many were taken."""
+        if not await _any_due(self.db):
+            return 0  # the usual case: no write transaction (on SQLite, no write lock) to learn it
         width = int(live_config.get(CALLS_IN_FLIGHT))
         taken = await take(self.db, width)
         if taken:
