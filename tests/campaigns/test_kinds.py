@@ -211,8 +211,10 @@ async def test_the_worker_job_ends_due_campaigns_on_its_own(
                 merchant_a=shop.id,
                 merchant_b=shop.id,
             )
-            cid = await _due_campaign(client, world, 1.0)
-            for _ in range(100):
+            # 3 s to walk it to active: every worker job starts with the app (a loaded CI
+            # machine took more than the 1 s this had), then up to 20 s for the job to end it.
+            cid = await _due_campaign(client, world, 3.0)
+            for _ in range(200):
                 r = await client.get(f"/api/v1/campaigns/{cid}", headers=world.ma.headers)
                 if r.json()["status"] == "ended":
                     break

@@ -58,9 +58,9 @@ async def _expire(app: FastAPI) -> None:
 
 
 async def _active_providers(db: Database) -> list[str]:
-    async with db.unit_of_work() as session:
+    async with db.reader() as conn:  # a read: no write transaction for a periodic job
         return list(
-            await session.scalars(
+            await conn.scalars(
                 select(CouponProvider.code)
                 .where(CouponProvider.state == "active")
                 .order_by(CouponProvider.code)
