@@ -395,6 +395,11 @@ async def test_concurrent_issues_under_faults_reconcile_exactly_with_the_provide
     patient = ProviderClient(fake.base_url, KEY, timeout=1.5)
     answers = await asyncio.gather(*(patient.issue(f"req-{i}", "B1", "u") for i in range(60)))
     await patient.aclose()
+    # On a loaded machine the fake's thread may answer after the client gave up (a CI run saw
+    # none of the 60 handled yet): every request must have reached it, and its work be done,
+    # before the lookups below.
+    _wait(lambda: fake.calls("issue") == 60, timeout=60)
+    await asyncio.sleep(0.5)
     fake.set_faults(fail_ratio=0.0, timeout_ratio=0.0)
     known = {a.coupon.code for a in answers if isinstance(a, Done)}
     unclear = [f"req-{i}" for i, a in enumerate(answers) if isinstance(a, Unclear)]
