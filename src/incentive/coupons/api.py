@@ -75,13 +75,8 @@ SEEING = (*AUTHENTICATED, *VALIDATION, Forbidden)
 
 
 def _provider(row: CouponProvider) -> ProviderOut:
-    return ProviderOut.model_validate(
-        {**_fields(row), "webhook_url": f"/api/v1/coupon-providers/{row.code}/webhooks"}
-    )
-
-
-def _fields(row: object) -> dict[str, object]:
-    return {c: getattr(row, c) for c in ProviderOut.model_fields if hasattr(row, c)}
+    shown = {c: getattr(row, c) for c in ProviderOut.model_fields if c != "webhook_url"}
+    return ProviderOut(**shown, webhook_url=f"/api/v1/coupon-providers/{row.code}/webhooks")
 
 
 @router.post(

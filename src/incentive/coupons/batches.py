@@ -138,10 +138,6 @@ async def get_batch(session: AsyncSession, batch_id: str) -> CouponBatch:
     return batch
 
 
-async def batch_of_campaign(session: AsyncSession, campaign_id: str) -> CouponBatch | None:
-    return await session.scalar(select(CouponBatch).where(CouponBatch.campaign_id == campaign_id))
-
-
 BATCH_ORDER = Keyset((CouponBatch.created_at, CouponBatch.id), tuple[KeyTime, KeyId])
 
 

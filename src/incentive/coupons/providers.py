@@ -25,7 +25,6 @@ from incentive.config import live_config
 from incentive.coupons import service
 from incentive.coupons.errors import (
     BadWebhookSignature,
-    BatchNotFound,
     ProviderDisabled,
     ProviderNotFound,
     ProviderTaken,
@@ -269,16 +268,6 @@ async def sync(db: Database, code: str) -> int:
             .values(synced_at=utcnow(), sync_error=None)
         )
     return len(seen)
-
-
-async def provider_batch(session: AsyncSession, provider: CouponProvider, batch_id: str) -> None:
-    found = await session.scalar(
-        select(CouponBatch.id).where(
-            CouponBatch.provider_id == provider.id, CouponBatch.id == batch_id
-        )
-    )
-    if found is None:
-        raise BatchNotFound(f"coupon batch {batch_id} does not exist", batch_id=batch_id)
 
 
 # --------------------------------------------------------------------------- webhooks
