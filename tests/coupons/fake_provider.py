@@ -113,6 +113,7 @@ class _State:
     redemptions: dict[str, FakeRedemption] = field(default_factory=dict)
     issued_for: dict[str, int] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
+    in_flight: int = 0  # requests being handled now (a hanging one included)
     redeemed: int = 0
     reversed: int = 0
     revoked: int = 0
@@ -248,6 +249,11 @@ class FakeProvider:
         with self._lock:
             return self._state.calls.get(endpoint, 0)
 
+    def idle(self) -> bool:
+        """No request is being handled now."""
+        with self._lock:
+            return self._state.in_flight == 0
+
     def coupons(self) -> list[FakeCoupon]:
         with self._lock:
             return [replace(c) for c in self._state.coupons]
@@ -371,6 +377,17 @@ class FakeProvider:
         )
 
     async def _handle(
+        self, name: str, request: Request, handler: Callable[..., Outcome]
+    ) -> Response:
+        with self._lock:
+            self._state.in_flight += 1
+        try:
+            return await self._answer(name, request, handler)
+        finally:
+            with self._lock:
+                self._state.in_flight -= 1
+
+    async def _answer(
         self, name: str, request: Request, handler: Callable[..., Outcome]
     ) -> Response:
         with self._lock:

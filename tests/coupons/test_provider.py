@@ -119,6 +119,18 @@ def _wait(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
+def _wait_quiet(fake: FakeProvider, quiet: float = 1.0, timeout: float = 60.0) -> None:
+    """Wait until the fake has been idle, with no new issue call, for `quiet` seconds."""
+    deadline = time.monotonic() + timeout
+    seen, since = -1, time.monotonic()
+    while time.monotonic() - since < quiet:
+        assert time.monotonic() < deadline, "the fake never went quiet"
+        calls = fake.calls("issue")
+        if calls != seen or not fake.idle():
+            seen, since = calls, time.monotonic()
+        time.sleep(0.02)
+
+
 # -- signatures -----------------------------------------------------------------------------
 
 
@@ -395,11 +407,10 @@ async def test_concurrent_issues_under_faults_reconcile_exactly_with_the_provide
     patient = ProviderClient(fake.base_url, KEY, timeout=1.5)
     answers = await asyncio.gather(*(patient.issue(f"req-{i}", "B1", "u") for i in range(60)))
     await patient.aclose()
-    # On a loaded machine the fake's thread may answer after the client gave up (a CI run saw
-    # none of the 60 handled yet): every request must have reached it, and its work be done,
-    # before the lookups below.
-    _wait(lambda: fake.calls("issue") == 60, timeout=60)
-    await asyncio.sleep(0.5)
+    # On a loaded machine a request may reach the fake after the client gave up on it, or never
+    # (a CI run saw 60 s pass with some never handled): the lookups below start once the fake
+    # has handled nothing for a second, so every work it will ever do for these is done.
+    _wait_quiet(fake)
     fake.set_faults(fail_ratio=0.0, timeout_ratio=0.0)
     known = {a.coupon.code for a in answers if isinstance(a, Done)}
     unclear = [f"req-{i}" for i, a in enumerate(answers) if isinstance(a, Unclear)]
@@ -411,7 +422,7 @@ async def test_concurrent_issues_under_faults_reconcile_exactly_with_the_provide
         if found is not None:
             known.add(found.code)
     assert known == {c.code for c in fake.coupons()}
-    assert fake.calls("issue") == 60
+    assert 0 < fake.calls("issue") <= 60
     assert fake.batch("B1").stock == 1000 - fake.issued
 
 
