@@ -76,7 +76,7 @@ DOMAINS: tuple[Domain, ...] = (
     Domain("activities", models=True, router=True, runtime=True),
     Domain("rebates", models=True, router=True, kind=True),
     Domain("coupons", models=True, router=True, cli=True, keys=True, kind=True, runtime=True),
-    Domain("rewards", kind=True),
+    Domain("rewards", models=True, router=True, cli=True, keys=True, kind=True, runtime=True),
     Domain("referrals", kind=True),
     Domain("points_files", models=True, router=True, cli=True, runtime=True),
 )

@@ -26,7 +26,8 @@ against the real subclasses, their statuses and slugs::
     │   ├── BatchNotFound (404 coupon-batch-not-found) [coupons]
     │   ├── ProviderNotFound (404 coupon-provider-not-found) [coupons]
     │   ├── UnknownConfigKey (404 config-key-unknown) [config]
-    │   └── PointsFileNotFound (404 points-file-not-found) [points_files]
+    │   ├── PointsFileNotFound (404 points-file-not-found) [points_files]
+    │   └── RewardNotFound (404 reward-not-found) [rewards]
     ├── Conflict (409 conflict)
     │   ├── NameTaken (409 name-taken) [auth]
     │   ├── IdempotencyConflict (409 idempotency-key-reused)
@@ -57,6 +58,10 @@ against the real subclasses, their statuses and slugs::
     │   ├── UndoWindowPassed (409 undo-window-passed) [coupons]
     │   ├── ProviderTaken (409 coupon-provider-exists) [coupons]
     │   ├── ProviderDisabled (409 coupon-provider-disabled) [coupons]
+    │   ├── NoRewardAvailable (409 no-reward-available) [rewards]
+    │   ├── RewardLimitReached (409 reward-limit-reached) [rewards]
+    │   ├── NotRewarding (409 not-rewarding) [rewards]
+    │   ├── RewardTaken (409 reward-exists) [rewards]
     │   ├── PartnerNotConfigured (409 points-partner-not-configured) [points_files]
     │   └── AnswerNotReady (409 points-answer-not-ready) [points_files]
     ├── UnsupportedMediaType (415 unsupported-media-type)
@@ -72,7 +77,8 @@ Each domain's leaves also derive from one marker base of that domain, so ``excep
 
 - AuthError [auth], LedgerError [ledger], ConfigError [config], CampaignError [campaigns],
 - StockError [stock], FlashSaleError [flash_sales], PointsFileError [points_files],
-- JoinCodeError [join_codes], ActivityError [activities], CouponError [coupons].
+- JoinCodeError [join_codes], ActivityError [activities], CouponError [coupons],
+- RewardError [rewards].
 
 Only this module knows about HTTP status codes; services raise these and never see HTTP.
 """

@@ -62,6 +62,11 @@ class Settings(BaseSettings):
         "trusted ('*' for any); empty trusts none",
     )
     demo_data: bool = True
+    rewards_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Standard Webhooks secret (whsec_…) that signs message rewards sent to "
+        "the live rewards.message_webhook_url; unset: sent unsigned",
+    )
     metrics_token: SecretStr | None = Field(
         default=None,
         description="bearer token the Prometheus scraper sends to /metrics; unset = /metrics "

@@ -44,10 +44,10 @@ async def sender(db: Database) -> Sender:
     return Sender(partner.id, key)
 
 
-async def funding_account(db: Database) -> int:
+async def funding_account(db: Database, asset: str = "CNY") -> int:
     async with db.unit_of_work() as s:
         account = await ledger.open_account(
-            s, owner_type="platform", owner_id="marketing", asset="CNY", allow_negative=True
+            s, owner_type="platform", owner_id="marketing", asset=asset, allow_negative=True
         )
     return account.id
 

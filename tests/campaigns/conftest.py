@@ -31,7 +31,13 @@ RULES: dict[str, dict[str, Any]] = {
     "reward": {
         "rewards": [
             {"code": "pts100", "type": "points", "delivery": "ledger", "amount": 100, "stock": 5},
-            {"code": "cup", "type": "coupon", "delivery": "coupon_wallet", "stock": 100},
+            {
+                "code": "thanks",
+                "type": "benefit",
+                "delivery": "message",
+                "message": "Thank you: a free drink on your next visit.",
+                "stock": 100,
+            },
         ],
         "per_user_limit": 1,
     },

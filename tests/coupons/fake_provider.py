@@ -121,7 +121,7 @@ class _State:
 
 
 def webhook_signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """Standard Webhooks v1, written independently of `incentive.coupons.provider.sign`."""
+    """Standard Webhooks v1, written independently of `incentive.kit.webhooks.sign`."""
     key = base64.b64decode(secret[6:]) if secret.startswith("whsec_") else secret.encode()
     mac = hmac.new(key, msg_id.encode() + b"." + str(timestamp).encode() + b"." + body, "sha256")
     return "v1," + base64.b64encode(mac.digest()).decode()

@@ -21,7 +21,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from incentive.coupons.provider import (
-    BadSignature,
     Done,
     ProviderBatch,
     ProviderClient,
@@ -31,9 +30,8 @@ from incentive.coupons.provider import (
     Unclear,
     parse_batch,
     parse_coupon,
-    sign,
-    verify,
 )
+from incentive.kit.webhooks import BadSignature, sign, verify
 from tests.coupons.fake_provider import FakeProvider, webhook_signature
 from tests.servers import free_port
 

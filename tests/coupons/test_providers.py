@@ -23,8 +23,8 @@ from sqlalchemy import select
 from incentive.config import service as config_service
 from incentive.coupons import calls
 from incentive.coupons.models import CouponRedemption, ProviderCall
-from incentive.coupons.provider import sign
 from incentive.db import Database
+from incentive.kit.webhooks import sign
 from incentive.settings import Settings
 from tests.activities.conftest import Sender, payment
 from tests.activities.conftest import sender as sender  # noqa: F401  (fixture)

@@ -23,8 +23,8 @@ from incentive.coupons.models import (
     ImportedCode,
     ProviderCall,
 )
-from incentive.coupons.provider import sign
 from incentive.db import Database
+from incentive.kit.webhooks import sign
 from tests.activities.conftest import Sender, payment
 from tests.activities.conftest import sender as sender  # noqa: F401  (fixture)
 from tests.campaigns.conftest import World

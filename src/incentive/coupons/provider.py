@@ -14,11 +14,6 @@ its own durable record of the request number. Webhook signatures are Standard We
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -32,7 +27,6 @@ from incentive.kit.text import REFUSED_IN_LINE, refused_character, refused_messa
 COUPON_STATES = frozenset({"issued", "redeemed", "revoked"})
 REDEMPTION_STATES = frozenset({"redeemed", "reversed"})
 BATCH_STATES = frozenset({"running", "paused", "stopped", "exhausted"})
-_SECRET_PREFIX = "whsec_"
 _BIGINT = 2**63 - 1
 #: the longest id, code or request number a provider may send: what our columns hold
 _ID_MAX_LENGTH = 64
@@ -93,10 +87,6 @@ _Parse = Callable[[Any], ProviderCoupon]
 
 class ProviderUnavailable(Exception):
     """The provider could not answer a read (batches, the coupon listing) right now."""
-
-
-class BadSignature(Exception):
-    """A webhook that must not be believed; the message names what is wrong."""
 
 
 # Statuses that say nothing about the request itself: our credentials or the rate we call at.
@@ -264,69 +254,6 @@ def _error_code(response: httpx.Response) -> tuple[str, str] | None:
     if not isinstance(error, str) or not error:
         return None
     return error, message if isinstance(message, str) else ""
-
-
-def webhook_key(secret: str) -> bytes:
-    # Standard Webhooks secrets are "whsec_<base64>" and the key is the decoded bytes, so a
-    # provider using one of its libraries interoperates; any other secret is used as UTF-8.
-    if secret.startswith(_SECRET_PREFIX):
-        encoded = secret[len(_SECRET_PREFIX) :]
-        try:  # their libraries accept the base64 unpadded too
-            return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
-        except binascii.Error as exc:
-            raise ValueError("a whsec_ secret must be base64") from exc
-    return secret.encode()
-
-
-def _digest(secret: str, msg_id: str, timestamp: str, body: bytes) -> bytes:
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    return hmac.new(webhook_key(secret), signed, hashlib.sha256).digest()
-
-
-def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """The `webhook-signature` header value for a body sent at `timestamp` (unix seconds)."""
-    return "v1," + base64.b64encode(_digest(secret, msg_id, str(timestamp), body)).decode()
-
-
-def verify(
-    secret: str,
-    headers: Mapping[str, str],
-    body: bytes,
-    *,
-    now: float | None = None,
-    tolerance: int = 300,
-) -> None:
-    """Accept a webhook only when one of its v1 signatures is ours over these exact bytes and
-    its timestamp is within `tolerance` seconds of now; raise `BadSignature` otherwise."""
-    lowered = {name.lower(): value for name, value in headers.items()}
-    values: dict[str, str] = {}
-    for name in ("webhook-id", "webhook-timestamp", "webhook-signature"):
-        value = lowered.get(name, "").strip()
-        if not value:
-            raise BadSignature(f"missing header {name}")
-        values[name] = value
-    stamp = values["webhook-timestamp"]
-    if not stamp.isascii() or not stamp.isdigit() or len(stamp) > 12:
-        raise BadSignature(f"webhook-timestamp is not unix seconds: {stamp[:40]!r}")
-    age = (time.time() if now is None else now) - int(stamp)
-    if age > tolerance:
-        raise BadSignature(f"stale webhook-timestamp: {int(age)} s old")
-    if age < -tolerance:
-        raise BadSignature(f"webhook-timestamp {int(-age)} s in the future")
-    expected = _digest(secret, values["webhook-id"], stamp, body)
-    matched = False
-    for candidate in values["webhook-signature"].split():
-        version, _, encoded = candidate.partition(",")
-        if version != "v1":
-            continue
-        try:
-            given = base64.b64decode(encoded, validate=True)
-        except binascii.Error:
-            continue
-        # No early exit: every candidate costs the same, whichever one matches.
-        matched |= hmac.compare_digest(expected, given)
-    if not matched:
-        raise BadSignature("no matching signature")
 
 
 def parse_batch(data: Mapping[str, Any]) -> ProviderBatch:

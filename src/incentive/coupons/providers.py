@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from incentive import events
 from incentive.auth.audit import record_audit
 from incentive.campaigns import service as campaigns
 from incentive.campaigns.kinds import CampaignFacts
@@ -32,14 +33,12 @@ from incentive.coupons.errors import (
 from incentive.coupons.keys import CALL_TIMEOUT_SECONDS
 from incentive.coupons.models import Coupon, CouponBatch, CouponProvider, ProviderCall
 from incentive.coupons.provider import (
-    BadSignature,
     ProviderBatch,
     ProviderClient,
     ProviderCoupon,
     parse_batch,
     parse_coupon,
     parse_failure,
-    verify,
 )
 from incentive.coupons.rules import CouponRules
 from incentive.db import Database, new_id, utcnow
@@ -47,6 +46,7 @@ from incentive.db import insert as db_insert
 from incentive.errors import InvalidField
 from incentive.kit.idempotency import Caller
 from incentive.kit.pagination import KeyId, Keyset, KeyTime, Slice
+from incentive.kit.webhooks import BadSignature, verify
 
 #: our claims a provider has not issued yet: they hold a place in its stock
 OUTSTANDING = ("received", "activating", "unknown")
@@ -381,6 +381,17 @@ async def refused(session: AsyncSession, provider_id: str, request_no: str, why:
     for state in ("activating", "unknown"):
         if await service.move(session, ours.id, state, "failed", actor, why, reason=why[:200]):
             await _settle_call(session, request_no, "failed")
+            await events.publish(
+                session,
+                service.FAILED_TOPIC,
+                {
+                    "coupon_id": ours.id,
+                    "batch_id": ours.batch_id,
+                    "customer_id": ours.customer_id,
+                    "reason": why[:200],
+                },
+                key=ours.id,
+            )
             return True
     return False
 

@@ -18,12 +18,12 @@ from pydantic_core import PydanticCustomError
 
 from incentive.coupons.batches import IMPORT_MAX
 from incentive.coupons.models import CODE_MAX_LENGTH, STATES
-from incentive.coupons.provider import webhook_key
 from incentive.coupons.rules import ProviderCode
 from incentive.kit.amounts import Fen
 from incentive.kit.codes import normalize_code
 from incentive.kit.pagination import Page
 from incentive.kit.text import Line, Name
+from incentive.kit.webhooks import webhook_key
 
 CouponState = Literal[
     "received",

@@ -48,6 +48,8 @@ _CALLS = cast(Table, ProviderCall.__table__)
 _HOLDINGS = cast(Table, CouponHolding.__table__)
 
 LOCKED = "received"
+#: published when a provider's coupon fails for good (who gave it may give something else)
+FAILED_TOPIC = "coupon.failed"
 #: states a coupon leaves only by expiry at the end of its validity
 EXPIRING = ("received", "usable", "held")
 EXPIRY_PAGE = 1_000

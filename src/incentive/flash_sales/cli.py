@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import typer
 
 from incentive.db import Database
-from incentive.errors import IncentiveError
-from incentive.settings import get_settings
+from incentive.stock import StockEngine
+from incentive.stock.commands import run_with_store
 
 flash_sales_app = typer.Typer(no_args_is_help=True, help="Flash-sale stock operations")
 
@@ -18,39 +16,14 @@ def register(app: typer.Typer) -> None:
 
 
 def _run(sale_id: str, force: bool) -> None:
-    from incentive.config.live import LiveConfig, live_config
     from incentive.flash_sales import service
-    from incentive.stock import stock_engine_from_url
 
-    settings = get_settings()
-    url = settings.stock_url or settings.redis_url
-    if url is None:
-        typer.echo(
-            "the embedded stock store lives inside the `incentive serve` process: use "
-            f"POST /api/v1/flash-sales/{sale_id}/reconcile" + ("?force=true" if force else ""),
-            err=True,
-        )
-        raise typer.Exit(2)
+    async def work(db: Database, engine: StockEngine) -> str:
+        report = await service.reconcile(db, engine, sale_id, actor="cli", force=force)
+        return report.model_dump_json(indent=2)
 
-    async def _go() -> str:
-        db = Database.for_settings(settings)
-        engine = stock_engine_from_url(url)
-        config = LiveConfig(db)
-        try:
-            await config.reload()
-            live_config.install(config)
-            report = await service.reconcile(db, engine, sale_id, actor="cli", force=force)
-            return report.model_dump_json(indent=2)
-        finally:
-            live_config.install(None)
-            await engine.aclose()
-            await db.dispose()
-
-    try:
-        typer.echo(asyncio.run(_go()))
-    except IncentiveError as exc:
-        typer.echo(f"error: {exc.detail}", err=True)
-        raise typer.Exit(1) from exc
+    hint = f"POST /api/v1/flash-sales/{sale_id}/reconcile" + ("?force=true" if force else "")
+    run_with_store(work, hint)
 
 
 @flash_sales_app.command("reconcile")

@@ -1,74 +1,184 @@
-"""The ``reward`` campaign kind: its rules (triggering and stock come with their issue)."""
+"""The ``reward`` campaign kind: the live chain opened at activation, rewards given on the
+activities a campaign listens to, and what happens when a delivery fails for good.
+
+- ``on_activate``: the approved rewards become the live chain, stock split (first time).
+- ``on_activity``: a ``signup``, ``payment`` (from ``min_payment_fen``), ``task_completed``
+  or ``custom`` activity the campaign's ``triggers`` name gives its customer a reward
+  (``grants.give``, in a savepoint: a refusal is an outcome and leaves nothing).
+- ``coupon.failed`` (a provider's coupon given as a reward will never be issued): that
+  reward's unit goes back to its stock once the change commits, and the grant walks on to
+  the next rewards of the chain — the customer never keeps something unusable.
+- ``rewards.message``: a message reward is POSTed to the configured webhook (retried by the
+  outbox until it is accepted).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import json
+import logging
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import httpx
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from incentive.campaigns.kinds import CampaignKind, KindRules, register_kind
-from incentive.kit.amounts import MAX_COUNT, MAX_FEN, Code, Count
+from incentive import events
+from incentive.campaigns import service as campaigns
+from incentive.campaigns.kinds import (
+    ActivityFacts,
+    CampaignFacts,
+    CampaignKind,
+    KindRules,
+    Outcome,
+    register_kind,
+)
+from incentive.config import live_config
+from incentive.coupons.service import FAILED_TOPIC
+from incentive.db import utcnow
+from incentive.kit import webhooks
+from incentive.rewards import grants, metrics, service
+from incentive.rewards.errors import NoRewardAvailable, RewardLimitReached
+from incentive.rewards.keys import MESSAGE_WEBHOOK_URL
+from incentive.rewards.models import RewardGrant, RewardItem
+from incentive.rewards.rules import TRIGGERS, RewardRules
+from incentive.settings import get_settings
+from incentive.stock import runtime
+from incentive.stock.engine import Deduction, Take
+from incentive.stock.holds import give_back_if_committed
 
+log = logging.getLogger(__name__)
 
-class RewardOption(BaseModel):
-    """One reward; its place in ``RewardRules.rewards`` is its fallback order."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    code: Code
-    type: Literal["points", "cash", "coupon", "benefit"]
-    delivery: Literal["ledger", "coupon_wallet", "third_party", "message"]
-    amount: Annotated[int, Field(strict=True, ge=0, le=MAX_FEN)] = Field(
-        0, description="points for type points, fen for type cash and coupon face value"
-    )
-    stock: Annotated[int, Field(strict=True, ge=0, le=MAX_COUNT)]
-    audience: Literal["any", "first_time", "returning"] = "any"
-
-    @model_validator(mode="after")
-    def _consistent(self) -> RewardOption:
-        if self.type in ("points", "cash"):
-            if self.delivery != "ledger":
-                raise ValueError(f"{self.type} rewards are delivered by the ledger")
-            if self.amount < 1:
-                raise ValueError(f"{self.type} rewards need an amount above 0")
-        return self
-
-
-class RewardRules(KindRules):
-    """Rewards tried in list order: when one is out of stock the next one is given."""
-
-    kind: Literal["reward"] = "reward"
-    rewards: list[RewardOption] = Field(min_length=1, max_length=20)
-    per_user_limit: Count = 1
-    budget_asset: Literal["POINTS", "CNY"] = "POINTS"
-
-    @field_validator("rewards")
-    @classmethod
-    def _unique_codes(cls, rewards: list[RewardOption]) -> list[RewardOption]:
-        codes = [r.code for r in rewards]
-        if len(set(codes)) != len(codes):
-            raise ValueError("reward codes must be unique")
-        return rewards
-
-    @model_validator(mode="after")
-    def _asset_matches(self) -> RewardRules:
-        wanted = {"points": "POINTS", "cash": "CNY"}
-        for reward in self.rewards:
-            asset = wanted.get(reward.type)
-            if asset is not None and asset != self.budget_asset:
-                raise ValueError(
-                    f"reward {reward.code!r} pays {asset} but budget_asset is {self.budget_asset}"
-                )
-        return self
+MESSAGE_TIMEOUT_SECONDS = 5.0
 
 
 class RewardKind(CampaignKind):
     name = "reward"
     rules = RewardRules
+    consumes = frozenset(TRIGGERS)
 
     def budget_asset(self, rules: KindRules) -> str:
         assert isinstance(rules, RewardRules)
         return rules.budget_asset
 
+    def listens_to(self, campaign: CampaignFacts, activity_type: str) -> bool:
+        return activity_type in service.reward_rules(campaign).triggers
+
+    async def on_activate(self, session: AsyncSession, campaign: CampaignFacts) -> None:
+        await service.open_chain(session, runtime.current(), campaign)
+
+    async def on_activity(
+        self, session: AsyncSession, campaign: CampaignFacts, activity: ActivityFacts
+    ) -> Outcome:
+        rules = service.reward_rules(campaign)
+        if activity.type == "payment" and (activity.amount_fen or 0) < rules.min_payment_fen:
+            return Outcome.refused("below-minimum", min_payment_fen=rules.min_payment_fen)
+        chain = grants.Chain(campaign, await grants.live_items(session, campaign.id), 0.0)
+        try:
+            async with session.begin_nested():
+                grant = await grants.give(
+                    session, runtime.current(), chain, activity.customer, f"activity:{activity.id}"
+                )
+        except RewardLimitReached:
+            return Outcome.refused("limit-reached", limit=rules.per_user_limit)
+        except NoRewardAvailable as refusal:
+            return Outcome.refused("no-reward-available", **refusal.extra)
+        return Outcome("rewarded", detail=outcome_detail(grant))
+
+
+def outcome_detail(grant: RewardGrant) -> dict[str, object]:
+    return {
+        "grant_id": grant.id,
+        "reward": grant.reward_code,
+        "type": grant.type,
+        "amount": grant.amount,
+        "user_type": grant.user_type,
+        "state": grant.state,
+        "chain": grant.chain,
+    }
+
+
+async def fall_back(session: AsyncSession, event: events.Event) -> None:
+    """Subscriber of ``coupon.failed``: the grant holding that coupon gives its unit back and
+    walks on from the next reward of the chain (nothing left: the grant is ``failed``)."""
+    coupon_id = str(event.payload["coupon_id"])
+    grant = await session.scalar(
+        select(RewardGrant)
+        .where(RewardGrant.delivery_ref == coupon_id, RewardGrant.state == "delivering")
+        .with_for_update()
+    )
+    if grant is None or grant.reward_code is None:
+        return
+    engine = runtime.current()
+    failed = await session.get(RewardItem, (grant.campaign_id, grant.reward_code))
+    assert failed is not None
+    taken = Deduction(
+        grants.pool_of(grant.campaign_id, failed.code),
+        1,
+        tuple(Take(int(b), int(q)) for b, q in grant.takes),
+    )
+    give_back_if_committed(session, engine, taken, grant.customer_id)
+    metrics.SKIPS.labels("delivery-failed").inc()
+    steps = [
+        *grant.chain,
+        {"code": failed.code, "result": "failed", "reason": "delivery-failed"},
+    ]
+    campaign = await campaigns.campaign_facts(session, grant.campaign_id)
+    rest = [
+        i
+        for i in await grants.live_items(session, grant.campaign_id)
+        if (i.position, i.code) > (failed.position, failed.code)
+    ]
+    walk = await grants.walk_chain(
+        session, engine, campaign, rest, grant.customer_id, grant.user_type, grant.id
+    )
+    grant.chain = steps + walk.steps
+    grant.fallbacks = grant.fallbacks + 1 + walk.skipped
+    grant.updated_at = utcnow()
+    if walk.item is None:
+        grant.reward_code = grant.type = grant.delivery = grant.delivery_ref = None
+        grant.amount, grant.takes, grant.state = 0, [], "failed"
+        log.warning(
+            "reward delivery failed and no reward was left to give",
+            extra={"grant_id": grant.id, "campaign_id": grant.campaign_id},
+        )
+    else:
+        assert walk.deduction is not None
+        grant.reward_code, grant.type, grant.delivery = (
+            walk.item.code,
+            walk.item.type,
+            walk.item.delivery,
+        )
+        grant.amount, grant.state, grant.delivery_ref = (
+            walk.item.amount,
+            walk.state,
+            walk.delivery_ref,
+        )
+        grant.takes = [[t.bucket, t.quantity] for t in walk.deduction.takes]
+    await session.flush()
+
+
+async def send_message(session: AsyncSession, event: events.Event) -> None:
+    """Subscriber of ``rewards.message``: POST the message to the webhook; anything but a
+    2xx raises, and the outbox retries it later."""
+    grant = await session.get(RewardGrant, str(event.payload["grant_id"]), with_for_update=True)
+    if grant is None or grant.state != "delivering" or grant.delivery != "message":
+        return
+    url = live_config.get(MESSAGE_WEBHOOK_URL)
+    if not url:
+        raise RuntimeError("rewards.message_webhook_url is not set; the message waits for it")
+    body = json.dumps(
+        {"type": "reward.message", "data": dict(event.payload)}, separators=(",", ":")
+    ).encode()
+    headers = {"content-type": "application/json"}
+    secret = get_settings().rewards_webhook_secret
+    if secret is not None:
+        headers |= webhooks.headers(secret.get_secret_value(), f"msg_{grant.id}", body)
+    async with httpx.AsyncClient(timeout=MESSAGE_TIMEOUT_SECONDS) as client:
+        answer = await client.post(url, content=body, headers=headers)
+    answer.raise_for_status()
+    grant.state, grant.updated_at = "delivered", utcnow()
+    await session.flush()
+
 
 register_kind(RewardKind())
+events.subscribe(FAILED_TOPIC, "rewards.fall_back", fall_back)
+events.subscribe(grants.MESSAGE_TOPIC, "rewards.send_message", send_message)

@@ -1,0 +1,463 @@
+"""Giving a reward: user type, the chain walk with automatic fallback, delivery.
+
+One grant, in the caller's unit of work (the claim route's, or the activity's):
+
+1. the customer's count of rewards from the campaign goes up by one only while below the
+   campaign's limit (one ``INSERT … ON CONFLICT DO UPDATE … WHERE granted < :limit``, which
+   also holds the customer's row until the commit, so two triggers of one customer never
+   both count as the first); the first is a **first-time** participant's — across the
+   campaign's participant group when it has one (a second upsert) — the others
+   **returning**;
+2. the rewards for that user type are tried in chain order: one unit of the reward and the
+   customer's use of it are taken in one atomic step of the stock engine
+   (``take_within_quota``), then delivered — a ledger transfer from the budget, a coupon
+   through the coupons domain (``coupons.service.issue``, in a savepoint), or a message
+   through the outbox. A reward that cannot serve (``out-of-stock``, ``limit-reached``,
+   ``budget-exhausted``, ``delivery-failed``; ``audience`` for another user type) is skipped
+   and its unit given back at once; the next one is tried;
+3. the grant row records the chain walked; its unique ``(campaign, customer, trigger_key)``
+   makes a trigger count once (a concurrent duplicate rolls back and answers the first).
+
+The unit taken for the reward given stays taken only if the transaction commits
+(``stock.holds``); a 201 is sent only after the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from sqlalchemy import Table, bindparam, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from incentive import events
+from incentive.campaigns import service as campaigns
+from incentive.campaigns.kinds import CampaignFacts
+from incentive.config import live_config
+from incentive.coupons import service as coupons
+from incentive.coupons.errors import (
+    BatchClosed,
+    BatchNotFound,
+    ClaimLimitReached,
+    CouponsExhausted,
+)
+from incentive.db import Database, new_id, utcnow
+from incentive.db import insert as db_insert
+from incentive.errors import ServiceUnavailable
+from incentive.ledger import service as ledger
+from incentive.ledger.errors import BalanceLimit, InsufficientFunds
+from incentive.rewards import metrics
+from incentive.rewards.errors import NoRewardAvailable, NotRewarding, RewardLimitReached
+from incentive.rewards.keys import MESSAGE_WEBHOOK_URL
+from incentive.rewards.models import RewardGrant, RewardHolding, RewardItem, RewardParticipant
+from incentive.rewards.rules import RewardRules
+from incentive.stock import StockEngine
+from incentive.stock.engine import MAX_STOCK, Deduction
+from incentive.stock.errors import SoldOut, StockPoolMissing
+from incentive.stock.holds import compensate, keep_if_committed
+
+MESSAGE_TOPIC = "rewards.message"
+CHAIN_TTL_SECONDS = 1.0
+# The clock of the chain cache (a test moves it to expire the chain).
+chain_clock = time.monotonic
+
+_GRANTS = cast(Table, RewardGrant.__table__)
+_HOLDINGS = cast(Table, RewardHolding.__table__)
+_PARTICIPANTS = cast(Table, RewardParticipant.__table__)
+
+
+def pool_of(campaign_id: str, code: str) -> str:
+    return f"rw:{campaign_id}:{code}"
+
+
+@dataclass(frozen=True)
+class Item:
+    """A reward of the live chain, as the walk needs it."""
+
+    code: str
+    position: int
+    title: str | None
+    type: str
+    delivery: str
+    amount: int
+    audience: str
+    per_user_limit: int | None
+    batch_id: str | None
+    message: str | None
+
+    @classmethod
+    def of(cls, row: RewardItem) -> Item:
+        return cls(
+            row.code,
+            row.position,
+            row.title,
+            row.type,
+            row.delivery,
+            row.amount,
+            row.audience,
+            row.per_user_limit,
+            row.batch_id,
+            row.message,
+        )
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A campaign's facts and its live chain (retired rewards left out), in order."""
+
+    campaign: CampaignFacts
+    items: tuple[Item, ...]
+    loaded_at: float
+
+    @property
+    def rules(self) -> RewardRules:
+        rules = self.campaign.rules
+        assert isinstance(rules, RewardRules), f"campaign {self.campaign.id} gives no rewards"
+        return rules
+
+
+async def live_items(session: AsyncSession, campaign_id: str) -> tuple[Item, ...]:
+    rows = await session.scalars(
+        select(RewardItem)
+        .where(RewardItem.campaign_id == campaign_id, RewardItem.retired_at.is_(None))
+        .order_by(RewardItem.position, RewardItem.code)
+    )
+    return tuple(Item.of(r) for r in rows)
+
+
+@dataclass
+class Walk:
+    """What walking the chain gave: the item, how it was delivered, and every step."""
+
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    item: Item | None = None
+    deduction: Deduction | None = None
+    state: str = "granted"
+    delivery_ref: str | None = None
+
+    def skip(self, item: Item, reason: str) -> None:
+        metrics.SKIPS.labels(reason).inc()
+        self.steps.append({"code": item.code, "result": "skipped", "reason": reason})
+
+    @property
+    def skipped(self) -> int:
+        return sum(1 for s in self.steps if s["result"] == "skipped")
+
+
+# --------------------------------------------------------------------------- statements
+
+_COUNT: dict[tuple[str, str], Any] = {}  # by (dialect, table): built once, run with parameters
+
+
+def _count_statement(dialect: str, table: Table, scope: str) -> Any:
+    """One more reward for the customer in ``scope``, only while below ``:limit``."""
+    if (dialect, table.name) not in _COUNT:
+        c = table.c
+        _COUNT[dialect, table.name] = (
+            db_insert(dialect, table)
+            .values({scope: bindparam("scope"), "customer_id": bindparam("customer"), "granted": 1})
+            .on_conflict_do_update(
+                index_elements=[scope, "customer_id"],
+                set_={"granted": c.granted + 1},
+                where=c.granted < bindparam("limit"),
+            )
+            .returning(c.granted)
+        )
+    return _COUNT[dialect, table.name]
+
+
+async def _count(
+    session: AsyncSession, table: Table, scope_column: str, scope: str, customer: str, limit: int
+) -> int | None:
+    stmt = _count_statement(session.get_bind().dialect.name, table, scope_column)
+    row = (
+        await session.execute(stmt, {"scope": scope, "customer": customer, "limit": limit})
+    ).first()
+    return None if row is None else int(row[0])
+
+
+_INSERT_GRANT: dict[str, Any] = {}
+
+
+def _insert_grant_statement(dialect: str) -> Any:
+    if dialect not in _INSERT_GRANT:
+        _INSERT_GRANT[dialect] = (
+            db_insert(dialect, _GRANTS)
+            .on_conflict_do_nothing(index_elements=["campaign_id", "customer_id", "trigger_key"])
+            .returning(_GRANTS.c.id)
+        )
+    return _INSERT_GRANT[dialect]
+
+
+async def find_grant(
+    session: AsyncSession, campaign_id: str, customer: str, trigger_key: str
+) -> RewardGrant | None:
+    found: RewardGrant | None = await session.scalar(
+        select(RewardGrant).where(
+            RewardGrant.campaign_id == campaign_id,
+            RewardGrant.customer_id == customer,
+            RewardGrant.trigger_key == trigger_key,
+        )
+    )
+    return found
+
+
+# --------------------------------------------------------------------------- the grant
+
+
+class Duplicate(Exception):
+    """The trigger was granted by a concurrent twin that committed first: roll back (the
+    unit taken goes back) and answer the twin's grant."""
+
+
+def check_rewarding(campaign: CampaignFacts) -> None:
+    now = utcnow()
+    if campaign.status != "active":
+        raise NotRewarding(
+            f"campaign {campaign.id} is {campaign.status}", campaign_status=campaign.status
+        )
+    if not campaign.starts_at <= now < campaign.ends_at:
+        raise NotRewarding(
+            "outside the campaign's window",
+            starts_at=campaign.starts_at.isoformat(),
+            ends_at=campaign.ends_at.isoformat(),
+        )
+
+
+async def give(
+    session: AsyncSession,
+    engine: StockEngine,
+    chain: Chain,
+    customer: str,
+    trigger_key: str,
+) -> RewardGrant:
+    """Give ``customer`` the first reward of the chain that suits and serves (see the module
+    docstring). Raises ``RewardLimitReached`` (the campaign's per-customer limit: a trigger
+    already granted answers with its grant instead), ``NoRewardAvailable`` (nothing served;
+    ``chain`` says why each was skipped), ``Duplicate`` (roll back and answer the twin),
+    ``ServiceUnavailable`` (a reward's stock is missing from the stock store). Every refusal
+    leaves nothing taken once the transaction rolls back."""
+    campaign, rules = chain.campaign, chain.rules
+    count = await _count(
+        session, _HOLDINGS, "campaign_id", campaign.id, customer, rules.per_user_limit
+    )
+    if count is None:
+        existing = await find_grant(session, campaign.id, customer, trigger_key)
+        if existing is not None:
+            raise Duplicate()
+        metrics.GRANTS.labels("limit-reached").inc()
+        raise RewardLimitReached(
+            f"at most {rules.per_user_limit} rewards per customer from this campaign",
+            limit=rules.per_user_limit,
+        )
+    if rules.participant_group is not None:
+        count = await _count(
+            session,
+            _PARTICIPANTS,
+            "participant_group",
+            rules.participant_group,
+            customer,
+            MAX_STOCK,
+        )
+        assert count is not None
+    user_type = "first_time" if count == 1 else "returning"
+    grant_id = new_id()
+    walk = await walk_chain(session, engine, campaign, chain.items, customer, user_type, grant_id)
+    if walk.item is None:
+        metrics.GRANTS.labels("no-reward-available").inc()
+        raise NoRewardAvailable(
+            "no reward of the chain can be given now", user_type=user_type, chain=walk.steps
+        )
+    assert walk.deduction is not None
+    now = utcnow()
+    row = {
+        "id": grant_id,
+        "campaign_id": campaign.id,
+        "customer_id": customer,
+        "trigger_key": trigger_key,
+        "user_type": user_type,
+        "reward_code": walk.item.code,
+        "type": walk.item.type,
+        "delivery": walk.item.delivery,
+        "amount": walk.item.amount,
+        "state": walk.state,
+        "delivery_ref": walk.delivery_ref,
+        "takes": [[t.bucket, t.quantity] for t in walk.deduction.takes],
+        "chain": walk.steps,
+        "fallbacks": walk.skipped,
+        "day": now.date().isoformat(),
+        "created_at": now,
+        "updated_at": now,
+    }
+    inserted = await session.execute(_insert_grant_statement(session.get_bind().dialect.name), row)
+    if inserted.first() is None:
+        raise Duplicate()
+    metrics.GRANTS.labels(walk.item.type).inc()
+    return RewardGrant(**row)
+
+
+async def walk_chain(
+    session: AsyncSession,
+    engine: StockEngine,
+    campaign: CampaignFacts,
+    items: Sequence[Item],
+    customer: str,
+    user_type: str,
+    grant_id: str,
+) -> Walk:
+    """Try ``items`` in order for a customer of ``user_type``; the first that serves is
+    delivered and its unit held until the commit (the others' given back at once)."""
+    walk = Walk()
+    for item in items:
+        if item.audience not in ("any", user_type):
+            walk.skip(item, "audience")
+            continue
+        pool = pool_of(campaign.id, item.code)
+        limit = item.per_user_limit or MAX_STOCK
+        try:
+            deduction = await engine.take_within_quota(pool, customer, 1, limit)
+        except SoldOut:
+            walk.skip(item, "out-of-stock")
+            continue
+        except StockPoolMissing:
+            raise ServiceUnavailable(
+                f"the stock of reward {item.code} is missing from the stock store; it is "
+                "being rebuilt",
+                retry_after=2,
+                reward=item.code,
+            ) from None
+        if deduction is None:
+            walk.skip(item, "limit-reached")
+            continue
+        try:
+            refusal = await _deliver(session, campaign, item, customer, grant_id, walk)
+        except BaseException:
+            await compensate(engine, deduction, customer)
+            raise
+        if refusal is not None:
+            await compensate(engine, deduction, customer)
+            walk.skip(item, refusal)
+            continue
+        keep_if_committed(session, engine, deduction, customer)
+        walk.item, walk.deduction = item, deduction
+        walk.steps.append({"code": item.code, "result": "given", "reason": None})
+        return walk
+    return walk
+
+
+async def _deliver(
+    session: AsyncSession,
+    campaign: CampaignFacts,
+    item: Item,
+    customer: str,
+    grant_id: str,
+    walk: Walk,
+) -> str | None:
+    """Deliver ``item``; None when it was (``walk`` gets the state and the reference), else
+    the reason it could not be."""
+    if item.delivery == "ledger":
+        rules = campaign.rules
+        assert isinstance(rules, RewardRules)
+        if campaign.budget_account_id is None:
+            return "budget-exhausted"
+        accounts = await ledger.open_accounts(
+            session, owner_type="user", owner_ids=[customer], asset=rules.budget_asset
+        )
+        try:
+            transfer = await ledger.transfer(
+                session,
+                idempotency_key=f"reward:{grant_id}",
+                debit_account_id=campaign.budget_account_id,
+                credit_account_id=accounts[customer],
+                amount=item.amount,
+                kind="reward",
+                reference=f"campaign:{campaign.id}",
+                metadata={"campaign_id": campaign.id, "grant_id": grant_id, "reward": item.code},
+            )
+        except InsufficientFunds:
+            return "budget-exhausted"
+        except BalanceLimit:
+            return "delivery-failed"
+        walk.delivery_ref = str(transfer.id)
+        return None
+    if item.delivery in ("coupon_wallet", "third_party"):
+        assert item.batch_id is not None
+        actor = coupons.Actor(f"reward:{campaign.id}", "system")
+        try:
+            async with session.begin_nested():
+                coupon = await coupons.issue(
+                    session, item.batch_id, customer, actor, f"reward {item.code}"
+                )
+        except (CouponsExhausted, BatchClosed):
+            return "out-of-stock"
+        except ClaimLimitReached:
+            return "limit-reached"
+        except BatchNotFound:
+            return "delivery-failed"
+        walk.delivery_ref = coupon.id
+        walk.state = "delivering" if coupon.state == "activating" else "granted"
+        return None
+    assert item.delivery == "message"
+    if not live_config.get(MESSAGE_WEBHOOK_URL):
+        return "delivery-failed"
+    await events.publish(
+        session,
+        MESSAGE_TOPIC,
+        {
+            "grant_id": grant_id,
+            "campaign_id": campaign.id,
+            "customer_id": customer,
+            "reward": item.code,
+            "title": item.title,
+            "message": item.message,
+        },
+        key=grant_id,
+    )
+    walk.delivery_ref = grant_id
+    walk.state = "delivering"
+    return None
+
+
+# --------------------------------------------------------------------------- the claim path
+
+
+class Claims:
+    """The claim path of one process: each campaign's chain, cached for
+    ``CHAIN_TTL_SECONDS`` and refreshed single-flight (live changes reach every process
+    within ``CHAIN_TTL_SECONDS`` plus one read)."""
+
+    def __init__(self, db: Database, engine: StockEngine) -> None:
+        self.db = db
+        self.engine = engine
+        self._chains: dict[str, Chain] = {}
+        self._refreshing: dict[str, asyncio.Future[Chain]] = {}
+
+    async def chain(self, campaign_id: str) -> Chain:
+        cached = self._chains.get(campaign_id)
+        if cached is not None and chain_clock() - cached.loaded_at < CHAIN_TTL_SECONDS:
+            return cached
+        refresh = self._refreshing.get(campaign_id)
+        if refresh is None:
+            # A task of its own: a waiter that gives up does not cancel it for the others.
+            refresh = asyncio.ensure_future(self._load(campaign_id))
+            self._refreshing[campaign_id] = refresh
+            refresh.add_done_callback(lambda done: self._loaded(campaign_id, done))
+        return await asyncio.shield(refresh)
+
+    def forget(self, campaign_id: str) -> None:
+        """Drop the cached chain (this process changed it)."""
+        self._chains.pop(campaign_id, None)
+
+    def _loaded(self, campaign_id: str, done: asyncio.Future[Chain]) -> None:
+        del self._refreshing[campaign_id]
+        if not done.cancelled() and done.exception() is None:
+            self._chains[campaign_id] = done.result()
+
+    async def _load(self, campaign_id: str) -> Chain:
+        async with self.db.unit_of_work() as session:
+            campaign = await campaigns.campaign_facts(session, campaign_id)
+            items = await live_items(session, campaign_id) if campaign.kind == "reward" else ()
+            return Chain(campaign, items, chain_clock())

@@ -1,0 +1,127 @@
+"""Tie a stock deduction to the database transaction that records it.
+
+A deduction is made in the stock store before the transaction that records it commits. If
+that transaction rolls back, the units (and the user's quota) must go back; if it commits,
+they stay taken. ``keep_if_committed`` arranges exactly that for a session. A commit whose
+outcome is unknown (the connection broke while committing) gives nothing back: the units stay
+stranded, never oversold, until the domain's reconcile returns them.
+
+``give_back_if_committed`` is the mirror: units that the transaction releases (a reward whose
+delivery failed for good) go back to the store only once the release is committed.
+
+Giving back runs in a task after the transaction ended (the session's events are
+synchronous); ``settled()`` waits for the tasks started so far (tests, shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from incentive.stock.engine import Deduction, StockEngine, give_back
+
+log = logging.getLogger(__name__)
+
+_KEEP = "stock.keep_if_committed"
+_RELEASE = "stock.give_back_if_committed"
+_COMMITTING = "stock.committing"
+_tasks: set[asyncio.Task[None]] = set()
+
+
+@dataclass(frozen=True)
+class _Held:
+    engine: StockEngine
+    deduction: Deduction
+    user: str | None  # whose quota the deduction counted, if any
+
+
+def keep_if_committed(
+    session: AsyncSession, engine: StockEngine, deduction: Deduction, user: str | None
+) -> None:
+    """Give ``deduction`` (and ``user``'s quota for it) back if the session's transaction
+    rolls back before its commit."""
+    _listen(session)
+    session.sync_session.info.setdefault(_KEEP, []).append(_Held(engine, deduction, user))
+
+
+def forget(session: AsyncSession, deduction: Deduction) -> None:
+    """Stop holding ``deduction`` for this session (the caller gave it back itself)."""
+    held: list[_Held] = session.sync_session.info.get(_KEEP, [])
+    session.sync_session.info[_KEEP] = [h for h in held if h.deduction is not deduction]
+
+
+def give_back_if_committed(
+    session: AsyncSession, engine: StockEngine, deduction: Deduction, user: str | None
+) -> None:
+    """Give ``deduction`` (and ``user``'s quota for it) back once the session's transaction
+    has committed; nothing if it rolls back."""
+    _listen(session)
+    session.sync_session.info.setdefault(_RELEASE, []).append(_Held(engine, deduction, user))
+
+
+async def compensate(engine: StockEngine, deduction: Deduction, user: str | None) -> None:
+    """Give a deduction and the user's quota for it back now."""
+    await give_back(engine, deduction)
+    if user is not None:
+        await engine.release_quota(deduction.pool, user, deduction.quantity)
+
+
+async def settled() -> None:
+    """Wait until every give-back started so far has run."""
+    while _tasks:
+        await asyncio.gather(*list(_tasks), return_exceptions=True)
+
+
+def _listen(session: AsyncSession) -> None:
+    sync = session.sync_session
+    if sync.info.get("stock.listening"):
+        return
+    sync.info["stock.listening"] = True
+    event.listen(sync, "before_commit", _before_commit)
+    event.listen(sync, "after_commit", _after_commit)
+    event.listen(sync, "after_rollback", _after_rollback)
+
+
+def _before_commit(sync: Any) -> None:
+    sync.info[_COMMITTING] = True
+
+
+def _after_commit(sync: Any) -> None:
+    sync.info.pop(_COMMITTING, None)
+    sync.info.pop(_KEEP, None)
+    _spawn(sync.info.pop(_RELEASE, []))
+
+
+def _after_rollback(sync: Any) -> None:
+    committing = sync.info.pop(_COMMITTING, False)
+    sync.info.pop(_RELEASE, None)
+    held: list[_Held] = sync.info.pop(_KEEP, [])
+    if committing and held:
+        # The commit failed midway: it may have landed. Giving back could oversell.
+        log.error(
+            "stock held by a commit whose outcome is unknown; reconcile returns it",
+            extra={"pools": sorted({h.deduction.pool for h in held})},
+        )
+        return
+    _spawn(held)
+
+
+def _spawn(held: list[_Held]) -> None:
+    for h in held:
+        task = asyncio.get_running_loop().create_task(_give(h))
+        _tasks.add(task)
+        task.add_done_callback(_tasks.discard)
+
+
+async def _give(h: _Held) -> None:
+    try:
+        await compensate(h.engine, h.deduction, h.user)
+    except Exception:
+        log.exception(
+            "stock not given back; reconcile returns it", extra={"pool": h.deduction.pool}
+        )
