@@ -24,6 +24,7 @@ from incentive.flash_sales.models import Purchase
 from incentive.join_codes.models import CampaignMerchant, JoinCode
 from incentive.ledger.models import Account
 from incentive.points_files.format import Header, write_points_file
+from incentive.rewards.models import RewardGrant
 from tests.points_files.kit import NOW
 from tests.points_files.test_crypto import _kill_agent
 from tests.servers import running_server
@@ -88,9 +89,9 @@ async def test_readme_examples_run_as_pasted(
         assert proc.returncode == 0, text[-6000:]
         assert "unhandled error" not in server.log()
     # The feedback the partner decrypted credits its one record; alice got exactly those
-    # points, and exactly one purchase was recorded.
+    # points and the reward campaign's 500 + 50, and exactly one purchase was recorded.
     assert re.search(r"^R\|r1\|alice\|250\|OK\|", text, re.M), text[-3000:]
-    assert await _points(db, "alice") == before + 250
+    assert await _points(db, "alice") == before + 250 + 500 + 50
     # The payment's 2 % came to alice and half of it went back with the half refund.
     assert await _points(db, "alice", "CNY") == 100
     async with db.unit_of_work() as s:
@@ -104,3 +105,9 @@ async def test_readme_examples_run_as_pasted(
         # alice's coupon was redeemed once, at the demo merchant, for its 500 fen.
         redeemed = (await s.execute(select(CouponRedemption))).scalars().all()
         assert [(r.discount_fen, r.undone_at) for r in redeemed] == [(500, None)]
+        # alice's two rewards: the first-time one, then the returning one.
+        grants = (await s.execute(select(RewardGrant).order_by(RewardGrant.created_at))).scalars()
+        assert [(g.user_type, g.reward_code) for g in grants] == [
+            ("first_time", "welcome"),
+            ("returning", "thanks"),
+        ]
