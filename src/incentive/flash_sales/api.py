@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 
 from incentive.auth.principal import (
@@ -39,7 +39,7 @@ from incentive.flash_sales.schemas import (
     ReconcileOut,
     TakeOut,
 )
-from incentive.kit.idempotency import HEADER, KEY_PATTERN, answer
+from incentive.kit.idempotency import IdempotencyKey, answer
 from incentive.kit.jsonbody import JSONBodyRoute
 from incentive.stock import StockEngine
 from incentive.stock.errors import SoldOut
@@ -51,16 +51,6 @@ MANAGING = (*AUTHENTICATED, *VALIDATION, Forbidden)
 MANAGED = (*SEEING, Forbidden)
 
 SaleId = Annotated[str, Path(min_length=32, max_length=32, pattern=r"^[0-9a-f]{32}$")]
-PurchaseKey = Annotated[
-    str,
-    Header(
-        alias=HEADER,
-        min_length=1,
-        max_length=200,
-        pattern=KEY_PATTERN,
-        description="Unique per intended purchase: a retry with the same key never buys twice.",
-    ),
-]
 
 
 def _engine(request: Request) -> StockEngine:
@@ -169,7 +159,7 @@ async def purchase(
     sale_id: SaleId,
     body: PurchaseIn,
     principal: CustomerOutsideTransaction,
-    key: PurchaseKey,
+    key: IdempotencyKey,
     request: Request,
 ) -> JSONResponse:
     """Buy ``quantity`` units. 201 only once the purchase is committed; a retry with the same

@@ -83,6 +83,20 @@ class Caller(Protocol):
 CallerDependency = Callable[..., Awaitable[Caller]]
 
 
+#: The ``Idempotency-Key`` header of a value-moving POST (required; 1-200 printable ASCII).
+IdempotencyKey = Annotated[
+    str,
+    Header(
+        alias=HEADER,
+        min_length=1,
+        max_length=200,
+        pattern=KEY_PATTERN,
+        description="Unique per intended operation; a retry with the same key (and body) "
+        "answers the first response instead of running again.",
+    ),
+]
+
+
 def answer(body: Any, status_code: int, *, replayed: bool) -> JSONResponse:
     """The response of a value-moving POST. The one replay convention, for routes using
     ``Claim`` and for those keeping their own key (purchases): a replay is the original
@@ -256,17 +270,7 @@ def claim_dependency(principal: CallerDependency | None = None) -> Callable[...,
         request: Request,
         session: Session,
         caller: Annotated[Caller, Depends(caller_dependency)],
-        key: Annotated[
-            str,
-            Header(
-                alias=HEADER,
-                min_length=1,
-                max_length=200,
-                pattern=KEY_PATTERN,
-                description="Unique per intended operation; a retry with the same key and "
-                "body replays the first response instead of running again.",
-            ),
-        ],
+        key: IdempotencyKey,
     ) -> Claim:
         body = await request.body()
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")

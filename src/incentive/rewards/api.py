@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 
 from incentive.auth.principal import (
@@ -30,7 +30,7 @@ from incentive.errors import (
     ServiceUnavailable,
     problems,
 )
-from incentive.kit.idempotency import HEADER, KEY_PATTERN, answer, idempotent
+from incentive.kit.idempotency import IdempotencyKey, answer, idempotent
 from incentive.kit.jsonbody import JSONBodyRoute
 from incentive.kit.pagination import DEFAULT_LIMIT, Cursor, Limit
 from incentive.rewards import grants, service, stock
@@ -64,16 +64,6 @@ router = APIRouter(tags=["rewards"], route_class=JSONBodyRoute)
 CampaignId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="campaign id")]
 RewardCode = Annotated[
     str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-]
-ClaimKey = Annotated[
-    str,
-    Header(
-        alias=HEADER,
-        min_length=1,
-        max_length=200,
-        pattern=KEY_PATTERN,
-        description="Unique per intended claim: a retry with the same key never gives twice.",
-    ),
 ]
 SEEING = (*AUTHENTICATED, *VALIDATION, NotFound)
 MANAGED = (*SEEING, Forbidden)
@@ -141,7 +131,7 @@ def grant_out(grant: RewardGrant) -> GrantOut:
 async def claim(
     campaign_id: CampaignId,
     principal: CustomerOutsideTransaction,
-    key: ClaimKey,
+    key: IdempotencyKey,
     request: Request,
 ) -> JSONResponse:
     """Give the caller the campaign's reward for their user type (`first_time` or
