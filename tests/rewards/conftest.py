@@ -20,14 +20,21 @@ from incentive.settings import Settings
 from tests.activities.conftest import funding_account
 from tests.campaigns.conftest import World, create, walk
 from tests.campaigns.conftest import world as world  # noqa: F401  (fixture)
+from tests.flash_sales.conftest import flash_cluster as flash_cluster  # noqa: F401  (fixture)
+from tests.stock.conftest import RedisServer
 
 _keys = itertools.count()
 
 
 @pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.redis)])
 def stock_url(request: pytest.FixtureRequest, redis_url: str | None) -> str | None:
+    """The embedded engine and Redis; a test parametrized indirectly with ``"cluster"`` runs
+    on a real 3-master Redis Cluster instead."""
     if request.param == "embedded":
         return None
+    if request.param == "cluster":
+        nodes: list[RedisServer] = request.getfixturevalue("flash_cluster")
+        return f"redis+cluster://127.0.0.1:{nodes[0].port}"
     assert redis_url
     return redis_url
 

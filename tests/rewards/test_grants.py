@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 
 from incentive.db import Database
 from tests.campaigns.conftest import World
@@ -156,3 +157,18 @@ async def test_me_rewards_and_the_report(
         f"/api/v1/campaigns/{campaign['id']}/rewards/report", headers=people[0].headers
     )
     assert customer_view.status_code in (403, 404)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("stock_url", ["cluster"], indirect=True)
+async def test_the_chain_falls_back_the_same_on_a_redis_cluster(
+    client: httpx.AsyncClient, db: Database, app: Any, world: World
+) -> None:
+    chain = [option("a", stock=2), option("b", stock=3, per_user_limit=1), option("c", stock=1)]
+    campaign = await reward_campaign(client, db, world, chain)
+    people = await customers(db, app, 7)
+    answers = [await claim(client, p.headers, campaign["id"]) for p in people]
+    assert [a.status_code for a in answers] == [201] * 6 + [409]
+    assert [a.json()["reward"] for a in answers[:6]] == ["a", "a", "b", "b", "b", "c"]
+    assert await given(db, campaign["id"]) == {"a": 2, "b": 3, "c": 1}
+    assert await left(client, world.op.headers, campaign["id"]) == {"a": 0, "b": 0, "c": 0}
