@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from incentive.auth.principal import Principal
 from incentive.campaigns.errors import CampaignClosed, CampaignNotEditable, CampaignVersionConflict
@@ -310,6 +310,15 @@ async def campaigns_for_activity(
         return []
     rows = await session.scalars(select(Campaign).where(or_(*clauses)).order_by(Campaign.id))
     return [facts(row) for row in rows]
+
+
+async def active_ids(conn: AsyncConnection, kind: str) -> set[str]:
+    """Ids of the active campaigns of ``kind``, on a read-only connection (periodic jobs read
+    before they write: ``Database.reader()``)."""
+    rows = await conn.scalars(
+        select(Campaign.id).where(Campaign.status == "active", Campaign.kind == kind)
+    )
+    return set(rows)
 
 
 # --------------------------------------------------------------------------- budget

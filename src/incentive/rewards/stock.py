@@ -90,7 +90,10 @@ async def reconcile(db: Database, engine: StockEngine, campaign_id: str) -> list
 async def watch(db: Database, engine: StockEngine) -> None:
     """One pass of the stock watch: every live reward of an active campaign gets its gauge
     and, below its threshold, one low-stock alert; a pool the store lost is rebuilt."""
-    async with db.reader() as conn:
+    async with db.reader() as conn:  # an idle watch takes no write lock
+        active = await campaigns.active_ids(conn, "reward")
+        if not active:
+            return
         rows = (
             await conn.execute(
                 select(
@@ -98,20 +101,11 @@ async def watch(db: Database, engine: StockEngine) -> None:
                     RewardItem.code,
                     RewardItem.low_stock_threshold,
                     RewardItem.low_since,
-                ).where(RewardItem.retired_at.is_(None))
+                ).where(RewardItem.retired_at.is_(None), RewardItem.campaign_id.in_(sorted(active)))
             )
         ).all()
-    if not rows:
-        return
-    async with db.unit_of_work() as session:
-        active = {
-            c: (await campaigns.campaign_facts(session, c)).status == "active"
-            for c in {r.campaign_id for r in rows}
-        }
     missing = []
     for row in rows:
-        if not active[row.campaign_id]:
-            continue
         left = await levels(engine, row.campaign_id, row.code)
         if left is None:
             missing.append((row.campaign_id, row.code))
