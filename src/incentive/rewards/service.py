@@ -233,7 +233,10 @@ async def restock(
 def _take_back_on_rollback(
     session: AsyncSession, engine: StockEngine, pool: str, units: int
 ) -> None:
-    def _rolled_back(_: Any) -> None:
+    def _rolled_back(_: Any, previous: Any) -> None:
+        if previous.nested:  # a savepoint: the restock is still in the transaction
+            return
+
         async def take_back() -> None:
             try:
                 await engine.deduct(pool, units)
@@ -242,7 +245,7 @@ def _take_back_on_rollback(
 
         asyncio.get_running_loop().create_task(take_back())
 
-    event.listen(session.sync_session, "after_rollback", _rolled_back, once=True)
+    event.listen(session.sync_session, "after_soft_rollback", _rolled_back)
 
 
 # --------------------------------------------------------------------------- stock truth
