@@ -40,7 +40,6 @@ OWN_TRANSACTIONS = {
     "coupons/calls.py": "provider calls are taken, sent outside any transaction, then recorded",
     "coupons/providers.py::sync": "a provider's batches are pulled outside any transaction",
     "coupons/reconcile.py::reconcile": "the provider's list is read outside any transaction",
-    "rewards/grants.py::Claims._load": "the claim path reads a chain on a cache miss",
     "rewards/stock.py": "rebuilds span a drain and work reward by reward, outside requests",
 }
 

@@ -457,7 +457,8 @@ class Claims:
             self._chains[campaign_id] = done.result()
 
     async def _load(self, campaign_id: str) -> Chain:
-        async with self.db.unit_of_work() as session:
+        # A read on the hot path: never queued behind a write (Database.reader()).
+        async with self.db.reader() as conn, AsyncSession(bind=conn) as session:
             campaign = await campaigns.campaign_facts(session, campaign_id)
             items = await live_items(session, campaign_id) if campaign.kind == "reward" else ()
             return Chain(campaign, items, chain_clock())
