@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import redis as sync_redis
+from sqlalchemy import text
 
 from incentive.config import service as config_service
 from incentive.db import Database
@@ -207,3 +208,40 @@ async def test_a_grant_racing_the_rebuild_meets_the_customers_use_already_restor
         ("B", "limit-reached"),
         ("C", None),
     ]
+
+
+@pytest.mark.postgres_only
+async def test_a_grant_committing_after_the_drain_is_not_given_twice(
+    client: httpx.AsyncClient, db: Database, world: World, app: Any
+) -> None:
+    """A grant that took its unit from the pool the store then lost, and commits only after
+    the drain (here: queued behind the budget's row lock), is counted by the rebuild: its
+    unit is not given again (before the fence: 8 of 5 given)."""
+    async with db.unit_of_work() as s:
+        await config_service.set_value(s, "rewards.drain_seconds", 0.2, actor="test")
+    await app.state.config.reload()
+    campaign = await reward_campaign(client, db, world, [option("A", stock=5)])
+    cid, engine = campaign["id"], app.state.stock
+    pool = pool_of(cid, "A")
+    people = await customers(db, app, 8)
+    async with db.engine.connect() as blocker:
+        await blocker.begin()
+        await blocker.execute(
+            text("SELECT id FROM accounts WHERE id = :id FOR UPDATE"),
+            {"id": campaign["budget_account_id"]},
+        )
+        slow = [asyncio.create_task(claim(client, p.headers, cid)) for p in people[:3]]
+        for _ in range(500):  # until the three took their units, then wait for the budget
+            if sum(await engine.remaining(pool)) == 2:
+                break
+            await asyncio.sleep(0.01)
+        await engine.drop(pool)  # the store loses the pool
+        watch = asyncio.create_task(stock.watch(db, engine))
+        await asyncio.sleep(1.0)  # well past the drain
+        await blocker.rollback()
+    await watch
+    assert [r.status_code for r in await asyncio.gather(*slow)] == [201] * 3
+    rest = [(await claim(client, p.headers, cid)).status_code for p in people[3:]]
+    assert rest == [201, 201, 409, 409, 409]
+    assert Counter(g.reward_code for g in await grants_of(db, cid)) == {"A": 5}
+    assert await left(client, world.op.headers, cid) == {"A": 0}

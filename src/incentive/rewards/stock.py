@@ -8,7 +8,9 @@
   once per fall below a threshold, and rebuilds pools the store lost.
 
 Both rebuilding paths wait ``rewards.drain_seconds`` with the pool gone (grants answer 503
-meanwhile) so that every grant in flight has committed before the database is counted.
+meanwhile), then count the database under the reward's row lock, which waits for every grant
+still in flight (each holds the row shared from before its take until it ends): a grant that
+took a unit from the lost pool is counted, however late it commits.
 """
 
 from __future__ import annotations
