@@ -64,6 +64,15 @@ CHAIN_TTL_SECONDS = 1.0
 # The clock of the chain cache (a test moves it to expire the chain).
 chain_clock = time.monotonic
 
+# A grant holds its reward's row shared until it ends, so a rebuild of the reward's pool
+# (which takes the row FOR UPDATE) counts the grants only once every grant that may have
+# taken a unit from the lost pool has committed or rolled back (on SQLite the write lock
+# already serialises them).
+_FENCE = (
+    select(RewardItem.code)
+    .where(RewardItem.campaign_id == bindparam("campaign"), RewardItem.code == bindparam("code"))
+    .with_for_update(read=True, key_share=True)
+)
 _GRANTS = cast(Table, RewardGrant.__table__)
 _HOLDINGS = cast(Table, RewardHolding.__table__)
 _PARTICIPANTS = cast(Table, RewardParticipant.__table__)
@@ -317,6 +326,7 @@ async def walk_chain(
             continue
         pool = pool_of(campaign.id, item.code)
         limit = item.per_user_limit or MAX_STOCK
+        await session.execute(_FENCE, {"campaign": campaign.id, "code": item.code})
         try:
             deduction = await engine.take_within_quota(pool, customer, 1, limit)
         except SoldOut:

@@ -8,7 +8,9 @@
   once per fall below a threshold, and rebuilds pools the store lost.
 
 Both rebuilding paths wait ``rewards.drain_seconds`` with the pool gone (grants answer 503
-meanwhile) so that every grant in flight has committed before the database is counted.
+meanwhile), then count the database under the reward's row lock, which waits for every grant
+still in flight (each holds the row shared from before its take until it ends): a grant that
+took a unit from the lost pool is counted, however late it commits.
 """
 
 from __future__ import annotations
@@ -57,9 +59,13 @@ async def rebuild(db: Database, engine: StockEngine, campaign_id: str, code: str
         total = item.stock_total
         taken, per_customer = await held(session, campaign_id, code)
         levels = even_split(max(total - taken, 0), item.buckets)
-        await engine.rebuild(pool, levels)
+        # Each customer's use is back before any unit is: a grant between the two would take
+        # against an empty quota and pass the reward's per-customer limit. The pool is laid
+        # out empty first (a cluster places a quota by the pool's bucket count).
+        await engine.rebuild(pool, [0] * item.buckets)
         for customer, n in per_customer:
             await engine.reserve_quota(pool, customer, n, n)
+        await engine.rebuild(pool, levels)
     log.warning(
         "reward stock rebuilt from the database",
         extra={"campaign_id": campaign_id, "reward": code, "total": total, "held": taken},
