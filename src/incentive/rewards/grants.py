@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import Table, bindparam, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive import events
@@ -64,15 +64,23 @@ CHAIN_TTL_SECONDS = 1.0
 # The clock of the chain cache (a test moves it to expire the chain).
 chain_clock = time.monotonic
 
-# A grant holds its reward's row shared until it ends, so a rebuild of the reward's pool
-# (which takes the row FOR UPDATE) counts the grants only once every grant that may have
-# taken a unit from the lost pool has committed or rolled back (on SQLite the write lock
-# already serialises them).
-_FENCE = (
-    select(RewardItem.code)
-    .where(RewardItem.campaign_id == bindparam("campaign"), RewardItem.code == bindparam("code"))
-    .with_for_update(read=True, key_share=True)
-)
+# A grant holds its reward's pool fence shared until it ends, so a rebuild of the pool (which
+# takes the fence exclusive, ``fence_exclusive``) counts the grants only once every grant
+# that may have taken a unit from the lost pool has committed or rolled back. A PostgreSQL
+# advisory lock of the transaction: no row is written, so many grants share it cheaply (a row
+# share lock on one hot row churns MultiXacts). On SQLite the write lock already serialises
+# grants and rebuilds.
+_FENCE_SHARED = text("SELECT pg_advisory_xact_lock_shared(hashtext(:pool))")
+_FENCE_EXCLUSIVE = text("SELECT pg_advisory_xact_lock(hashtext(:pool))")
+
+
+async def fence_exclusive(session: AsyncSession, pool: str) -> None:
+    """Wait until no grant that may have taken from ``pool`` is in flight, and keep new ones
+    out until this transaction ends."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(_FENCE_EXCLUSIVE, {"pool": pool})
+
+
 _GRANTS = cast(Table, RewardGrant.__table__)
 _HOLDINGS = cast(Table, RewardHolding.__table__)
 _PARTICIPANTS = cast(Table, RewardParticipant.__table__)
@@ -326,7 +334,8 @@ async def walk_chain(
             continue
         pool = pool_of(campaign.id, item.code)
         limit = item.per_user_limit or MAX_STOCK
-        await session.execute(_FENCE, {"campaign": campaign.id, "code": item.code})
+        if session.get_bind().dialect.name == "postgresql":
+            await session.execute(_FENCE_SHARED, {"pool": pool})
         try:
             deduction = await engine.take_within_quota(pool, customer, 1, limit)
         except SoldOut:

@@ -26,7 +26,7 @@ from incentive.campaigns import service as campaigns
 from incentive.config import live_config
 from incentive.db import Database, utcnow
 from incentive.rewards import metrics
-from incentive.rewards.grants import pool_of
+from incentive.rewards.grants import fence_exclusive, pool_of
 from incentive.rewards.keys import DRAIN_SECONDS
 from incentive.rewards.models import RewardItem
 from incentive.rewards.service import held, items, levels
@@ -54,6 +54,7 @@ async def rebuild(db: Database, engine: StockEngine, campaign_id: str, code: str
     pool = pool_of(campaign_id, code)
     async with db.unit_of_work() as session:
         item = await session.get(RewardItem, (campaign_id, code), with_for_update=True)
+        await fence_exclusive(session, pool)
         if item is None or await engine.exists(pool):
             return None
         total = item.stock_total
