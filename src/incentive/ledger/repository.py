@@ -109,7 +109,10 @@ async def open_main_accounts(
     session: AsyncSession, owner_type: str, owner_ids: list[str], asset: str, now: datetime
 ) -> dict[str, int]:
     """Insert the missing ``main`` accounts of ``owner_ids`` (in the given order, which the
-    caller sorts) and return owner id -> account id. One insert and one read."""
+    caller sorts) and return owner id -> account id. On PostgreSQL one read when every owner
+    has the account already (the usual case: a reward or a rebate to a known customer), else
+    the read, one insert of the missing and one read of them; on SQLite one insert and one
+    read."""
     if _is_sqlite(session):
         await session.execute(
             insert(session, Account).on_conflict_do_nothing(
@@ -138,8 +141,17 @@ async def open_main_accounts(
         )
     else:
         params = {"owner_type": owner_type, "owners": owner_ids, "asset": asset}
-        await session.execute(_PG_OPEN_ACCOUNTS, {**params, "now": now})
-        rows = await session.execute(_PG_FIND_ACCOUNTS, params)
+        found = {str(r[0]): r[1] for r in await session.execute(_PG_FIND_ACCOUNTS, params)}
+        missing = [o for o in owner_ids if found.get(o) is None]
+        if missing:
+            # Read again in a statement of its own: it sees a row a concurrent opener
+            # committed while the insert waited for it (the insert then skipped it).
+            params["owners"] = missing
+            await session.execute(_PG_OPEN_ACCOUNTS, {**params, "now": now})
+            found.update(
+                (str(r[0]), r[1]) for r in await session.execute(_PG_FIND_ACCOUNTS, params)
+            )
+        return {o: int(i) for o, i in found.items()}
     return {str(r[0]): int(r[1]) for r in rows}
 
 
