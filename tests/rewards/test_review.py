@@ -1,0 +1,141 @@
+"""Bugs found in review of the rewards domain and ``stock.holds``, one regression test each
+(every one failed before its fix). Both stock engines, both databases."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+
+from incentive.db import Database
+from incentive.rewards.grants import pool_of
+from incentive.stock import StockEngine
+from incentive.stock.holds import give_back_if_committed, keep_if_committed, settled
+from tests.activities.conftest import Sender
+from tests.activities.conftest import sender as sender  # noqa: F401  (fixture)
+from tests.campaigns.conftest import World
+from tests.rewards.conftest import given, left, option, reward_campaign
+
+_pools = itertools.count()
+
+
+class Boom(Exception):
+    pass
+
+
+async def _level(engine: StockEngine, pool: str) -> int:
+    return sum(await engine.remaining(pool))
+
+
+async def test_a_savepoint_decides_only_for_what_was_held_or_released_inside_it(
+    app: Any, db: Database
+) -> None:
+    """SQLAlchemy tells ``after_commit``/``after_rollback`` for a savepoint too: a savepoint
+    rolled back gave back the outer transaction's held units (oversell once it commits) and
+    dropped its releases (stock never returned); a savepoint released forgot its holds (a
+    later rollback of the transaction stranded them)."""
+    engine: StockEngine = app.state.stock
+    pool = f"review:{next(_pools)}:{datetime.now(UTC).timestamp()}"
+    await engine.split(pool, 10, 2)
+
+    async def rolled_back_savepoint(session: Any) -> None:
+        with contextlib.suppress(Boom):
+            async with session.begin_nested():
+                await session.execute(text("SELECT 1"))
+                raise Boom
+
+    # 1. Held by the transaction, a savepoint rolls back, the transaction commits: kept.
+    kept = await engine.take_within_quota(pool, "u1", 1, 5)
+    assert kept is not None
+    async with db.unit_of_work() as s:
+        await s.execute(text("SELECT 1"))
+        keep_if_committed(s, engine, kept, "u1")
+        await rolled_back_savepoint(s)
+    await settled()
+    assert await _level(engine, pool) == 9
+    assert await engine.quota_used(pool, "u1") == 1
+
+    # 2. Released by the transaction, a savepoint rolls back, the transaction commits:
+    #    the unit and the quota go back.
+    async with db.unit_of_work() as s:
+        await s.execute(text("SELECT 1"))
+        give_back_if_committed(s, engine, kept, "u1")
+        await rolled_back_savepoint(s)
+    await settled()
+    assert await _level(engine, pool) == 10
+    assert await engine.quota_used(pool, "u1") == 0
+
+    # 3. Held inside a savepoint that is released, then the transaction rolls back: given
+    #    back.
+    inner = await engine.take_within_quota(pool, "u2", 1, 5)
+    assert inner is not None
+    with contextlib.suppress(Boom):
+        async with db.unit_of_work() as s:
+            async with s.begin_nested():
+                await s.execute(text("SELECT 1"))
+                keep_if_committed(s, engine, inner, "u2")
+            raise Boom
+    await settled()
+    assert await _level(engine, pool) == 10
+    assert await engine.quota_used(pool, "u2") == 0
+
+    # 4. Released inside a savepoint that is released: given back only at the commit, and
+    #    not at all when the transaction rolls back.
+    taken = await engine.take_within_quota(pool, "u3", 1, 5)
+    assert taken is not None
+    with contextlib.suppress(Boom):
+        async with db.unit_of_work() as s:
+            async with s.begin_nested():
+                await s.execute(text("SELECT 1"))
+                give_back_if_committed(s, engine, taken, "u3")
+            await settled()
+            assert await _level(engine, pool) == 9  # not before the commit
+            raise Boom
+    await settled()
+    assert await _level(engine, pool) == 9
+    assert await engine.quota_used(pool, "u3") == 1
+
+    # 5. Held inside a savepoint that rolls back: given back at once, the transaction
+    #    commits the rest.
+    async with db.unit_of_work() as s:
+        with contextlib.suppress(Boom):
+            async with s.begin_nested():
+                await s.execute(text("SELECT 1"))
+                keep_if_committed(s, engine, taken, "u3")
+                raise Boom
+    await settled()
+    assert await _level(engine, pool) == 10
+    assert await engine.quota_used(pool, "u3") == 0
+
+
+async def test_an_activity_reward_whose_transaction_rolls_back_gives_its_unit_back(
+    client: httpx.AsyncClient, db: Database, app: Any, world: World, sender: Sender
+) -> None:
+    """A signup rewarded by the first of two campaigns, the second's stock lost from the
+    store: the activity answers 503 and nothing is recorded, so the first campaign's unit
+    must be back in its stock (it stayed taken: the hold was forgotten when the grant's
+    savepoint was released)."""
+    campaigns = [
+        await reward_campaign(client, db, world, [option("a", stock=5)], triggers=["signup"])
+        for _ in range(2)
+    ]
+    first, second = sorted(c["id"] for c in campaigns)  # offered in id order
+    await app.state.stock.drop(pool_of(second, "a"))
+    r = await client.post(
+        "/api/v1/activities",
+        json={
+            "id": "signup-1",
+            "type": "signup",
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "customer": world.cust.user.id,
+        },
+        headers=sender.headers,
+    )
+    assert r.status_code == 503, r.text
+    await settled()
+    assert await given(db, first) == {}
+    assert (await left(client, world.op.headers, first))["a"] == 5
