@@ -9,22 +9,35 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import text
 
+from incentive.coupons import calls
 from incentive.db import Database
+from incentive.events.backends.inprocess import InProcessTransport
+from incentive.events.relay import Relay
 from incentive.rewards.grants import pool_of
+from incentive.settings import Settings
 from incentive.stock import StockEngine
 from incentive.stock.holds import give_back_if_committed, keep_if_committed, settled
 from tests.activities.conftest import Sender
 from tests.activities.conftest import sender as sender  # noqa: F401  (fixture)
 from tests.campaigns.conftest import World
-from tests.rewards.conftest import given, left, option, reward_campaign
+from tests.coupons.fake_provider import FakeProvider
+from tests.coupons.test_providers import configure, provider_campaign, register, settle
+from tests.rewards.conftest import claim, given, grants_of, left, option, reward_campaign
 
 _pools = itertools.count()
 
 
 class Boom(Exception):
     pass
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """No embedded worker: each test sends provider calls and relays the outbox itself."""
+    return settings.model_copy(update={"embedded_worker": False})
 
 
 async def _level(engine: StockEngine, pool: str) -> int:
@@ -139,3 +152,48 @@ async def test_an_activity_reward_whose_transaction_rolls_back_gives_its_unit_ba
     await settled()
     assert await given(db, first) == {}
     assert (await left(client, world.op.headers, first))["a"] == 5
+
+
+async def test_a_failed_delivery_falls_back_to_the_rewards_not_tried_after_a_reorder(
+    client: httpx.AsyncClient, db: Database, app: Any, world: World
+) -> None:
+    """An operator moves a third-party reward to the end of the chain (its provider is out):
+    the grants already holding one of its coupons must still fall back to the rewards they
+    never tried — not only to those now placed after it (none: the customer got nothing)."""
+    await configure(db, app)
+    with FakeProvider(credentials="acme-key") as fake:
+        fake.add_batch("B1", stock=10)
+        await register(client, world, fake)
+        batch = await provider_campaign(client, world, "B1")
+        chain = [
+            {"code": "tp", "type": "coupon", "delivery": "third_party", "batch_id": batch,
+             "stock": 5},
+            option("b", stock=5),
+            option("c", stock=5),
+        ]  # fmt: skip
+        campaign = await reward_campaign(client, db, world, chain)
+        fake.set_batch("B1", stock=0)  # the provider will refuse the issue
+        r = await claim(client, world.cust.headers, campaign["id"])
+        assert r.status_code == 201, r.text
+        assert (r.json()["reward"], r.json()["state"]) == ("tp", "delivering")
+        moved = await client.put(
+            f"/api/v1/campaigns/{campaign['id']}/rewards/order",
+            json={"codes": ["b", "c", "tp"]},
+            headers=world.op.headers,
+        )
+        assert moved.status_code == 200, moved.text
+        sender = calls.Sender(db)
+        try:
+            await settle(db, sender)  # the provider refuses: coupon.failed
+        finally:
+            await sender.aclose()
+    await Relay(db, InProcessTransport(db)).drain()
+    await settled()
+    (grant,) = await grants_of(db, campaign["id"])
+    assert (grant.reward_code, grant.state) == ("b", "granted")
+    assert [(s["code"], s["result"]) for s in grant.chain] == [
+        ("tp", "given"),
+        ("tp", "failed"),
+        ("b", "given"),
+    ]
+    assert await left(client, world.op.headers, campaign["id"]) == {"b": 4, "c": 5, "tp": 5}

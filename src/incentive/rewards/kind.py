@@ -98,7 +98,8 @@ def outcome_detail(grant: RewardGrant) -> dict[str, object]:
 
 async def fall_back(session: AsyncSession, event: events.Event) -> None:
     """Subscriber of ``coupon.failed``: the grant holding that coupon gives its unit back and
-    walks on from the next reward of the chain (nothing left: the grant is ``failed``)."""
+    walks on through the live rewards it has not tried (nothing left: the grant is
+    ``failed``)."""
     coupon_id = str(event.payload["coupon_id"])
     grant = await session.scalar(
         select(RewardGrant)
@@ -122,11 +123,10 @@ async def fall_back(session: AsyncSession, event: events.Event) -> None:
         {"code": failed.code, "result": "failed", "reason": "delivery-failed"},
     ]
     campaign = await campaigns.campaign_facts(session, grant.campaign_id)
-    rest = [
-        i
-        for i in await grants.live_items(session, grant.campaign_id)
-        if (i.position, i.code) > (failed.position, failed.code)
-    ]
+    # The live rewards this grant has not tried yet, in the chain's order now (a reorder
+    # or an addition since the grant is followed; nothing is tried twice).
+    tried = {str(step["code"]) for step in grant.chain}
+    rest = [i for i in await grants.live_items(session, grant.campaign_id) if i.code not in tried]
     walk = await grants.walk_chain(
         session, engine, campaign, rest, grant.customer_id, grant.user_type, grant.id
     )
