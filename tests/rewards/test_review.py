@@ -154,25 +154,50 @@ async def test_an_activity_reward_whose_transaction_rolls_back_gives_its_unit_ba
     assert (await left(client, world.op.headers, first))["a"] == 5
 
 
+async def refusing_provider_batch(
+    client: httpx.AsyncClient, db: Database, app: Any, world: World, fake: FakeProvider
+) -> str:
+    """A provider's coupon batch (ours: merchant A's coupon campaign) whose provider then runs
+    out, so every coupon asked of it is refused."""
+    await configure(db, app)
+    fake.add_batch("B1", stock=10)
+    await register(client, world, fake)
+    batch = await provider_campaign(client, world, "B1")
+    fake.set_batch("B1", stock=0)
+    return batch
+
+
+def third_party(batch: str, code: str = "tp", stock: int = 5) -> dict[str, Any]:
+    return {
+        "code": code,
+        "type": "coupon",
+        "delivery": "third_party",
+        "batch_id": batch,
+        "stock": stock,
+    }
+
+
+async def refuse_and_fall_back(db: Database) -> None:
+    """The provider calls answered (refused: ``coupon.failed``), the outbox relayed."""
+    sender = calls.Sender(db)
+    try:
+        await settle(db, sender)
+    finally:
+        await sender.aclose()
+    await Relay(db, InProcessTransport(db)).drain()
+    await settled()
+
+
 async def test_a_failed_delivery_falls_back_to_the_rewards_not_tried_after_a_reorder(
     client: httpx.AsyncClient, db: Database, app: Any, world: World
 ) -> None:
     """An operator moves a third-party reward to the end of the chain (its provider is out):
     the grants already holding one of its coupons must still fall back to the rewards they
     never tried — not only to those now placed after it (none: the customer got nothing)."""
-    await configure(db, app)
     with FakeProvider(credentials="acme-key") as fake:
-        fake.add_batch("B1", stock=10)
-        await register(client, world, fake)
-        batch = await provider_campaign(client, world, "B1")
-        chain = [
-            {"code": "tp", "type": "coupon", "delivery": "third_party", "batch_id": batch,
-             "stock": 5},
-            option("b", stock=5),
-            option("c", stock=5),
-        ]  # fmt: skip
+        batch = await refusing_provider_batch(client, db, app, world, fake)
+        chain = [third_party(batch), option("b", stock=5), option("c", stock=5)]
         campaign = await reward_campaign(client, db, world, chain)
-        fake.set_batch("B1", stock=0)  # the provider will refuse the issue
         r = await claim(client, world.cust.headers, campaign["id"])
         assert r.status_code == 201, r.text
         assert (r.json()["reward"], r.json()["state"]) == ("tp", "delivering")
@@ -182,13 +207,7 @@ async def test_a_failed_delivery_falls_back_to_the_rewards_not_tried_after_a_reo
             headers=world.op.headers,
         )
         assert moved.status_code == 200, moved.text
-        sender = calls.Sender(db)
-        try:
-            await settle(db, sender)  # the provider refuses: coupon.failed
-        finally:
-            await sender.aclose()
-    await Relay(db, InProcessTransport(db)).drain()
-    await settled()
+        await refuse_and_fall_back(db)
     (grant,) = await grants_of(db, campaign["id"])
     assert (grant.reward_code, grant.state) == ("b", "granted")
     assert [(s["code"], s["result"]) for s in grant.chain] == [
@@ -197,3 +216,34 @@ async def test_a_failed_delivery_falls_back_to_the_rewards_not_tried_after_a_reo
         ("b", "given"),
     ]
     assert await left(client, world.op.headers, campaign["id"]) == {"b": 4, "c": 5, "tp": 5}
+
+
+async def test_a_grant_that_ends_with_nothing_given_does_not_count_against_the_customer(
+    client: httpx.AsyncClient, db: Database, app: Any, world: World
+) -> None:
+    """The provider refused the coupon and nothing after it could serve: the customer got
+    nothing, so the campaign's limit of one reward per customer must not refuse their next
+    claim (it answered 409 reward-limit-reached), and they are still a first-time
+    participant."""
+    with FakeProvider(credentials="acme-key") as fake:
+        batch = await refusing_provider_batch(client, db, app, world, fake)
+        chain = [third_party(batch), option("b", stock=0, audience="first_time")]
+        campaign = await reward_campaign(client, db, world, chain, participant_group="spring")
+        first = await claim(client, world.cust.headers, campaign["id"])
+        assert first.status_code == 201, first.text
+        await refuse_and_fall_back(db)
+    (failed,) = await grants_of(db, campaign["id"])
+    assert (failed.reward_code, failed.state) == (None, "failed")
+    restocked = await client.post(
+        f"/api/v1/campaigns/{campaign['id']}/rewards/b/restocks",
+        json={"units": 1},
+        headers={**world.op.headers, "Idempotency-Key": "restock-b"},
+    )
+    assert restocked.status_code == 201, restocked.text
+    again = await claim(client, world.cust.headers, campaign["id"])
+    assert again.status_code == 201, again.text
+    assert (again.json()["reward"], again.json()["user_type"]) == ("b", "first_time")
+    # The limit still holds once the customer got a reward.
+    third = await claim(client, world.cust.headers, campaign["id"])
+    assert third.status_code == 409, third.text
+    assert third.json()["type"].endswith("/reward-limit-reached")

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive import events
@@ -177,6 +177,26 @@ async def _count(
         await session.execute(stmt, {"scope": scope, "customer": customer, "limit": limit})
     ).first()
     return None if row is None else int(row[0])
+
+
+async def uncount(session: AsyncSession, campaign: CampaignFacts, customer: str) -> None:
+    """A grant that ended with nothing given (every delivery after a failed one could not
+    serve) is no reward: it no longer counts against the customer's limit, nor makes them a
+    returning participant (of the campaign, or of its participant group)."""
+    rules = campaign.rules
+    assert isinstance(rules, RewardRules)
+    scopes: list[tuple[Any, Any, str]] = [(RewardHolding, RewardHolding.campaign_id, campaign.id)]
+    if rules.participant_group is not None:
+        scopes.append(
+            (RewardParticipant, RewardParticipant.participant_group, rules.participant_group)
+        )
+    for model, scope, value in scopes:
+        await session.execute(
+            update(model)
+            .where(scope == value, model.customer_id == customer, model.granted > 0)
+            .values(granted=model.granted - 1)
+            .execution_options(synchronize_session=False)
+        )
 
 
 _INSERT_GRANT: dict[str, Any] = {}

@@ -7,7 +7,8 @@ activities a campaign listens to, and what happens when a delivery fails for goo
   (``grants.give``, in a savepoint: a refusal is an outcome and leaves nothing).
 - ``coupon.failed`` (a provider's coupon given as a reward will never be issued): that
   reward's unit goes back to its stock once the change commits, and the grant walks on to
-  the next rewards of the chain — the customer never keeps something unusable.
+  the rewards of the chain it has not tried — the customer never keeps something unusable;
+  a grant left with nothing no longer counts against the customer's limit.
 - ``rewards.message``: a message reward is POSTed to the configured webhook (retried by the
   outbox until it is accepted).
 """
@@ -136,6 +137,7 @@ async def fall_back(session: AsyncSession, event: events.Event) -> None:
     if walk.item is None:
         grant.reward_code = grant.type = grant.delivery = grant.delivery_ref = None
         grant.amount, grant.takes, grant.state = 0, [], "failed"
+        await grants.uncount(session, campaign, grant.customer_id)
         log.warning(
             "reward delivery failed and no reward was left to give",
             extra={"grant_id": grant.id, "campaign_id": grant.campaign_id},
