@@ -247,3 +247,34 @@ async def test_a_grant_that_ends_with_nothing_given_does_not_count_against_the_c
     third = await claim(client, world.cust.headers, campaign["id"])
     assert third.status_code == 409, third.text
     assert third.json()["type"].endswith("/reward-limit-reached")
+
+
+async def test_an_activity_of_a_customer_id_the_stock_store_cannot_name_is_rewarded(
+    client: httpx.AsyncClient, db: Database, world: World, sender: Sender
+) -> None:
+    """A sender's customer id is any printable ASCII (``SenderId``); the stock engine names a
+    user with fewer characters. A signup of ``shop/42#a`` was refused whole with a 422 on a
+    field ``user`` the body does not have (queued with ``Prefer: respond-async``, its event
+    failed for ever)."""
+    chain = [option("once", stock=5, per_user_limit=1), option("then", stock=5)]
+    campaign = await reward_campaign(
+        client, db, world, chain, triggers=["signup"], per_user_limit=2
+    )
+    for n, customer in enumerate(["shop/42#a", "shop/42#a", "shop:42"]):
+        r = await client.post(
+            "/api/v1/activities",
+            json={
+                "id": f"signup-{n}",
+                "type": "signup",
+                "occurred_at": datetime.now(UTC).isoformat(),
+                "customer": customer,
+            },
+            headers=sender.headers,
+        )
+        assert r.status_code == 201, r.text
+        (outcome,) = r.json()["outcomes"]
+        assert outcome["status"] == "rewarded", outcome
+    # The reward's own limit held for that customer, apart from a look-alike id.
+    rewards = sorted((g.customer_id, g.reward_code) for g in await grants_of(db, campaign["id"]))
+    assert rewards == [("shop/42#a", "once"), ("shop/42#a", "then"), ("shop:42", "once")]
+    assert await left(client, world.op.headers, campaign["id"]) == {"once": 3, "then": 4}

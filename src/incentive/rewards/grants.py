@@ -25,6 +25,7 @@ The unit taken for the reward given stays taken only if the transaction commits
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,6 +72,18 @@ _PARTICIPANTS = cast(Table, RewardParticipant.__table__)
 
 def pool_of(campaign_id: str, code: str) -> str:
     return f"rw:{campaign_id}:{code}"
+
+
+_PLAIN_USER = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+
+
+def stock_user(customer: str) -> str:
+    """The customer's name in the stock engine (their use of each reward). A customer id an
+    activity's sender gives may hold any printable character, the stock engine's names fewer:
+    such an id (and any with a ``:``, so the two never meet) goes by its hex."""
+    if _PLAIN_USER.fullmatch(customer):
+        return customer
+    return "hex:" + customer.encode().hex()
 
 
 @dataclass(frozen=True)
@@ -331,6 +344,7 @@ async def walk_chain(
     """Try ``items`` in order for a customer of ``user_type``; the first that serves is
     delivered and its unit held until the commit (the others' given back at once)."""
     walk = Walk()
+    user = stock_user(customer)
     for item in items:
         if item.audience not in ("any", user_type):
             walk.skip(item, "audience")
@@ -338,7 +352,7 @@ async def walk_chain(
         pool = pool_of(campaign.id, item.code)
         limit = item.per_user_limit or MAX_STOCK
         try:
-            deduction = await engine.take_within_quota(pool, customer, 1, limit)
+            deduction = await engine.take_within_quota(pool, user, 1, limit)
         except SoldOut:
             walk.skip(item, "out-of-stock")
             continue
@@ -355,13 +369,13 @@ async def walk_chain(
         try:
             refusal = await _deliver(session, campaign, item, customer, grant_id, walk)
         except BaseException:
-            await compensate(engine, deduction, customer)
+            await compensate(engine, deduction, user)
             raise
         if refusal is not None:
-            await compensate(engine, deduction, customer)
+            await compensate(engine, deduction, user)
             walk.skip(item, refusal)
             continue
-        keep_if_committed(session, engine, deduction, customer)
+        keep_if_committed(session, engine, deduction, user)
         walk.item, walk.deduction = item, deduction
         walk.steps.append({"code": item.code, "result": "given", "reason": None})
         return walk

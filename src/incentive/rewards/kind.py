@@ -117,7 +117,7 @@ async def fall_back(session: AsyncSession, event: events.Event) -> None:
         1,
         tuple(Take(int(b), int(q)) for b, q in grant.takes),
     )
-    give_back_if_committed(session, engine, taken, grant.customer_id)
+    give_back_if_committed(session, engine, taken, grants.stock_user(grant.customer_id))
     metrics.SKIPS.labels("delivery-failed").inc()
     steps = [
         *grant.chain,

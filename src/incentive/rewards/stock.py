@@ -24,7 +24,7 @@ from incentive.campaigns import service as campaigns
 from incentive.config import live_config
 from incentive.db import Database, utcnow
 from incentive.rewards import metrics
-from incentive.rewards.grants import pool_of
+from incentive.rewards.grants import pool_of, stock_user
 from incentive.rewards.keys import DRAIN_SECONDS
 from incentive.rewards.models import RewardItem
 from incentive.rewards.service import held, items, levels
@@ -59,7 +59,7 @@ async def rebuild(db: Database, engine: StockEngine, campaign_id: str, code: str
         levels = even_split(max(total - taken, 0), item.buckets)
         await engine.rebuild(pool, levels)
         for customer, n in per_customer:
-            await engine.reserve_quota(pool, customer, n, n)
+            await engine.reserve_quota(pool, stock_user(customer), n, n)
     log.warning(
         "reward stock rebuilt from the database",
         extra={"campaign_id": campaign_id, "reward": code, "total": total, "held": taken},
