@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 from datetime import UTC, datetime
@@ -278,3 +279,22 @@ async def test_an_activity_of_a_customer_id_the_stock_store_cannot_name_is_rewar
     rewards = sorted((g.customer_id, g.reward_code) for g in await grants_of(db, campaign["id"]))
     assert rewards == [("shop/42#a", "once"), ("shop/42#a", "then"), ("shop:42", "once")]
     assert await left(client, world.op.headers, campaign["id"]) == {"once": 3, "then": 4}
+
+
+async def test_two_operators_retiring_the_last_two_rewards_at_once_leave_one_live(
+    client: httpx.AsyncClient, db: Database, world: World
+) -> None:
+    """The last live reward cannot be retired: two concurrent retires of the last two each
+    counted two live rewards and both went through (on PostgreSQL), leaving a chain that
+    gives nothing."""
+    for _ in range(3):
+        chain = [option("a", stock=5), option("b", stock=5)]
+        campaign = await reward_campaign(client, db, world, chain, budget=0)
+        url = f"/api/v1/campaigns/{campaign['id']}/rewards"
+        answers = await asyncio.gather(
+            client.delete(f"{url}/a", headers=world.op.headers),
+            client.delete(f"{url}/b", headers=world.op.headers),
+        )
+        assert sorted(a.status_code for a in answers) == [200, 422], [a.text for a in answers]
+        r = await client.get(url, headers=world.op.headers)
+        assert [x["code"] for x in r.json()["rewards"] if x["retired_at"] is None] != []

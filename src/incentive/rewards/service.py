@@ -189,7 +189,18 @@ async def retire(session: AsyncSession, campaign_id: str, code: str, actor: Call
     """Take a reward out of the chain (its grants and its stock stay on record)."""
     item = await get_item(session, campaign_id, code)
     if item.retired_at is None:
-        live = await items(session, campaign_id, retired=False)
+        # The live rewards locked (in key order) before they are counted: two retires at
+        # once must not both see the other's reward still live.
+        live = list(
+            await session.scalars(
+                select(RewardItem.code)
+                .where(RewardItem.campaign_id == campaign_id, RewardItem.retired_at.is_(None))
+                .order_by(RewardItem.code)
+                .with_for_update()
+            )
+        )
+        if code not in live:  # retired meanwhile by another operator
+            return await get_item(session, campaign_id, code)
         if len(live) == 1:
             raise InvalidField("code", "last-reward", "the chain needs at least one live reward")
         item.retired_at = item.updated_at = utcnow()
