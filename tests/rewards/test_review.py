@@ -7,17 +7,21 @@ import asyncio
 import contextlib
 import itertools
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import text
 
+from incentive.campaigns import service as campaign_service
 from incentive.coupons import calls
 from incentive.db import Database
 from incentive.events.backends.inprocess import InProcessTransport
 from incentive.events.relay import Relay
+from incentive.rewards import service as rewards_service
 from incentive.rewards.grants import pool_of
+from incentive.rewards.rules import RewardOption
 from incentive.settings import Settings
 from incentive.stock import StockEngine
 from incentive.stock.holds import give_back_if_committed, keep_if_committed, settled
@@ -298,3 +302,31 @@ async def test_two_operators_retiring_the_last_two_rewards_at_once_leave_one_liv
         assert sorted(a.status_code for a in answers) == [200, 422], [a.text for a in answers]
         r = await client.get(url, headers=world.op.headers)
         assert [x["code"] for x in r.json()["rewards"] if x["retired_at"] is None] != []
+
+
+async def test_a_reward_added_again_after_an_add_that_rolled_back_has_the_stock_it_says(
+    client: httpx.AsyncClient, db: Database, app: Any, world: World
+) -> None:
+    """An add whose transaction rolled back after its stock was split (a 503 while the
+    answer was read, a lost connection at commit) left its pool in the stock store; adding
+    the reward again with another stock kept the old pool (1,000 units for a reward of 10:
+    oversold by 990)."""
+    campaign = await reward_campaign(client, db, world, [option("a", stock=5)])
+    with contextlib.suppress(Boom):
+        async with db.unit_of_work() as s:
+            facts = await campaign_service.campaign_facts(s, campaign["id"])
+            await rewards_service.add(
+                s,
+                app.state.stock,
+                facts,
+                RewardOption.model_validate(option("late", stock=1000)),
+                SimpleNamespace(id=world.op.user.id, role="operator"),
+            )
+            raise Boom  # the add's transaction rolls back after the split
+    r = await client.post(
+        f"/api/v1/campaigns/{campaign['id']}/rewards",
+        json=option("late", stock=10),
+        headers={**world.op.headers, "Idempotency-Key": "add-late"},
+    )
+    assert r.status_code == 201, r.text
+    assert await left(client, world.op.headers, campaign["id"]) == {"a": 5, "late": 10}
