@@ -20,7 +20,7 @@ from sqlalchemy import select
 from incentive.app import create_app
 from incentive.auth.models import AuditEntry
 from incentive.db import Database
-from incentive.rewards import grants
+from incentive.rewards import claims
 from incentive.settings import Settings
 from tests.campaigns.conftest import World
 from tests.coupons.conftest import customers
@@ -177,7 +177,7 @@ async def test_the_process_that_changes_the_chain_claims_from_the_new_chain_at_o
     client: httpx.AsyncClient, db: Database, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The chain cache never expires by itself here: only the change can refresh it.
-    monkeypatch.setattr(grants, "chain_clock", lambda: 0.0)
+    monkeypatch.setattr(claims, "chain_clock", lambda: 0.0)
     chain = [option("A", stock=10), option("B", stock=10, amount=2)]
     cid = (await reward_campaign(client, db, world, chain, per_user_limit=100))["id"]
     op, person, path = world.op, world.cust, f"/campaigns/{cid}/rewards"

@@ -34,6 +34,7 @@ from incentive.kit.idempotency import IdempotencyKey, answer, idempotent
 from incentive.kit.jsonbody import JSONBodyRoute
 from incentive.kit.pagination import DEFAULT_LIMIT, Cursor, Limit
 from incentive.rewards import grants, service, stock
+from incentive.rewards.claims import Claims
 from incentive.rewards.errors import (
     NoRewardAvailable,
     NotRewarding,
@@ -74,8 +75,8 @@ def _engine(request: Request) -> StockEngine:
     return engine
 
 
-def _claims(request: Request) -> grants.Claims:
-    claims: grants.Claims = request.app.state.rewards
+def _claims(request: Request) -> Claims:
+    claims: Claims = request.app.state.rewards
     return claims
 
 

@@ -24,17 +24,15 @@ The unit taken for the reward given stays taken only if the transaction commits
 
 from __future__ import annotations
 
-import asyncio
-import time
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, text
+from sqlalchemy import Table, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive import events
-from incentive.campaigns import service as campaigns
 from incentive.campaigns.kinds import CampaignFacts
 from incentive.config import live_config
 from incentive.coupons import service as coupons
@@ -44,8 +42,8 @@ from incentive.coupons.errors import (
     ClaimLimitReached,
     CouponsExhausted,
 )
-from incentive.db import Database, new_id, utcnow
 from incentive.db import insert as db_insert
+from incentive.db import new_id, utcnow
 from incentive.errors import ServiceUnavailable
 from incentive.ledger import service as ledger
 from incentive.ledger.errors import BalanceLimit, InsufficientFunds
@@ -60,9 +58,6 @@ from incentive.stock.errors import SoldOut, StockPoolMissing
 from incentive.stock.holds import compensate, keep_if_committed
 
 MESSAGE_TOPIC = "rewards.message"
-CHAIN_TTL_SECONDS = 1.0
-# The clock of the chain cache (a test moves it to expire the chain).
-chain_clock = time.monotonic
 
 # A grant holds its reward's pool fence shared until it ends, so a rebuild of the pool (which
 # takes the fence exclusive, ``fence_exclusive``) counts the grants only once every grant
@@ -88,6 +83,18 @@ _PARTICIPANTS = cast(Table, RewardParticipant.__table__)
 
 def pool_of(campaign_id: str, code: str) -> str:
     return f"rw:{campaign_id}:{code}"
+
+
+_PLAIN_USER = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+
+
+def stock_user(customer: str) -> str:
+    """The customer's name in the stock engine (their use of each reward). A customer id an
+    activity's sender gives may hold any printable character, the stock engine's names fewer:
+    such an id (and any with a ``:``, so the two never meet) goes by its hex."""
+    if _PLAIN_USER.fullmatch(customer):
+        return customer
+    return "hex:" + customer.encode().hex()
 
 
 @dataclass(frozen=True)
@@ -194,6 +201,26 @@ async def _count(
         await session.execute(stmt, {"scope": scope, "customer": customer, "limit": limit})
     ).first()
     return None if row is None else int(row[0])
+
+
+async def uncount(session: AsyncSession, campaign: CampaignFacts, customer: str) -> None:
+    """A grant that ended with nothing given (every delivery after a failed one could not
+    serve) is no reward: it no longer counts against the customer's limit, nor makes them a
+    returning participant (of the campaign, or of its participant group)."""
+    rules = campaign.rules
+    assert isinstance(rules, RewardRules)
+    scopes: list[tuple[Any, Any, str]] = [(RewardHolding, RewardHolding.campaign_id, campaign.id)]
+    if rules.participant_group is not None:
+        scopes.append(
+            (RewardParticipant, RewardParticipant.participant_group, rules.participant_group)
+        )
+    for model, scope, value in scopes:
+        await session.execute(
+            update(model)
+            .where(scope == value, model.customer_id == customer, model.granted > 0)
+            .values(granted=model.granted - 1)
+            .execution_options(synchronize_session=False)
+        )
 
 
 _INSERT_GRANT: dict[str, Any] = {}
@@ -328,6 +355,7 @@ async def walk_chain(
     """Try ``items`` in order for a customer of ``user_type``; the first that serves is
     delivered and its unit held until the commit (the others' given back at once)."""
     walk = Walk()
+    user = stock_user(customer)
     for item in items:
         if item.audience not in ("any", user_type):
             walk.skip(item, "audience")
@@ -337,7 +365,7 @@ async def walk_chain(
         if session.get_bind().dialect.name == "postgresql":
             await session.execute(_FENCE_SHARED, {"pool": pool})
         try:
-            deduction = await engine.take_within_quota(pool, customer, 1, limit)
+            deduction = await engine.take_within_quota(pool, user, 1, limit)
         except SoldOut:
             walk.skip(item, "out-of-stock")
             continue
@@ -354,13 +382,13 @@ async def walk_chain(
         try:
             refusal = await _deliver(session, campaign, item, customer, grant_id, walk)
         except BaseException:
-            await compensate(engine, deduction, customer)
+            await compensate(engine, deduction, user)
             raise
         if refusal is not None:
-            await compensate(engine, deduction, customer)
+            await compensate(engine, deduction, user)
             walk.skip(item, refusal)
             continue
-        keep_if_committed(session, engine, deduction, customer)
+        keep_if_committed(session, engine, deduction, user)
         walk.item, walk.deduction = item, deduction
         walk.steps.append({"code": item.code, "result": "given", "reason": None})
         return walk
@@ -438,46 +466,3 @@ async def _deliver(
     walk.delivery_ref = grant_id
     walk.state = "delivering"
     return None
-
-
-# --------------------------------------------------------------------------- the claim path
-
-
-class Claims:
-    """The claim path of one process: each campaign's chain, cached for
-    ``CHAIN_TTL_SECONDS`` and refreshed single-flight (live changes reach every process
-    within ``CHAIN_TTL_SECONDS`` plus one read)."""
-
-    def __init__(self, db: Database, engine: StockEngine) -> None:
-        self.db = db
-        self.engine = engine
-        self._chains: dict[str, Chain] = {}
-        self._refreshing: dict[str, asyncio.Future[Chain]] = {}
-
-    async def chain(self, campaign_id: str) -> Chain:
-        cached = self._chains.get(campaign_id)
-        if cached is not None and chain_clock() - cached.loaded_at < CHAIN_TTL_SECONDS:
-            return cached
-        refresh = self._refreshing.get(campaign_id)
-        if refresh is None:
-            # A task of its own: a waiter that gives up does not cancel it for the others.
-            refresh = asyncio.ensure_future(self._load(campaign_id))
-            self._refreshing[campaign_id] = refresh
-            refresh.add_done_callback(lambda done: self._loaded(campaign_id, done))
-        return await asyncio.shield(refresh)
-
-    def forget(self, campaign_id: str) -> None:
-        """Drop the cached chain (this process changed it)."""
-        self._chains.pop(campaign_id, None)
-
-    def _loaded(self, campaign_id: str, done: asyncio.Future[Chain]) -> None:
-        del self._refreshing[campaign_id]
-        if not done.cancelled() and done.exception() is None:
-            self._chains[campaign_id] = done.result()
-
-    async def _load(self, campaign_id: str) -> Chain:
-        # A read on the hot path: never queued behind a write (Database.reader()).
-        async with self.db.reader() as conn, AsyncSession(bind=conn) as session:
-            campaign = await campaigns.campaign_facts(session, campaign_id)
-            items = await live_items(session, campaign_id) if campaign.kind == "reward" else ()
-            return Chain(campaign, items, chain_clock())

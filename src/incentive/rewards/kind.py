@@ -7,7 +7,8 @@ activities a campaign listens to, and what happens when a delivery fails for goo
   (``grants.give``, in a savepoint: a refusal is an outcome and leaves nothing).
 - ``coupon.failed`` (a provider's coupon given as a reward will never be issued): that
   reward's unit goes back to its stock once the change commits, and the grant walks on to
-  the next rewards of the chain — the customer never keeps something unusable.
+  the rewards of the chain it has not tried — the customer never keeps something unusable;
+  a grant left with nothing no longer counts against the customer's limit.
 - ``rewards.message``: a message reward is POSTed to the configured webhook (retried by the
   outbox until it is accepted).
 """
@@ -98,7 +99,8 @@ def outcome_detail(grant: RewardGrant) -> dict[str, object]:
 
 async def fall_back(session: AsyncSession, event: events.Event) -> None:
     """Subscriber of ``coupon.failed``: the grant holding that coupon gives its unit back and
-    walks on from the next reward of the chain (nothing left: the grant is ``failed``)."""
+    walks on through the live rewards it has not tried (nothing left: the grant is
+    ``failed``)."""
     coupon_id = str(event.payload["coupon_id"])
     grant = await session.scalar(
         select(RewardGrant)
@@ -115,18 +117,17 @@ async def fall_back(session: AsyncSession, event: events.Event) -> None:
         1,
         tuple(Take(int(b), int(q)) for b, q in grant.takes),
     )
-    give_back_if_committed(session, engine, taken, grant.customer_id)
+    give_back_if_committed(session, engine, taken, grants.stock_user(grant.customer_id))
     metrics.SKIPS.labels("delivery-failed").inc()
     steps = [
         *grant.chain,
         {"code": failed.code, "result": "failed", "reason": "delivery-failed"},
     ]
     campaign = await campaigns.campaign_facts(session, grant.campaign_id)
-    rest = [
-        i
-        for i in await grants.live_items(session, grant.campaign_id)
-        if (i.position, i.code) > (failed.position, failed.code)
-    ]
+    # The live rewards this grant has not tried yet, in the chain's order now (a reorder
+    # or an addition since the grant is followed; nothing is tried twice).
+    tried = {str(step["code"]) for step in grant.chain}
+    rest = [i for i in await grants.live_items(session, grant.campaign_id) if i.code not in tried]
     walk = await grants.walk_chain(
         session, engine, campaign, rest, grant.customer_id, grant.user_type, grant.id
     )
@@ -136,6 +137,7 @@ async def fall_back(session: AsyncSession, event: events.Event) -> None:
     if walk.item is None:
         grant.reward_code = grant.type = grant.delivery = grant.delivery_ref = None
         grant.amount, grant.takes, grant.state = 0, [], "failed"
+        await grants.uncount(session, campaign, grant.customer_id)
         log.warning(
             "reward delivery failed and no reward was left to give",
             extra={"grant_id": grant.id, "campaign_id": grant.campaign_id},

@@ -7,7 +7,7 @@ from fastapi import FastAPI
 
 from incentive.domains import WorkerJob
 from incentive.rewards import stock
-from incentive.rewards.grants import Claims
+from incentive.rewards.claims import Claims
 from incentive.rewards.keys import WATCH_SECONDS
 
 

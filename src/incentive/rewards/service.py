@@ -2,10 +2,10 @@
 
 - **Activation** (``open_chain``, from the kind's ``on_activate``): the approved rules become
   the live chain (``reward_items``) and each reward's stock is split into its pool, in the
-  activation's transaction (the split is exactly-once in the stock engine, so a repeated
-  activation changes nothing).
+  activation's transaction (a pool left by an activation or an add that rolled back is set
+  again from the reward being inserted: no grant can hold a reward not yet committed).
 - **Live operation** (operators, audited): ``add``, ``reorder``, ``restock``, ``retire``.
-  Every process sees a change within ``grants.CHAIN_TTL_SECONDS`` plus one read; a restock
+  Every process sees a change within ``claims.CHAIN_TTL_SECONDS`` plus one read; a restock
   reaches the shared stock store at once.
 - **Stock**: the database is the truth (``stock_total`` minus the grants holding the reward:
   ``held``); ``rewards.stock`` rebuilds and reconciles the stock store from it.
@@ -123,9 +123,14 @@ async def _insert(
     )
     session.add(item)
     await session.flush()
-    # In the transaction: a reward the chain lists always has its pool (exactly once: a
-    # pool split before, by an activation that rolled back, is left as it is).
-    await engine.split(pool_of(campaign.id, option.code), option.stock, item.buckets)
+    # In the transaction: a reward the chain lists always has its pool. The reward is new
+    # (its row is ours until the commit), so no grant holds any of it: a pool already there
+    # was left by an insert that rolled back after its split (maybe with another stock),
+    # and is set again from this one.
+    pool = pool_of(campaign.id, option.code)
+    if not await engine.split(pool, option.stock, item.buckets):
+        await engine.drop(pool)
+        await engine.split(pool, option.stock, item.buckets)
     return item
 
 
@@ -189,7 +194,18 @@ async def retire(session: AsyncSession, campaign_id: str, code: str, actor: Call
     """Take a reward out of the chain (its grants and its stock stay on record)."""
     item = await get_item(session, campaign_id, code)
     if item.retired_at is None:
-        live = await items(session, campaign_id, retired=False)
+        # The live rewards locked (in key order) before they are counted: two retires at
+        # once must not both see the other's reward still live.
+        live = list(
+            await session.scalars(
+                select(RewardItem.code)
+                .where(RewardItem.campaign_id == campaign_id, RewardItem.retired_at.is_(None))
+                .order_by(RewardItem.code)
+                .with_for_update()
+            )
+        )
+        if code not in live:  # retired meanwhile by another operator
+            return await get_item(session, campaign_id, code)
         if len(live) == 1:
             raise InvalidField("code", "last-reward", "the chain needs at least one live reward")
         item.retired_at = item.updated_at = utcnow()

@@ -26,7 +26,7 @@ from incentive.campaigns import service as campaigns
 from incentive.config import live_config
 from incentive.db import Database, utcnow
 from incentive.rewards import metrics
-from incentive.rewards.grants import fence_exclusive, pool_of
+from incentive.rewards.grants import fence_exclusive, pool_of, stock_user
 from incentive.rewards.keys import DRAIN_SECONDS
 from incentive.rewards.models import RewardItem
 from incentive.rewards.service import held, items, levels
@@ -65,7 +65,7 @@ async def rebuild(db: Database, engine: StockEngine, campaign_id: str, code: str
         # out empty first (a cluster places a quota by the pool's bucket count).
         await engine.rebuild(pool, [0] * item.buckets)
         for customer, n in per_customer:
-            await engine.reserve_quota(pool, customer, n, n)
+            await engine.reserve_quota(pool, stock_user(customer), n, n)
         await engine.rebuild(pool, levels)
     log.warning(
         "reward stock rebuilt from the database",
