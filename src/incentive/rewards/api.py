@@ -58,7 +58,6 @@ from incentive.rewards.schemas import (
     StepOut,
 )
 from incentive.stock import StockEngine
-from incentive.stock.holds import settled
 
 router = APIRouter(tags=["rewards"], route_class=JSONBodyRoute)
 
@@ -152,7 +151,6 @@ async def claim(
         async with db.unit_of_work() as session:
             grant = await grants.give(session, claims.engine, chain, principal.id, trigger_key)
     except grants.Duplicate:
-        await settled()
         async with db.unit_of_work() as session:
             found = await grants.find_grant(session, campaign_id, principal.id, trigger_key)
         if found is None:  # pragma: no cover - the twin's grant is committed

@@ -163,12 +163,14 @@ class Walk:
     delivery_ref: str | None = None
 
     def skip(self, item: Item, reason: str) -> None:
-        metrics.SKIPS.labels(reason).inc()
+        if reason != "audience":  # meant for the other user type: no fallback
+            metrics.SKIPS.labels(reason).inc()
         self.steps.append({"code": item.code, "result": "skipped", "reason": reason})
 
     @property
     def skipped(self) -> int:
-        return sum(1 for s in self.steps if s["result"] == "skipped")
+        """Rewards that could not serve (one meant for the other user type is no fallback)."""
+        return sum(1 for s in self.steps if s["result"] == "skipped" and s["reason"] != "audience")
 
 
 # --------------------------------------------------------------------------- statements

@@ -70,6 +70,12 @@ class RewardKind(CampaignKind):
         self, session: AsyncSession, campaign: CampaignFacts, activity: ActivityFacts
     ) -> Outcome:
         rules = service.reward_rules(campaign)
+        if (
+            campaign.owner_type == "merchant"
+            and activity.merchant is not None
+            and activity.merchant != campaign.merchant_id
+        ):
+            return Outcome.refused("other-merchant")  # a merchant rewards what it took part in
         if activity.type == "payment" and (activity.amount_fen or 0) < rules.min_payment_fen:
             return Outcome.refused("below-minimum", min_payment_fen=rules.min_payment_fen)
         chain = grants.Chain(campaign, await grants.live_items(session, campaign.id), 0.0)

@@ -25,6 +25,7 @@ from sqlalchemy import case, event, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.auth.audit import record_audit
+from incentive.campaigns import service as campaigns
 from incentive.campaigns.kinds import CampaignFacts
 from incentive.config import live_config
 from incentive.coupons import batches as coupon_batches
@@ -41,6 +42,7 @@ from incentive.rewards.models import RewardGrant, RewardItem
 from incentive.rewards.rules import RewardOption, RewardRules, check_asset
 from incentive.stock import StockEngine
 from incentive.stock.engine import even_split
+from incentive.stock.errors import StockPoolMissing
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +72,11 @@ async def get_item(session: AsyncSession, campaign_id: str, code: str) -> Reward
     return item
 
 
-async def _check_delivery(session: AsyncSession, option: RewardOption, field: str) -> None:
-    """A coupon reward's batch exists and is of the delivery's kind (ours or a provider's)."""
+async def _check_delivery(
+    session: AsyncSession, campaign: CampaignFacts, option: RewardOption, field: str
+) -> None:
+    """A coupon reward's batch exists, is of the delivery's kind (ours or a provider's) and,
+    for a merchant's campaign, belongs to a campaign of that merchant."""
     if option.batch_id is None:
         return
     try:
@@ -86,6 +91,16 @@ async def _check_delivery(session: AsyncSession, option: RewardOption, field: st
         raise InvalidField(
             f"{field}.batch_id", "delivery", f"{option.delivery} rewards need {wanted} batch"
         )
+    if campaign.owner_type == "merchant":
+        owner = None
+        if batch.campaign_id:
+            owner = (await campaigns.campaign_facts(session, batch.campaign_id)).merchant_id
+        if owner != campaign.merchant_id:
+            raise InvalidField(
+                f"{field}.batch_id",
+                "same-merchant",
+                "a merchant's reward gives coupons of that merchant's own campaigns",
+            )
 
 
 def _buckets(rules: RewardRules, stock: int) -> int:
@@ -101,7 +116,7 @@ async def _insert(
     field: str,
 ) -> RewardItem:
     rules = reward_rules(campaign)
-    await _check_delivery(session, option, field)
+    await _check_delivery(session, campaign, option, field)
     now = utcnow()
     item = RewardItem(
         campaign_id=campaign.id,
@@ -239,25 +254,31 @@ async def restock(
     )
     pool = pool_of(campaign_id, code)
     if await engine.exists(pool):  # a lost pool is rebuilt from the new total
+        restored = [0]  # what reached the store: taken back if the restock rolls back
+        _take_back_on_rollback(session, engine, pool, restored)
         for bucket, share in enumerate(even_split(units, item.buckets)):
             if share:
                 await engine.restore(pool, bucket, share)
-        _take_back_on_rollback(session, engine, pool, units)
+                restored[0] += share
     return item
 
 
 def _take_back_on_rollback(
-    session: AsyncSession, engine: StockEngine, pool: str, units: int
+    session: AsyncSession, engine: StockEngine, pool: str, restored: list[int]
 ) -> None:
     def _rolled_back(_: Any, previous: Any) -> None:
-        if previous.nested:  # a savepoint: the restock is still in the transaction
+        if previous.nested or not restored[0]:  # a savepoint: the restock still stands
             return
 
         async def take_back() -> None:
             try:
-                await engine.deduct(pool, units)
+                await engine.deduct(pool, restored[0])
             except Exception:
-                log.exception("restocked units not taken back; run reconcile", extra={"pool": pool})
+                # Grants used them meanwhile: the store holds fewer than it promised.
+                log.exception(
+                    "restocked units not taken back; run reconcile",
+                    extra={"pool": pool, "units": restored[0]},
+                )
 
         asyncio.get_running_loop().create_task(take_back())
 
@@ -288,9 +309,12 @@ async def held(
 async def levels(engine: StockEngine, campaign_id: str, code: str) -> int | None:
     """Units left now (None when the store lost the pool); refreshes the gauge."""
     pool = pool_of(campaign_id, code)
-    if not await engine.exists(pool):
+    try:
+        if not await engine.exists(pool):
+            return None
+        left = sum(await engine.remaining(pool))
+    except StockPoolMissing:  # dropped between the two (a reconcile)
         return None
-    left = sum(await engine.remaining(pool))
     metrics.STOCK.labels(campaign_id, code).set(left)
     return left
 
