@@ -241,10 +241,11 @@ def test_a_kind_must_say_its_budget_asset_and_match_its_rules_tag() -> None:
 async def test_a_failing_end_hook_does_not_keep_other_campaigns_running(
     db: Database, client: httpx.AsyncClient, world: World, probe: ProbeKind
 ) -> None:
-    stuck = await _due_campaign(client, world, 1.0)
-    fine = await _due_campaign(client, world, 1.0)
+    # Windows of 3 s: activating two campaigns took over 1 s on a loaded CI machine.
+    stuck = await _due_campaign(client, world, 3.0)
+    fine = await _due_campaign(client, world, 3.0)
     probe.failing_end = stuck
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(3.2)
     assert await end_due_campaigns(db) == [fine]
     statuses = {}
     for cid in (stuck, fine):

@@ -57,9 +57,22 @@ def _calls(sale: str, account: int, funding: int) -> list[tuple[str, str, dict[s
         ("GET", f"{H}/campaigns/{sale}/membership", None),
         ("GET", f"{H}/campaigns/{sale}/rebates", None),
         ("GET", f"{H}/campaigns/{sale}/rebates/report", None),
+        ("GET", f"{H}/campaigns/{sale}/rewards", None),
+        ("POST", f"{H}/campaigns/{sale}/rewards", _REWARD),
+        ("PUT", f"{H}/campaigns/{sale}/rewards/order", {"codes": ["a"]}),
+        ("POST", f"{H}/campaigns/{sale}/rewards/{_CODE}/restocks", {"units": 1}),
+        ("DELETE", f"{H}/campaigns/{sale}/rewards/{_CODE}", None),
+        ("POST", f"{H}/campaigns/{sale}/rewards/reconcile", None),
+        ("POST", f"{H}/campaigns/{sale}/rewards/claims", None),
+        ("GET", f"{H}/campaigns/{sale}/rewards/grants", None),
+        ("GET", f"{H}/campaigns/{sale}/rewards/report", None),
         ("GET", f"{H}/accounts/{account}", None),
         ("GET", f"{H}/accounts/{account}/transfers", None),
     ]
+
+
+_CODE = "a"  # a reward code in a path
+_REWARD = {"code": "a", "type": "points", "delivery": "ledger", "amount": 1, "stock": 1}
 
 
 async def _call(
@@ -156,7 +169,7 @@ async def test_unseen_sales_and_accounts_are_404_on_every_route_and_nothing_chan
                     assert r.json()["detail"] == ref.json()["detail"], where
                     assert r.json()["detail"].startswith(f"role {caller.user.role!r}"), where
                 checked += 1
-    assert checked == 2 * 7 * 21
+    assert checked == 2 * 7 * 30
     assert await _snapshot(db) == before
 
 
@@ -232,7 +245,15 @@ def test_every_route_taking_an_id_is_called_above_or_says_why_not(app: Any) -> N
     for method, url, _ in _calls("SALE", 0, 0):
         for concrete, template in templates.items():
             if url.startswith(concrete):
-                called.add((method, template + url[len(concrete) :]))
+                path = template + url[len(concrete) :]
+                path = path.replace(f"/rewards/{_CODE}/", "/rewards/{code}/")
+                called.add(
+                    (
+                        method,
+                        path.removesuffix(f"/rewards/{_CODE}")
+                        + ("/rewards/{code}" if path.endswith(f"/rewards/{_CODE}") else ""),
+                    )
+                )
     routes = {
         (method.upper(), path)
         for path, operations in app.openapi()["paths"].items()
