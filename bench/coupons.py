@@ -37,7 +37,6 @@ import asyncio
 import json
 import math
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -47,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from httpbench import Server, customers_and_operator, merchant_world
+from httpbench import Server, customers_and_operator, merchant_world, run_facts
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
@@ -361,15 +360,7 @@ async def main() -> None:
     await recreate_database(url, name)
     db = Database(url)
     data_dir = Path(tempfile.mkdtemp(prefix="incentive-bench-"))
-    report: dict[str, Any] = {
-        "bench": "coupons",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.platform()}",
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "database": "postgresql",
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
+    report: dict[str, Any] = run_facts("coupons")
     try:
         await migrations.upgrade(db.engine)
         env = {

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import secrets
 import shutil
 import socket
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -178,6 +180,19 @@ async def customers_and_operator(db: Database, keys: Path, n: int) -> tuple[list
         for r in rows
     ]
     return tokens[:-1], tokens[-1]
+
+
+def run_facts(bench: str) -> dict[str, Any]:
+    """The head of a bench's JSON report: what ran, when, on what machine, under what load."""
+    return {
+        "bench": bench,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.platform()}",
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "database": "postgresql",
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def free_port() -> int:

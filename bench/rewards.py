@@ -48,7 +48,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -60,7 +59,7 @@ from typing import Any
 import httpx
 import redis
 from flash_sale import _committed, _sale
-from httpbench import Server, customers_and_operator
+from httpbench import Server, customers_and_operator, run_facts
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
@@ -412,15 +411,7 @@ async def main() -> None:
     redis.Redis.from_url(REDIS_URL).flushdb()
     db = Database(url)
     data_dir = Path(tempfile.mkdtemp(prefix="incentive-bench-"))
-    report: dict[str, Any] = {
-        "bench": "rewards",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.platform()}",
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "database": "postgresql",
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
+    report: dict[str, Any] = run_facts("rewards")
     try:
         await migrations.upgrade(db.engine)
         env = {

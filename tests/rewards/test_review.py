@@ -330,3 +330,31 @@ async def test_a_reward_added_again_after_an_add_that_rolled_back_has_the_stock_
     )
     assert r.status_code == 201, r.text
     assert await left(client, world.op.headers, campaign["id"]) == {"a": 5, "late": 10}
+
+
+async def test_a_restock_that_rolls_back_takes_its_units_back_out_of_the_store(
+    client: httpx.AsyncClient, db: Database, app: Any, world: World
+) -> None:
+    """The restocked units reach the store before the commit (grants use them at once); a
+    restock that rolls back must not leave them there, or the reward gives more than its
+    total."""
+    campaign = await reward_campaign(client, db, world, [option("a", stock=5)])
+    with contextlib.suppress(Boom):
+        async with db.unit_of_work() as s:
+            await rewards_service.restock(
+                s,
+                app.state.stock,
+                campaign["id"],
+                "a",
+                7,
+                SimpleNamespace(id=world.op.user.id, role="operator"),
+            )
+            raise Boom
+    await settled()
+    for _ in range(100):  # the take-back runs in a task after the rollback
+        if (await left(client, world.op.headers, campaign["id"]))["a"] == 5:
+            break
+        await asyncio.sleep(0.01)
+    assert await left(client, world.op.headers, campaign["id"]) == {"a": 5}
+    r = await client.get(f"/api/v1/campaigns/{campaign['id']}/rewards", headers=world.op.headers)
+    assert r.json()["rewards"][0]["stock_total"] == 5

@@ -51,7 +51,7 @@ from incentive.rewards import metrics
 from incentive.rewards.errors import NoRewardAvailable, NotRewarding, RewardLimitReached
 from incentive.rewards.keys import MESSAGE_WEBHOOK_URL
 from incentive.rewards.models import RewardGrant, RewardHolding, RewardItem, RewardParticipant
-from incentive.rewards.rules import RewardRules
+from incentive.rewards.rules import RewardRules, reward_rules
 from incentive.stock import StockEngine
 from incentive.stock.engine import MAX_STOCK, Deduction
 from incentive.stock.errors import SoldOut, StockPoolMissing
@@ -138,9 +138,7 @@ class Chain:
 
     @property
     def rules(self) -> RewardRules:
-        rules = self.campaign.rules
-        assert isinstance(rules, RewardRules), f"campaign {self.campaign.id} gives no rewards"
-        return rules
+        return reward_rules(self.campaign)
 
 
 async def live_items(session: AsyncSession, campaign_id: str) -> tuple[Item, ...]:
@@ -166,6 +164,29 @@ class Walk:
         if reason != "audience":  # meant for the other user type: no fallback
             metrics.SKIPS.labels(reason).inc()
         self.steps.append({"code": item.code, "result": "skipped", "reason": reason})
+
+    def held(self) -> dict[str, Any]:
+        """The grant's columns for what the walk gave (nothing: a ``failed`` grant)."""
+        if self.item is None:
+            return {
+                "reward_code": None,
+                "type": None,
+                "delivery": None,
+                "amount": 0,
+                "state": "failed",
+                "delivery_ref": None,
+                "takes": [],
+            }
+        assert self.deduction is not None
+        return {
+            "reward_code": self.item.code,
+            "type": self.item.type,
+            "delivery": self.item.delivery,
+            "amount": self.item.amount,
+            "state": self.state,
+            "delivery_ref": self.delivery_ref,
+            "takes": [[t.bucket, t.quantity] for t in self.deduction.takes],
+        }
 
     @property
     def skipped(self) -> int:
@@ -209,8 +230,7 @@ async def uncount(session: AsyncSession, campaign: CampaignFacts, customer: str)
     """A grant that ended with nothing given (every delivery after a failed one could not
     serve) is no reward: it no longer counts against the customer's limit, nor makes them a
     returning participant (of the campaign, or of its participant group)."""
-    rules = campaign.rules
-    assert isinstance(rules, RewardRules)
+    rules = reward_rules(campaign)
     scopes: list[tuple[Any, Any, str]] = [(RewardHolding, RewardHolding.campaign_id, campaign.id)]
     if rules.participant_group is not None:
         scopes.append(
@@ -317,7 +337,6 @@ async def give(
         raise NoRewardAvailable(
             "no reward of the chain can be given now", user_type=user_type, chain=walk.steps
         )
-    assert walk.deduction is not None
     now = utcnow()
     row = {
         "id": grant_id,
@@ -325,13 +344,7 @@ async def give(
         "customer_id": customer,
         "trigger_key": trigger_key,
         "user_type": user_type,
-        "reward_code": walk.item.code,
-        "type": walk.item.type,
-        "delivery": walk.item.delivery,
-        "amount": walk.item.amount,
-        "state": walk.state,
-        "delivery_ref": walk.delivery_ref,
-        "takes": [[t.bucket, t.quantity] for t in walk.deduction.takes],
+        **walk.held(),
         "chain": walk.steps,
         "fallbacks": walk.skipped,
         "day": now.date().isoformat(),
@@ -408,8 +421,7 @@ async def _deliver(
     """Deliver ``item``; None when it was (``walk`` gets the state and the reference), else
     the reason it could not be."""
     if item.delivery == "ledger":
-        rules = campaign.rules
-        assert isinstance(rules, RewardRules)
+        rules = reward_rules(campaign)
         if campaign.budget_account_id is None:
             return "budget-exhausted"
         accounts = await ledger.open_accounts(

@@ -40,7 +40,7 @@ from incentive.rewards import grants, metrics, service
 from incentive.rewards.errors import NoRewardAvailable, RewardLimitReached
 from incentive.rewards.keys import MESSAGE_WEBHOOK_URL
 from incentive.rewards.models import RewardGrant, RewardItem
-from incentive.rewards.rules import TRIGGERS, RewardRules
+from incentive.rewards.rules import TRIGGERS, RewardRules, reward_rules
 from incentive.settings import get_settings
 from incentive.stock import runtime
 from incentive.stock.engine import Deduction, Take
@@ -61,7 +61,7 @@ class RewardKind(CampaignKind):
         return rules.budget_asset
 
     def listens_to(self, campaign: CampaignFacts, activity_type: str) -> bool:
-        return activity_type in service.reward_rules(campaign).triggers
+        return activity_type in reward_rules(campaign).triggers
 
     async def on_activate(self, session: AsyncSession, campaign: CampaignFacts) -> None:
         await service.open_chain(session, runtime.current(), campaign)
@@ -69,7 +69,7 @@ class RewardKind(CampaignKind):
     async def on_activity(
         self, session: AsyncSession, campaign: CampaignFacts, activity: ActivityFacts
     ) -> Outcome:
-        rules = service.reward_rules(campaign)
+        rules = reward_rules(campaign)
         if (
             campaign.owner_type == "merchant"
             and activity.merchant is not None
@@ -140,27 +140,14 @@ async def fall_back(session: AsyncSession, event: events.Event) -> None:
     grant.chain = steps + walk.steps
     grant.fallbacks = grant.fallbacks + 1 + walk.skipped
     grant.updated_at = utcnow()
+    for column, value in walk.held().items():
+        setattr(grant, column, value)
     if walk.item is None:
-        grant.reward_code = grant.type = grant.delivery = grant.delivery_ref = None
-        grant.amount, grant.takes, grant.state = 0, [], "failed"
         await grants.uncount(session, campaign, grant.customer_id)
         log.warning(
             "reward delivery failed and no reward was left to give",
             extra={"grant_id": grant.id, "campaign_id": grant.campaign_id},
         )
-    else:
-        assert walk.deduction is not None
-        grant.reward_code, grant.type, grant.delivery = (
-            walk.item.code,
-            walk.item.type,
-            walk.item.delivery,
-        )
-        grant.amount, grant.state, grant.delivery_ref = (
-            walk.item.amount,
-            walk.state,
-            walk.delivery_ref,
-        )
-        grant.takes = [[t.bucket, t.quantity] for t in walk.deduction.takes]
     await session.flush()
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from incentive.campaigns.kinds import KindRules
+from incentive.campaigns.kinds import CampaignFacts, KindRules
 from incentive.kit.amounts import MAX_COUNT, MAX_FEN, Code, Count, Fen
 from incentive.kit.text import Name, Prose
 
@@ -114,6 +114,13 @@ class RewardRules(KindRules):
         for reward in self.rewards:
             check_asset(reward, self.budget_asset)
         return self
+
+
+def reward_rules(campaign: CampaignFacts) -> RewardRules:
+    """The typed rules of a reward campaign."""
+    rules = campaign.rules
+    assert isinstance(rules, RewardRules), f"campaign {campaign.id} is not a reward campaign"
+    return rules
 
 
 def check_asset(reward: RewardOption, budget_asset: str) -> None:

@@ -39,18 +39,12 @@ from incentive.rewards.errors import RewardNotFound, RewardTaken
 from incentive.rewards.grants import pool_of
 from incentive.rewards.keys import REWARD_BUCKETS
 from incentive.rewards.models import RewardGrant, RewardItem
-from incentive.rewards.rules import RewardOption, RewardRules, check_asset
+from incentive.rewards.rules import RewardOption, RewardRules, check_asset, reward_rules
 from incentive.stock import StockEngine
 from incentive.stock.engine import even_split
 from incentive.stock.errors import StockPoolMissing
 
 log = logging.getLogger(__name__)
-
-
-def reward_rules(campaign: CampaignFacts) -> RewardRules:
-    rules = campaign.rules
-    assert isinstance(rules, RewardRules), f"campaign {campaign.id} is not a reward campaign"
-    return rules
 
 
 # --------------------------------------------------------------------------- the live chain
