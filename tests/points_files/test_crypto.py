@@ -440,7 +440,10 @@ def test_compression_bomb_is_stopped_at_the_plain_limit(
     bounded_cpu = _gpg_cpu_seconds() - cpu_before
     assert caught.value.reason_code is RejectReason.TOO_LARGE
     assert list(work.iterdir()) == []  # no plain text, no partial
-    assert 0 < peak <= limit
+    # the watcher samples; on a loaded machine it may miss the short-lived file entirely
+    # (CI once saw peak == 0), so only the bound is asserted — that gpg was stopped early is
+    # proven by its CPU below
+    assert peak <= limit
     assert _decrypting_gpgs(world.platform.home) == []
     # gpg was stopped, not left to inflate the rest: the same message decrypted in full
     # (no limit) costs gpg many times the CPU
