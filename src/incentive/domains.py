@@ -70,6 +70,7 @@ DOMAINS: tuple[Domain, ...] = (
     Domain("ledger", models=True, router=True),
     Domain("events", models=True, cli=True, keys=True, runtime=True),
     Domain("stock", runtime=True),
+    Domain("templates", models=True, router=True),
     Domain("campaigns", models=True, router=True, keys=True, runtime=True),
     Domain("join_codes", models=True, router=True, cli=True),
     Domain("flash_sales", models=True, router=True, cli=True, keys=True, kind=True, runtime=True),
@@ -78,6 +79,7 @@ DOMAINS: tuple[Domain, ...] = (
     Domain("coupons", models=True, router=True, cli=True, keys=True, kind=True, runtime=True),
     Domain("rewards", models=True, router=True, cli=True, keys=True, kind=True, runtime=True),
     Domain("referrals", kind=True),
+    Domain("review", models=True, router=True, cli=True, keys=True, runtime=True),
     Domain("points_files", models=True, router=True, cli=True, runtime=True),
 )
 

@@ -27,7 +27,9 @@ against the real subclasses, their statuses and slugs::
     │   ├── ProviderNotFound (404 coupon-provider-not-found) [coupons]
     │   ├── UnknownConfigKey (404 config-key-unknown) [config]
     │   ├── PointsFileNotFound (404 points-file-not-found) [points_files]
-    │   └── RewardNotFound (404 reward-not-found) [rewards]
+    │   ├── RewardNotFound (404 reward-not-found) [rewards]
+    │   ├── TemplateNotFound (404 template-not-found) [templates]
+    │   └── WordListNotFound (404 word-list-not-found) [review]
     ├── Conflict (409 conflict)
     │   ├── NameTaken (409 name-taken) [auth]
     │   ├── IdempotencyConflict (409 idempotency-key-reused)
@@ -63,7 +65,9 @@ against the real subclasses, their statuses and slugs::
     │   ├── NotRewarding (409 not-rewarding) [rewards]
     │   ├── RewardTaken (409 reward-exists) [rewards]
     │   ├── PartnerNotConfigured (409 points-partner-not-configured) [points_files]
-    │   └── AnswerNotReady (409 points-answer-not-ready) [points_files]
+    │   ├── AnswerNotReady (409 points-answer-not-ready) [points_files]
+    │   ├── TemplatePublished (409 template-published) [templates]
+    │   └── ReviewConflict (409 review-conflict) [review]
     ├── UnsupportedMediaType (415 unsupported-media-type)
     ├── TooManyRequests (429 too-many-requests)
     │   └── LoginThrottled (429 login-throttled) [auth]

@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     log_json: bool = True
     embedded_worker: bool = True
     config_refresh_seconds: float = 1.0
+    review_refresh_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="how often each process checks for changed sensitive-word lists (seconds)",
+    )
     points_poll_seconds: float = Field(
         default=5.0, description="how often the worker polls partner inboxes (seconds)"
     )

@@ -15,7 +15,16 @@ from incentive.campaigns.models import Campaign
 from incentive.db import Database
 from incentive.events.models import OutboxEvent
 from incentive.ledger import service as ledger
-from tests.campaigns.conftest import ASSETS, RULES, World, campaign_body, counts, create, walk
+from tests.campaigns.conftest import (
+    ASSETS,
+    RULES,
+    World,
+    assisted_review,
+    campaign_body,
+    counts,
+    create,
+    walk,
+)
 
 
 @pytest.mark.parametrize("kind", kind_names())
@@ -171,8 +180,9 @@ async def _stored(db: Database, campaign_id: str) -> tuple[dict[str, Any], Any, 
 
 
 async def test_edit_draft_and_rejected_only(
-    db: Database, client: httpx.AsyncClient, world: World
+    db: Database, app: Any, client: httpx.AsyncClient, world: World
 ) -> None:
+    await assisted_review(db, app)  # held for a person, so an operator can reject it
     c = await create(client, world.ma, kind="coupon")
     url = f"/api/v1/campaigns/{c['id']}"
     r = await client.patch(

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 
-from tests.campaigns.conftest import World, create, move, walk
+from incentive.db import Database
+from tests.campaigns.conftest import World, assisted_review, create, move, walk
 
 
 async def test_editing_an_active_campaign_names_its_status_apart(
@@ -24,8 +27,9 @@ async def test_editing_an_active_campaign_names_its_status_apart(
 
 
 async def test_rejecting_without_a_reason_says_so_plainly(
-    client: httpx.AsyncClient, world: World
+    db: Database, app: Any, client: httpx.AsyncClient, world: World
 ) -> None:
+    await assisted_review(db, app)
     c = await create(client, world.ma)
     await walk(client, world, c["id"], "pending_review")
     r = await move(client, world.op, c["id"], "rejected")

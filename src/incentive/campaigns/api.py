@@ -84,6 +84,8 @@ async def create_campaign(
         ends_at=body.ends_at,
         rules=body.rules,
         merchant_id=body.merchant_id,
+        template=None if body.template is None else (body.template.key, body.template.version),
+        content=body.content,
     )
     return _out(campaign)
 

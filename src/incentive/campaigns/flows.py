@@ -11,13 +11,18 @@ Contract:
 - Then the campaign's kind is told, in the same transaction: ``on_transition`` always,
   ``on_activate`` on every move into ``active`` (whichever route made it), ``on_end`` on
   ``ended`` and ``cancelled``. A hook that raises rolls the whole change back.
+- Then every registered ``Listener`` (domains that care about every campaign whatever its kind,
+  such as ``review``: ``register_listener`` at import), in the same transaction; a listener
+  may move the campaign on (the automated review approves a clean submission) or raise to
+  refuse the change.
 - Nothing here commits; the caller's unit of work does.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -40,7 +45,8 @@ STATUS_CHANGED_TOPIC = "campaign.status_changed"
 TRANSITIONS: Mapping[str, frozenset[str]] = {
     "draft": frozenset({"pending_review", "cancelled"}),
     "pending_review": frozenset({"approved", "rejected", "draft"}),
-    "rejected": frozenset({"draft", "cancelled"}),
+    # rejected -> approved: an operator overriding a rejection (the review listener records it)
+    "rejected": frozenset({"draft", "cancelled", "approved"}),
     "approved": frozenset({"active", "cancelled"}),
     "active": frozenset({"paused", "ended"}),
     "paused": frozenset({"active", "ended"}),
@@ -49,15 +55,39 @@ TRANSITIONS: Mapping[str, frozenset[str]] = {
 }
 # Review decisions belong to operators; the owning merchant's staff may make every other move.
 OPERATOR_ONLY: frozenset[tuple[str, str]] = frozenset(
-    {("pending_review", "approved"), ("pending_review", "rejected")}
+    {("pending_review", "approved"), ("pending_review", "rejected"), ("rejected", "approved")}
 )
-REASON_REQUIRED: frozenset[tuple[str, str]] = frozenset({("pending_review", "rejected")})
+REASON_REQUIRED: frozenset[tuple[str, str]] = frozenset(
+    {("pending_review", "rejected"), ("rejected", "approved")}
+)
 # Moves that put a campaign in front of customers need its window to be still open.
 OPENING: frozenset[str] = frozenset({"active"})
 # Moves after which the campaign never runs again: its kind's end hook runs.
 ENDING: frozenset[str] = frozenset({"ended", "cancelled"})
 SYSTEM_ACTOR = "system"
 END_PAGE = 100
+
+
+@dataclass(frozen=True)
+class Move:
+    """One status change, as a listener sees it (after the change and the kind's hooks)."""
+
+    campaign: Campaign
+    from_status: str
+    to_status: str
+    actor: str
+    actor_role: str
+    reason: str
+
+
+Listener = Callable[[AsyncSession, Move], Awaitable[None]]
+_LISTENERS: list[Listener] = []
+
+
+def register_listener(listener: Listener) -> None:
+    """Call ``listener`` after every status change (idempotent per function)."""
+    if listener not in _LISTENERS:
+        _LISTENERS.append(listener)
 
 
 def allowed_targets(status: str) -> frozenset[str]:
@@ -185,7 +215,20 @@ async def _move(
         await strategy.on_activate(session, snapshot)
     elif to_status in ENDING:
         await strategy.on_end(session, snapshot)
-    return moved
+    move = Move(moved, from_status, to_status, actor, actor_role, reason)
+    for listener in _LISTENERS:
+        await listener(session, move)
+    return await get_campaign(session, campaign_id) if _LISTENERS else moved
+
+
+async def move_as_system(
+    session: AsyncSession, campaign: Campaign, to_status: str, *, reason: str
+) -> Campaign:
+    """A change the platform itself decides (an automated review's verdict), through the
+    same guarded move as a person's, recorded with the actor ``system``."""
+    return await _move(
+        session, campaign, to_status, actor=SYSTEM_ACTOR, actor_role=SYSTEM_ACTOR, reason=reason
+    )
 
 
 async def end_due(session: AsyncSession, *, limit: int = END_PAGE) -> list[str]:

@@ -71,6 +71,10 @@ class Campaign(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     version: Mapped[int] = mapped_column(Integer, default=1)
+    # Made from a template: its key and version, and the content its fields define.
+    template_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    template_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    content: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class CampaignTransition(Base):

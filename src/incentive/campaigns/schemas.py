@@ -5,19 +5,24 @@ documented as the union of every registered kind."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from incentive.campaigns.kinds import KindName, RulesDocument
 from incentive.kit.pagination import Page
 from incentive.kit.text import Line, Name, Prose
+from incentive.templates.schemas import TemplateRef
 
 Status = Literal[
     "draft", "pending_review", "approved", "rejected", "active", "paused", "ended", "cancelled"
 ]
 Description = Annotated[Prose, Field(max_length=5000)]
 Reason = Annotated[Prose, Field(max_length=1000)]
+Content = Annotated[
+    dict[str, Any],
+    Field(description="the values of the template's fields (checked against the template)"),
+]
 RulesPayload = Annotated[
     RulesDocument,
     Field(description="the kind's rules (by `kind`); integers only for money"),
@@ -37,6 +42,10 @@ class CampaignIn(BaseModel):
     ends_at: AwareDatetime
     merchant_id: Line | None = Field(None, min_length=1, max_length=32)
     rules: RulesPayload
+    template: TemplateRef | None = Field(
+        None, description="the published template the campaign is made from"
+    )
+    content: Content | None = None
 
 
 class CampaignPatch(BaseModel):
@@ -52,6 +61,7 @@ class CampaignPatch(BaseModel):
     starts_at: AwareDatetime | None = None
     ends_at: AwareDatetime | None = None
     rules: RulesPayload | None = None
+    content: Content | None = Field(None, description="replaces the content as a whole")
     version: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
 
 
@@ -83,6 +93,9 @@ class CampaignOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     version: int
+    template_key: str | None
+    template_version: int | None
+    content: dict[str, Any] | None
 
 
 class CampaignPage(Page[CampaignOut]):

@@ -30,6 +30,8 @@ from incentive.db import utcnow
 from incentive.errors import Forbidden, InvalidField, NotFound
 from incentive.kit.pagination import KeyId, Keyset, KeyTime, Slice
 from incentive.ledger import service as ledger
+from incentive.templates import service as templates
+from incentive.templates.fields import reviewed_texts
 
 BUDGET_ACCOUNT_NAME = "budget"
 EDITABLE = ("draft", "rejected")
@@ -130,13 +132,24 @@ async def create_campaign(
     ends_at: datetime,
     rules: Mapping[str, Any],
     merchant_id: str | None = None,
+    template: tuple[str, int | None] | None = None,
+    content: Mapping[str, Any] | None = None,
 ) -> Campaign:
     """Save a draft campaign and open its (empty) budget account in the ledger.
 
     Merchant staff create for their own merchant only; operators create platform campaigns,
-    or a merchant's campaign when ``merchant_id`` is given. Invalid input writes nothing.
+    or a merchant's campaign when ``merchant_id`` is given. ``template`` (key, version or
+    None for the latest published) checks ``content`` against its fields. Invalid input
+    writes nothing.
     """
     typed = parse_rules(kind, rules)
+    template_key = template_version = stored_content = None
+    if template is not None:
+        made_from = await templates.for_campaign(session, kind, *template)
+        template_key, template_version = made_from.key, made_from.version
+        stored_content = templates.content_of(made_from, content or {})
+    elif content is not None:
+        raise InvalidField("content", "template", "content: only a campaign made from a template")
     strategy = get_kind(kind)
     _check_window(starts_at, ends_at)
     if principal.is_operator:
@@ -162,6 +175,9 @@ async def create_campaign(
         created_at=now,
         updated_at=now,
         version=1,
+        template_key=template_key,
+        template_version=template_version,
+        content=stored_content,
     )
     try:
         async with session.begin_nested():
@@ -204,7 +220,7 @@ async def edit_campaign(
     changes: Mapping[str, Any],
     version: int | None = None,
 ) -> Campaign:
-    """Apply ``changes`` (name, description, starts_at, ends_at, rules) to a draft or
+    """Apply ``changes`` (name, description, starts_at, ends_at, rules, content) to a draft or
     rejected campaign with one conditional UPDATE (status still editable, and still at
     ``version`` when given). Rules are replaced as a whole and keep the budget's asset."""
     campaign = await managed_campaign(session, principal, campaign_id)
@@ -220,6 +236,14 @@ async def edit_campaign(
                 "rules.budget_asset", "unchanged", f"the budget is held in {old_asset}"
             )
         values["rules"] = typed.model_dump(mode="json")
+    if "content" in changes:
+        if campaign.template_key is None or campaign.template_version is None:
+            raise InvalidField(
+                "content", "template", "content: only a campaign made from a template"
+            )
+        values["content"] = await templates.checked_content(
+            session, campaign.template_key, campaign.template_version, changes["content"]
+        )
     _check_window(
         values.get("starts_at", campaign.starts_at), values.get("ends_at", campaign.ends_at)
     )
@@ -250,6 +274,16 @@ async def edit_campaign(
     edited = await get_campaign(session, campaign_id)
     await get_kind(edited.kind).on_edit(session, facts(edited))
     return edited
+
+
+async def customer_texts(session: AsyncSession, campaign: Campaign) -> list[tuple[str, str]]:
+    """``(field, text)`` of everything a customer reads of the campaign: its name, its
+    description and its template's reviewed fields (``content.<field>[.<item>]``)."""
+    texts = [("name", campaign.name), ("description", campaign.description)]
+    if campaign.template_key is not None and campaign.template_version is not None:
+        template = await templates.get(session, campaign.template_key, campaign.template_version)
+        texts += reviewed_texts(templates.fields_of(template), campaign.content or {})
+    return [(path, text) for path, text in texts if text]
 
 
 # --------------------------------------------------------------------------- listing
