@@ -118,9 +118,13 @@ def _evade(word: str, how: int, s2t: opencc.OpenCC) -> str:
     return word.upper()  # mixed case: Latin upper-cased
 
 
-def campaign(words: list[Word], seed: int = 151) -> list[str]:
-    """10 fields of ~500 characters; field i carries planted words, every other one evaded."""
+def campaign(words: list[Word], seed: int = 151) -> tuple[list[str], list[tuple[int, str]]]:
+    """10 fields of ~500 characters, and the (field, word) planted: two list words in each
+    field, one as it is, one evaded (full-width and upper case on Latin words; symbols,
+    spaces or traditional script, that actually differs, on ideographs)."""
     rnd = random.Random(seed)
+    latin = [w.text for w in words if w.text.isascii()]
+    planted = []
     hanzi = common_ideographs()
     s2t = opencc.OpenCC("s2t")
     fields = []
@@ -139,11 +143,22 @@ def campaign(words: list[Word], seed: int = 151) -> list[str]:
                 piece = "".join(rnd.choices(hanzi, k=rnd.randint(1, 4)))
             parts.append(piece)
             size += len(piece)
-        for k in range(2):
-            word = rnd.choice(words).text
-            parts.insert(rnd.randrange(len(parts)), _evade(word, f + k, s2t) if k else word)
+        word = rnd.choice(words).text
+        parts.insert(rnd.randrange(len(parts)), word)
+        planted.append((f, word))
+        how = (f + 1) % 5
+        word = rnd.choice(latin) if how in (0, 4) else _ideographs(rnd, words, how, s2t)
+        parts.insert(rnd.randrange(len(parts)), _evade(word, how, s2t))
+        planted.append((f, word))
         fields.append("".join(parts))
-    return fields
+    return fields, planted
+
+
+def _ideographs(rnd: random.Random, words: list[Word], how: int, s2t: opencc.OpenCC) -> str:
+    while True:
+        word = rnd.choice(words).text
+        if not word.isascii() and (how != 3 or s2t.convert(word) != word):
+            return word
 
 
 def _rss_mb() -> float:
@@ -185,7 +200,7 @@ async def build_beside_a_loop(cls: type[Matcher], words: list[Word]) -> dict[str
 def measure(name: str, n_words: int, repetitions: int) -> dict[str, Any]:
     """One matcher, in this (fresh) process."""
     words = word_list(n_words)
-    fields = campaign(words)
+    fields, _ = campaign(words)
     gc.collect()
     rss0 = _rss_mb()
     peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -244,7 +259,7 @@ def main() -> None:
     if args.child:
         json.dump(measure(args.child, args.words, args.repetitions), sys.stdout)
         return
-    fields = campaign(word_list(args.words))
+    fields, planted = campaign(word_list(args.words))
     results = {}
     for name in MATCHERS:
         argv = [sys.executable, __file__, "--child", name, "--words", str(args.words)]
@@ -267,6 +282,11 @@ def main() -> None:
         "hits": len(hits["ahocorasick_rs"]),
         "hits_sample": hits["ahocorasick_rs"][:12],
         "hits_equal": hits["ahocorasick_rs"] == hits["pyahocorasick"],
+        "planted": [[f, w] for f, w in planted],
+        "planted_all_found": {
+            name: all(any(h[0] == f and h[4] == w for h in found) for f, w in planted)
+            for name, found in hits.items()
+        },
         "pyahocorasick_over_ahocorasick_rs": {
             "build": round(py["build_s"] / rs["build_s"], 2),
             "memory": round(py["memory_mb"] / rs["memory_mb"], 2) if rs["memory_mb"] else None,
