@@ -6,7 +6,8 @@ type (``conversion_types``), and either
 - it carries a share's token in ``attributes.share`` (an activity at or after that share;
   this takes precedence), or
 - its customer, signed in, last visited a share of the campaign (``share_touches``: last
-  share wins) at most ``attribution_hours`` before the activity occurred.
+  share wins) at most ``attribution_hours`` before the activity occurred (and not more than
+  ``CLOCK_SKEW`` after it: senders' clocks are not ours).
 
 A sharer's own activity never converts for their own share (their visits of it are not
 touches either). A follow-up (a refund) never converts. One conversion per (activity,
@@ -36,6 +37,9 @@ from incentive.sharing.schemas import ConversionType
 
 CONVERTIBLE = frozenset(ConversionType.__args__)  # type: ignore[attr-defined]
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+# A sender's clock and ours differ (and many send whole seconds): a visit up to this long
+# after the activity's ``occurred_at`` still counts as before it.
+CLOCK_SKEW = timedelta(minutes=2)
 _CONVERSIONS = cast(Table, ShareConversion.__table__)
 
 
@@ -93,7 +97,7 @@ async def observe(session: AsyncSession, activities: Sequence[ActivityFacts]) ->
             named is not None
             and counts(named.campaign_id)
             and named.sharer_id != activity.customer
-            and named.created_at <= activity.occurred_at
+            and named.created_at - CLOCK_SKEW <= activity.occurred_at
         ):
             chosen[named.campaign_id] = (named, "token")
         for visited_at, found in touched.get(activity.customer, ()):
@@ -102,7 +106,7 @@ async def observe(session: AsyncSession, activities: Sequence[ActivityFacts]) ->
             window = timedelta(hours=settings[found.campaign_id].attribution_hours)
             if (
                 found.sharer_id != activity.customer
-                and visited_at <= activity.occurred_at <= visited_at + window
+                and visited_at - CLOCK_SKEW <= activity.occurred_at <= visited_at + window
             ):
                 chosen[found.campaign_id] = (found, "visit")
         for campaign_id, (found, via) in sorted(chosen.items()):
