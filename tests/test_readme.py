@@ -25,6 +25,7 @@ from incentive.join_codes.models import CampaignMerchant, JoinCode
 from incentive.ledger.models import Account
 from incentive.points_files.format import Header, write_points_file
 from incentive.rewards.models import RewardGrant
+from incentive.sharing.models import Share, ShareConversion, ShareVisit
 from tests.points_files.kit import NOW
 from tests.points_files.test_crypto import _kill_agent
 from tests.servers import running_server
@@ -105,6 +106,15 @@ async def test_readme_examples_run_as_pasted(
         # alice's coupon was redeemed once, at the demo merchant, for its 500 fen.
         redeemed = (await s.execute(select(CouponRedemption))).scalars().all()
         assert [(r.discount_fen, r.undone_at) for r in redeemed] == [(500, None)]
+        # Two shares of the shared campaign, alice's with her gift coupon; her visit of the
+        # staff's link made her payment its conversion.
+        shares = {x.sharer_role: x for x in (await s.execute(select(Share))).scalars()}
+        assert sorted(shares) == ["customer", "merchant"]
+        assert shares["customer"].coupon_id is not None
+        assert shares["merchant"].coupon_refusal == "not-a-customer"
+        assert await s.scalar(select(func.count()).select_from(ShareVisit)) == 1
+        conversions = (await s.execute(select(ShareConversion))).scalars().all()
+        assert [c.share_id for c in conversions] == [shares["merchant"].id]
         # alice's two rewards: the first-time one, then the returning one.
         grants = (await s.execute(select(RewardGrant).order_by(RewardGrant.created_at))).scalars()
         assert [(g.user_type, g.reward_code) for g in grants] == [

@@ -97,6 +97,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
 
     for router in domains.routers():
         app.include_router(router, prefix="/api/v1")
+    for router in domains.public_routers():
+        app.include_router(router)
 
     @app.get("/healthz", name="get_health", tags=["operations"])
     async def healthz() -> dict[str, str]:

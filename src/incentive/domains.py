@@ -7,7 +7,8 @@ with a fixed name and shape, so every domain is read the same way:
 flag        module              what it provides
 ==========  ==================  ===================================================
 models      ``models.py``       its tables (imported so ``Base.metadata`` is whole)
-router      ``api.py``          ``router``, mounted under ``/api/v1``
+router      ``api.py``          ``router``, mounted under ``/api/v1`` (and optionally
+                                ``public_router``, mounted at the root)
 cli         ``cli.py``          ``register(app)``: its ``incentive`` command group
 keys        ``keys.py``         its live-config keys (``config.register_key``)
 kind        ``kind.py``         its campaign kind (``campaigns.kinds.register_kind``)
@@ -79,6 +80,7 @@ DOMAINS: tuple[Domain, ...] = (
     Domain("coupons", models=True, router=True, cli=True, keys=True, kind=True, runtime=True),
     Domain("rewards", models=True, router=True, cli=True, keys=True, kind=True, runtime=True),
     Domain("referrals", kind=True),
+    Domain("sharing", models=True, router=True, runtime=True),
     Domain("review", models=True, router=True, cli=True, keys=True, runtime=True),
     Domain("points_files", models=True, router=True, cli=True, runtime=True),
 )
@@ -145,6 +147,12 @@ def routers() -> list[APIRouter]:
 def register_cli(app: Any) -> None:
     for _, module in _parts("cli"):
         module.register(app)
+
+
+def public_routers() -> list[APIRouter]:
+    """Routers a domain's ``api.py`` mounts at the root (``public_router``: links people
+    open, such as a share's ``/s/{token}``), not under ``/api/v1``."""
+    return [r for _, module in _parts("router") if (r := getattr(module, "public_router", None))]
 
 
 def runtimes() -> list[ModuleType]:

@@ -29,7 +29,8 @@ against the real subclasses, their statuses and slugs::
     │   ├── PointsFileNotFound (404 points-file-not-found) [points_files]
     │   ├── RewardNotFound (404 reward-not-found) [rewards]
     │   ├── TemplateNotFound (404 template-not-found) [templates]
-    │   └── WordListNotFound (404 word-list-not-found) [review]
+    │   ├── WordListNotFound (404 word-list-not-found) [review]
+    │   └── ShareNotFound (404 share-not-found) [sharing]
     ├── Conflict (409 conflict)
     │   ├── NameTaken (409 name-taken) [auth]
     │   ├── IdempotencyConflict (409 idempotency-key-reused)
@@ -64,6 +65,7 @@ against the real subclasses, their statuses and slugs::
     │   ├── RewardLimitReached (409 reward-limit-reached) [rewards]
     │   ├── NotRewarding (409 not-rewarding) [rewards]
     │   ├── RewardTaken (409 reward-exists) [rewards]
+    │   ├── SharingOff (409 sharing-off) [sharing]
     │   ├── PartnerNotConfigured (409 points-partner-not-configured) [points_files]
     │   ├── AnswerNotReady (409 points-answer-not-ready) [points_files]
     │   ├── TemplatePublished (409 template-published) [templates]
@@ -82,7 +84,7 @@ Each domain's leaves also derive from one marker base of that domain, so ``excep
 - AuthError [auth], LedgerError [ledger], ConfigError [config], CampaignError [campaigns],
 - StockError [stock], FlashSaleError [flash_sales], PointsFileError [points_files],
 - JoinCodeError [join_codes], ActivityError [activities], CouponError [coupons],
-- RewardError [rewards].
+- RewardError [rewards], SharingError [sharing].
 
 Only this module knows about HTTP status codes; services raise these and never see HTTP.
 """

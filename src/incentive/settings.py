@@ -62,6 +62,17 @@ class Settings(BaseSettings):
         "trusted ('*' for any); empty trusts none",
     )
     demo_data: bool = True
+    public_base_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        description="the platform's public address (https://host[/prefix]) in links people "
+        "share (`/s/{token}`); unset: the address each request came to",
+    )
+    share_landing_url: str = Field(
+        default="/api/v1/campaigns/{campaign_id}",
+        description="where a share's link (`/s/{token}`) redirects: a path on the public "
+        "base URL or an absolute URL, with `{campaign_id}` (and optionally `{token}`) filled in",
+    )
     rewards_webhook_secret: SecretStr | None = Field(
         default=None,
         description="Standard Webhooks secret (whsec_…) that signs message rewards sent to "

@@ -69,6 +69,11 @@ def _calls(sale: str, account: int, funding: int) -> list[tuple[str, str, dict[s
         ("POST", f"{H}/campaigns/{sale}/rewards/claims", None),
         ("GET", f"{H}/campaigns/{sale}/rewards/grants", None),
         ("GET", f"{H}/campaigns/{sale}/rewards/report", None),
+        ("GET", f"{H}/campaigns/{sale}/sharing", None),
+        ("PUT", f"{H}/campaigns/{sale}/sharing", {"enabled": True}),
+        ("POST", f"{H}/campaigns/{sale}/shares", {"channel": "link"}),
+        ("GET", f"{H}/campaigns/{sale}/shares/stats", None),
+        ("GET", f"{H}/campaigns/{sale}/shares/stats/sharers", None),
         ("GET", f"{H}/accounts/{account}", None),
         ("GET", f"{H}/accounts/{account}/transfers", None),
     ]
@@ -177,7 +182,7 @@ async def test_unseen_sales_and_accounts_are_404_on_every_route_and_nothing_chan
                     assert r.json()["detail"] == ref.json()["detail"], where
                     assert r.json()["detail"].startswith(f"role {caller.user.role!r}"), where
                 checked += 1
-    assert checked == 2 * 7 * 32
+    assert checked == 2 * 7 * 37
     assert await _snapshot(db) == before
 
 
@@ -254,6 +259,10 @@ NOT_CALLED_ABOVE = {
     ("GET", "/api/v1/review/word-lists/{name}/words"),
     ("POST", "/api/v1/review/word-lists/{name}/words/removal"),
     ("GET", "/api/v1/review/word-lists/{name}/changes"),
+    # A share's token is public (it is the link people share): its QR code is the link's,
+    # for any signed-in user; an unknown token is 404 (`tests/sharing/test_shares.py::
+    # test_the_qr_code_reads_back_as_the_link`). `/s/{token}` is outside the API.
+    ("GET", "/api/v1/shares/{token}/qr"),
 }
 
 

@@ -18,6 +18,8 @@ Contract:
   one whose window does not hold ``occurred_at`` answers ``outside-window`` without its kind
   being asked — and, for a follow-up (a refund), every campaign that rewarded the activity it
   refers to, whatever its status now.
+- Then every observer (``observers.py``: domains that watch activities without being a
+  kind, such as sharing's conversions) sees the activities this call evaluated, once.
 - Nothing here commits.
 """
 
@@ -36,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from incentive.activities.errors import ActivityIdReused, ActivityNotFound
 from incentive.activities.metrics import OUTCOMES, RECEIVED
 from incentive.activities.models import Activity, ActivityOutcome
+from incentive.activities.observers import notify, observing
 from incentive.activities.schemas import ActivityIn
 from incentive.campaigns import service as campaigns
 from incentive.campaigns.kinds import (
@@ -327,6 +330,8 @@ async def evaluate(
     ]
     if rows:
         await session.execute(insert(session, ActivityOutcome.__table__), rows)
+    if observing():
+        await notify(session, [facts(a) for a in activities])
     return answers
 
 

@@ -3,10 +3,8 @@ wallet, revocation, and the merchant's till."""
 
 from __future__ import annotations
 
-import io
 from typing import Annotated, Literal
 
-import segno
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from incentive.auth.principal import Principal, require_roles
@@ -56,6 +54,7 @@ from incentive.errors import (
     ServiceUnavailable,
     problems,
 )
+from incentive.kit import qr
 from incentive.kit.idempotency import idempotent
 from incentive.kit.jsonbody import JSONBodyRoute
 from incentive.kit.pagination import DEFAULT_LIMIT, Cursor, Limit
@@ -387,13 +386,8 @@ async def my_coupon_qr(
             f"coupon {coupon_id} is {coupon.state}: it has no code to show yet",
             state=coupon.state,
         )
-    qr = segno.make(coupon.code, error="m", micro=False)
-    out = io.BytesIO()
-    if format == "svg":
-        qr.save(out, kind="svg", scale=6, border=4)
-        return Response(out.getvalue(), media_type="image/svg+xml")
-    qr.save(out, kind="png", scale=8, border=4)
-    return Response(out.getvalue(), media_type="image/png")
+    image, media_type = qr.render(coupon.code, format)
+    return Response(image, media_type=media_type)
 
 
 @router.get(

@@ -2,7 +2,7 @@
 sensitive-word lists (versioned) and the review verdicts
 
 Revision ID: 0017_review
-Revises: 0015_rewards
+Revises: 0016_sharing
 Create Date: 2026-12-01
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 import incentive.db
 
 revision = "0017_review"
-down_revision = "0015_rewards"
+down_revision = "0016_sharing"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,1 @@
+"""Sharing: campaigns shared by merchants and customers, visits, conversions, sharer coupons."""

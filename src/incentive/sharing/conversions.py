@@ -1,0 +1,133 @@
+"""Conversions: an activity attributed to a share (registered as an activities observer).
+
+An activity converts for a campaign when the campaign's sharing is enabled and counts its
+type (``conversion_types``), and either
+
+- it carries a share's token in ``attributes.share`` (an activity at or after that share;
+  this takes precedence), or
+- its customer, signed in, last visited a share of the campaign (``share_touches``: last
+  share wins) at most ``attribution_hours`` before the activity occurred (and not more than
+  ``CLOCK_SKEW`` after it: senders' clocks are not ours).
+
+A sharer's own activity never converts for their own share (their visits of it are not
+touches either). A follow-up (a refund) never converts. One conversion per (activity,
+campaign): the primary key, ``ON CONFLICT DO NOTHING``. Anonymous visits (cookie or
+address) count as visits but cannot be tied to an activity's customer; the token in
+``attributes.share`` is how a sender attributes those.
+
+Cost when nothing is to be attributed: one query by primary-key prefix (the batch's
+customers' touches), plus one by the unique token only when an activity carries one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any, cast
+
+from sqlalchemy import Table, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from incentive.campaigns.kinds import ActivityFacts
+from incentive.db import insert as db_insert
+from incentive.db import one_of, utcnow
+from incentive.sharing.models import Share, ShareConversion, ShareTouch, SharingSettings
+from incentive.sharing.schemas import ConversionType
+
+CONVERTIBLE = frozenset(ConversionType.__args__)  # type: ignore[attr-defined]
+TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+# A sender's clock and ours differ (and many send whole seconds): a visit up to this long
+# after the activity's ``occurred_at`` still counts as before it.
+CLOCK_SKEW = timedelta(minutes=2)
+_CONVERSIONS = cast(Table, ShareConversion.__table__)
+
+
+def _token(activity: ActivityFacts) -> str | None:
+    raw = activity.attributes.get("share")
+    return raw if isinstance(raw, str) and TOKEN.match(raw) else None
+
+
+async def observe(session: AsyncSession, activities: Sequence[ActivityFacts]) -> None:
+    """Record the conversions among ``activities`` (see the module contract)."""
+    candidates = [a for a in activities if a.refers_to is None and a.type in CONVERTIBLE]
+    if not candidates:
+        return
+    customers = sorted({a.customer for a in candidates})
+    touched: dict[str, list[tuple[Any, Share]]] = {}
+    rows = await session.execute(
+        select(ShareTouch.customer_id, ShareTouch.visited_at, Share)
+        .join(Share, Share.id == ShareTouch.share_id)
+        .where(one_of(session, ShareTouch.customer_id, customers))
+    )
+    for customer_id, visited_at, found in rows:
+        touched.setdefault(customer_id, []).append((visited_at, found))
+    tokens = sorted({t for a in candidates if (t := _token(a)) is not None})
+    by_token: dict[str, Share] = {}
+    if tokens:
+        by_token = {
+            s.token: s for s in await session.scalars(select(Share).where(Share.token.in_(tokens)))
+        }
+    if not touched and not by_token:
+        return
+    campaign_ids = sorted(
+        {s.campaign_id for pairs in touched.values() for _, s in pairs}
+        | {s.campaign_id for s in by_token.values()}
+    )
+    settings = {
+        s.campaign_id: s
+        for s in await session.scalars(
+            select(SharingSettings).where(
+                SharingSettings.campaign_id.in_(campaign_ids), SharingSettings.enabled.is_(True)
+            )
+        )
+    }
+    now = utcnow()
+    out: list[dict[str, Any]] = []
+    for activity in candidates:
+        chosen: dict[str, tuple[Share, str]] = {}
+
+        def counts(campaign_id: str, activity: ActivityFacts = activity) -> bool:
+            found = settings.get(campaign_id)
+            return found is not None and activity.type in found.conversion_types
+
+        token = _token(activity)
+        named = by_token.get(token) if token else None
+        if (
+            named is not None
+            and counts(named.campaign_id)
+            and named.sharer_id != activity.customer
+            and named.created_at - CLOCK_SKEW <= activity.occurred_at
+        ):
+            chosen[named.campaign_id] = (named, "token")
+        for visited_at, found in touched.get(activity.customer, ()):
+            if found.campaign_id in chosen or not counts(found.campaign_id):
+                continue
+            window = timedelta(hours=settings[found.campaign_id].attribution_hours)
+            if (
+                found.sharer_id != activity.customer
+                and visited_at - CLOCK_SKEW <= activity.occurred_at <= visited_at + window
+            ):
+                chosen[found.campaign_id] = (found, "visit")
+        for campaign_id, (found, via) in sorted(chosen.items()):
+            out.append(
+                {
+                    "activity_id": activity.id,
+                    "campaign_id": campaign_id,
+                    "share_id": found.id,
+                    "sharer_id": found.sharer_id,
+                    "channel": found.channel,
+                    "customer_id": activity.customer,
+                    "type": activity.type,
+                    "via": via,
+                    "occurred_at": activity.occurred_at,
+                    "recorded_at": now,
+                }
+            )
+    if out:
+        await session.execute(
+            db_insert(session, _CONVERSIONS).on_conflict_do_nothing(
+                index_elements=["activity_id", "campaign_id"]
+            ),
+            out,
+        )
