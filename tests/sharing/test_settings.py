@@ -11,7 +11,7 @@ from sqlalchemy import select
 from incentive.auth.models import AuditEntry
 from incentive.db import Database
 from incentive.sharing.models import SharingSettings
-from tests.campaigns.conftest import World, walk
+from tests.campaigns.conftest import World, assisted_review, walk
 from tests.coupons.conftest import coupon_campaign
 from tests.sharing.conftest import H, count, draft, put_sharing, rows
 
@@ -90,8 +90,9 @@ async def test_bad_settings_are_422_naming_the_field_and_write_nothing(
 
 
 async def test_settings_cannot_change_once_submitted_and_only_the_manager_sets_them(
-    client: httpx.AsyncClient, db: Database, world: World
+    client: httpx.AsyncClient, db: Database, app: Any, world: World
 ) -> None:
+    await assisted_review(db, app)  # held for a person, who rejects it below
     campaign = await draft(client, world)
     assert (await put_sharing(client, world.ma, campaign["id"], enabled=False)).status_code == 200
     await walk(client, world, campaign["id"], "pending_review")

@@ -28,6 +28,7 @@ from incentive.review.schemas import (
     VerdictPage,
     WordListIn,
     WordListOut,
+    WordListPage,
     WordListPatch,
     WordOut,
     WordPage,
@@ -67,12 +68,15 @@ async def create_list(body: WordListIn, principal: Operator, session: Session) -
 @router.get(
     "/review/word-lists",
     name="list_word_lists",
-    response_model=list[WordListOut],
+    response_model=WordListPage,
     responses=problems(*OPERATING),
 )
-async def list_lists(principal: Operator, session: Session) -> list[WordListOut]:
-    """Every list with its severity, version and size."""
-    return [_list(row) for row in await words.lists(session)]
+async def list_lists(
+    principal: Operator, session: Session, cursor: Cursor = None, limit: Limit = DEFAULT_LIMIT
+) -> WordListPage:
+    """Every list with its severity, version and size, by name."""
+    page = await words.lists(session, cursor=cursor, limit=limit)
+    return WordListPage.of(page, _list)
 
 
 @router.get(
@@ -82,6 +86,7 @@ async def list_lists(principal: Operator, session: Session) -> list[WordListOut]
     responses=problems(*LISTED),
 )
 async def get_list(name: ListPath, principal: Operator, session: Session) -> WordListOut:
+    """One list: its severity, version and size."""
     return _list(await words.get_list(session, name))
 
 
@@ -156,6 +161,7 @@ async def list_words(
     cursor: Cursor = None,
     limit: Limit = DEFAULT_LIMIT,
 ) -> WordPage:
+    """The list's words in order, each with the version that added it."""
     page = await words.words_of(session, name, cursor=cursor, limit=limit)
     return WordPage.of(page, WordOut.model_validate)
 

@@ -49,7 +49,8 @@ def lists() -> None:
     """Every list with its severity, version and size."""
 
     async def work(session: AsyncSession) -> dict[str, Any]:
-        return {"lists": [_shown(row) for row in await words.lists(session)]}
+        page = await words.lists(session, limit=200)
+        return {"lists": [_shown(row) for row in page.items]}
 
     echo_json(run_work(work))
 

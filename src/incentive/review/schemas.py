@@ -49,6 +49,10 @@ class WordListOut(BaseModel):
     updated_at: datetime
 
 
+class WordListPage(Page[WordListOut]):
+    """Word lists, by name."""
+
+
 class WordsChanged(BaseModel):
     list: WordListOut
     changed: int = Field(description="words new to the list (add, import) or taken out (remove)")

@@ -40,6 +40,7 @@ from incentive.review.models import (
 MAX_WORD = 100
 CHUNK = 5_000
 CHANGES = Keyset((WordListChange.id,), tuple[KeyInt], descending=True)
+LISTS = Keyset((WordList.name,), tuple[str], descending=False)
 WORDS = Keyset((SensitiveWord.word,), tuple[str], descending=False)
 
 
@@ -213,8 +214,10 @@ async def set_severity(
     return row
 
 
-async def lists(session: AsyncSession) -> list[WordList]:
-    return list(await session.scalars(select(WordList).order_by(WordList.name)))
+async def lists(
+    session: AsyncSession, *, cursor: str | None = None, limit: int = 50
+) -> Slice[WordList]:
+    return await LISTS.fetch(session, select(WordList), cursor=cursor, limit=limit)
 
 
 async def changes(
