@@ -22,7 +22,7 @@ from incentive.db import Database
 from incentive.join_codes.models import CampaignMerchant
 from incentive.ledger import service as ledger
 from incentive.points_files.models import PointsFile
-from tests.campaigns.conftest import campaign_body
+from tests.campaigns.conftest import assisted_review, campaign_body
 from tests.factories import Actor, make_merchant, make_user
 
 ROWS = 7  # with page sizes 1, 2, 3 and 7: full pages, a short last page, an exact fit
@@ -64,6 +64,7 @@ class Lists:
 
 
 async def _lists(db: Database, app: Any, client: httpx.AsyncClient) -> Lists:
+    await assisted_review(db, app)  # submissions wait for a person: history moves back and forth
     op = await make_user(db, app, username="pager-op", role="operator")
     owner = await make_user(db, app, username="pager")
     other = await make_user(db, app, username="other")
