@@ -28,7 +28,26 @@ The production matcher (``incentive.review.matcher.Matcher``) is ``ahocorasick-r
 ``pyahocorasick`` one here is the same class with the automaton swapped (install it with
 ``pip install -e '.[bench]'``).
 
-    python bench/review.py [--words 100000] [--repetitions 2000]
+The ``swap`` part measures a list swap end to end: ``--servers`` real ``incentive serve``
+processes (default 2, one uvicorn worker each) on one database (a fresh SQLite file; a fresh
+PostgreSQL database when ``INCENTIVE_BENCH_DATABASE_URL`` is set, created and dropped here), an
+operator's token, one list. ``--swaps`` times (default 3) a different seeded list of
+``--words`` words replaces the list with one ``PUT /api/v1/review/word-lists/bench/words`` to
+the first server (``put_s``: the request, its commit included). From its response every server
+is screened (``POST /api/v1/review/screenings``, a text holding a word of the new list in none
+of the old ones) every 50 ms until that word is hit: ``swap_s`` per server (the refresher's
+poll, every 0.5 s by default, loading the words, building the matcher, the probe's answer) and
+their max, the target (≤ 3 s, into every process); beside it ``load_and_build_s``, the
+server's own ``incentive_review_build_seconds`` over the swap, and ``server_cpu_s``, the CPU
+the server used meanwhile (wall well above it: the server waited for a core). All along, one
+client per server sends ``GET /healthz`` (nothing but the event loop answers it), 20 ms
+after each answer: its latency ``before`` (the 2 s before the PUT), during the ``put`` (the
+first server parses 100,000 words) and during the ``swap`` (PUT answered → that server's
+hit), per server over all swaps: what a swap costs the other requests (anything holding the
+GIL stalls the event loop).
+
+    python bench/review.py [--parts matchers,swap] [--words 100000] [--repetitions 2000]
+        [--swaps 3] [--servers 2]
 """
 
 from __future__ import annotations
@@ -41,18 +60,33 @@ import os
 import platform
 import random
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import httpx
 import opencc
+from httpbench import Server, customers_and_operator, tree_cpu_seconds
+from sqlalchemy.engine import make_url
 
+from incentive import migrations
+from incentive.db import Database
+from incentive.kit.pgadmin import drop_database, recreate_database
 from incentive.review.matcher import Matcher, Word, normalise
 
 TARGET_P99_MS = 5.0
+TARGET_SWAP_S = 3.0
+PROBE_EVERY_S = 0.05
+HEALTH_EVERY_S = 0.02
+BEFORE_S = 2.0
+METRICS_TOKEN = "bench-review"
+BUILD_METRIC = "incentive_review_build_seconds_sum "
 FIELDS = 10
 FIELD_CHARS = 500
 
@@ -166,8 +200,8 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _ms_quantiles(samples: list[float]) -> dict[str, float]:
-    cuts = statistics.quantiles(samples, n=100)
+def _ms_quantiles(samples: list[float], method: str = "exclusive") -> dict[str, float]:
+    cuts = statistics.quantiles(samples, n=100, method=method)
     return {
         "p50": round(cuts[49] * 1000, 3),
         "p99": round(cuts[98] * 1000, 3),
@@ -250,15 +284,184 @@ def measure(name: str, n_words: int, repetitions: int) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--words", type=int, default=100_000)
-    parser.add_argument("--repetitions", type=int, default=2_000)
-    parser.add_argument("--child", choices=sorted(MATCHERS), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        json.dump(measure(args.child, args.words, args.repetitions), sys.stdout)
-        return
+class Stream:
+    """``GET /healthz`` back to back (``HEALTH_EVERY_S`` apart) on one server: (start, s)."""
+
+    def __init__(self, base: str) -> None:
+        self.client = httpx.AsyncClient(base_url=base, timeout=30)
+        self.samples: list[tuple[float, float]] = []
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            t0 = time.perf_counter()
+            (await self.client.get("/healthz")).raise_for_status()
+            self.samples.append((t0, time.perf_counter() - t0))
+            await asyncio.sleep(HEALTH_EVERY_S)
+
+    def within(self, start: float, end: float) -> list[float]:
+        return [s for t, s in self.samples if start <= t < end]
+
+    async def close(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.client.aclose()
+
+
+async def _screen(client: httpx.AsyncClient, probe: str) -> tuple[bool, int]:
+    """Whether the server's matcher hits ``probe`` (in a sentence), and its revision."""
+    text = {"texts": {"title": f"本周{probe}活动"}}
+    r = await client.post("/api/v1/review/screenings", json=text)
+    r.raise_for_status()
+    body = r.json()
+    return any(h["word"] == probe for h in body["hits"]), int(body["revision"])
+
+
+async def _until_hit(server: Server, client: httpx.AsyncClient, probe: str, since: float) -> Any:
+    cpu = tree_cpu_seconds(server.proc.pid)
+    while True:
+        hit, revision = await _screen(client, probe)
+        if hit:
+            return {
+                "swap_s": round(time.perf_counter() - since, 3),
+                "revision": revision,
+                "server_cpu_s": round(tree_cpu_seconds(server.proc.pid) - cpu, 2),
+            }
+        if time.perf_counter() - since > 60:
+            raise RuntimeError(f"{probe} not hit within 60 s")
+        await asyncio.sleep(PROBE_EVERY_S)
+
+
+async def _build_seconds(base: str) -> float:
+    """The server's time spent loading words and building matchers so far (its metric)."""
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        r = await client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    r.raise_for_status()
+    line = next(x for x in r.text.splitlines() if x.startswith(BUILD_METRIC))
+    return float(line.split()[-1])
+
+
+def _probe(words: list[str], old: set[str]) -> str:
+    """A word of the new list that normalises to no word of the old lists."""
+    return next(w for w in words if len(w) >= 5 and normalise(w)[0] not in old)
+
+
+def _latency(samples: list[float]) -> dict[str, Any]:
+    if len(samples) < 2:
+        return {"requests": len(samples)}
+    return {"requests": len(samples), **_ms_quantiles(samples, "inclusive")}
+
+
+async def swap_rounds(servers: list[Server], token: str, args: argparse.Namespace) -> Any:
+    auth = {"Authorization": f"Bearer {token}"}
+    clients = [httpx.AsyncClient(base_url=s.base, headers=auth, timeout=60) for s in servers]
+    lists = {"name": "bench", "severity": "reject"}
+    r = await clients[0].post("/api/v1/review/word-lists", json=lists)
+    r.raise_for_status()
+    streams = [Stream(s.base) for s in servers]
+    windows: dict[str, list[list[float]]] = {k: [[] for _ in servers] for k in WINDOWS}
+    rounds, old = [], set[str]()
+    try:
+        for i in range(args.swaps):
+            texts = [w.text for w in word_list(args.words, seed=1000 + i)]
+            probe = _probe(texts, old)
+            body = json.dumps({"words": texts}, ensure_ascii=False).encode()
+            before = [await _screen(c, probe) for c in clients]
+            built = [await _build_seconds(s.base) for s in servers]
+            assert not any(hit for hit, _ in before), probe
+            await asyncio.sleep(BEFORE_S)
+            t0 = time.perf_counter()
+            r = await clients[0].put(
+                "/api/v1/review/word-lists/bench/words",
+                content=body,
+                headers={"Content-Type": "application/json"},
+            )
+            r.raise_for_status()
+            t1 = time.perf_counter()
+            hits = await asyncio.gather(
+                *(_until_hit(s, c, probe, t1) for s, c in zip(servers, clients, strict=True))
+            )
+            for hit, server, was in zip(hits, servers, built, strict=True):
+                hit["load_and_build_s"] = round(await _build_seconds(server.base) - was, 3)
+            for n, (stream, hit) in enumerate(zip(streams, hits, strict=True)):
+                windows["before"][n] += stream.within(t0 - BEFORE_S, t0)
+                windows["put"][n] += stream.within(t0, t1)
+                windows["swap"][n] += stream.within(t1, t1 + hit["swap_s"])
+            rounds.append(
+                {
+                    "put_s": round(t1 - t0, 3),
+                    "words": r.json()["list"]["word_count"],
+                    "body_mb": round(len(body) / 2**20, 2),
+                    "revision_before": before[0][1],
+                    "per_server": hits,
+                    "swap_s": max(h["swap_s"] for h in hits),
+                }
+            )
+            old = {normalise(w)[0] for w in texts}
+    finally:
+        for stream in streams:
+            await stream.close()
+        for client in clients:
+            await client.aclose()
+    worst = max(r["swap_s"] for r in rounds)
+    return {
+        "swaps": rounds,
+        "swap_s_max": worst,
+        "put_s_max": max(r["put_s"] for r in rounds),
+        "healthz_ms": {
+            f"server_{n}": {w: _latency(windows[w][n]) for w in WINDOWS}
+            for n in range(len(servers))
+        },
+        "target": f"a {args.words:,}-word list swapped into every process <= {TARGET_SWAP_S} s "
+        "(PUT answered -> first hit on every server)",
+        "target_met": worst <= TARGET_SWAP_S,
+    }
+
+
+WINDOWS = ("before", "put", "swap")
+
+
+async def swap(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``swap`` part: servers on a fresh database, ``--swaps`` list imports."""
+    data_dir = Path(tempfile.mkdtemp(prefix="incentive-bench-review-"))
+    url = os.environ.get("INCENTIVE_BENCH_DATABASE_URL")
+    if url is None:
+        url = f"sqlite+aiosqlite:///{data_dir / 'bench.db'}"
+    else:
+        await recreate_database(url, str(make_url(url).database))
+    db = Database(url)
+    try:
+        await migrations.upgrade(db.engine)
+        _, operator = await customers_and_operator(db, data_dir / "keys", 0)
+        env = {
+            "INCENTIVE_DATA_DIR": str(data_dir),
+            "INCENTIVE_DATABASE_URL": url,
+            "INCENTIVE_DEMO_DATA": "false",
+            "INCENTIVE_LOG_LEVEL": "WARNING",
+            "INCENTIVE_METRICS_TOKEN": METRICS_TOKEN,
+        }
+        servers = [Server(env, log=data_dir / f"server{n}.log") for n in range(args.servers)]
+        try:
+            result = await swap_rounds(servers, operator, args)
+            result["server_errors_logged"] = sum(s.errors_logged() for s in servers)
+        finally:
+            for server in servers:
+                server.stop()
+    finally:
+        await db.dispose()
+        if not db.is_sqlite:
+            await drop_database(url, str(make_url(url).database))
+        shutil.rmtree(data_dir, ignore_errors=True)
+    head = "sqlite" if db.is_sqlite else "postgresql"
+    return {
+        "database": head,
+        "servers": f"{args.servers} x incentive serve (1 uvicorn worker each), one database",
+        **result,
+    }
+
+
+def matchers(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``matchers`` part: each matcher measured in a fresh process of its own."""
     fields, planted = campaign(word_list(args.words))
     results = {}
     for name in MATCHERS:
@@ -268,13 +471,7 @@ def main() -> None:
         results[name] = json.loads(out)
     hits = {name: r.pop("hits") for name, r in results.items()}
     rs, py = results["ahocorasick_rs"], results["pyahocorasick"]
-    report = {
-        "bench": "review",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.platform()}",
-        "python": platform.python_version(),
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        "words": args.words,
+    return {
         "campaign": {"fields": len(fields), "characters": sum(len(f) for f in fields)},
         "repetitions": args.repetitions,
         "memory_measure": "RSS delta (/proc/self/statm) across build, after gc.collect()",
@@ -301,6 +498,36 @@ def main() -> None:
             },
         },
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--parts", default="matchers,swap", help="matchers, swap or both")
+    parser.add_argument("--words", type=int, default=100_000)
+    parser.add_argument("--repetitions", type=int, default=2_000)
+    parser.add_argument("--swaps", type=int, default=3, help="list imports in the swap part")
+    parser.add_argument("--servers", type=int, default=2, help="processes in the swap part")
+    parser.add_argument("--child", choices=sorted(MATCHERS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        json.dump(measure(args.child, args.words, args.repetitions), sys.stdout)
+        return
+    parts = {p.strip() for p in args.parts.split(",")}
+    if not parts or parts - {"matchers", "swap"}:
+        parser.error("--parts: matchers, swap or both")
+    report: dict[str, Any] = {
+        "bench": "review",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.platform()}",
+        "python": platform.python_version(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "words": args.words,
+    }
+    if "matchers" in parts:
+        report.update(matchers(args))
+    if "swap" in parts:
+        report["swap"] = asyncio.run(swap(args))
+    report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     json.dump(report, sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
 

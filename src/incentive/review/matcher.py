@@ -68,6 +68,14 @@ def _t2s_char(char: str) -> str:
     return converted if len(converted) == 1 else char
 
 
+def _simplified(folded: str) -> str:
+    """Step 2, keeping the length (one character for one)."""
+    simplified = _T2S.convert(folded)
+    if len(simplified) != len(folded):
+        simplified = "".join(_t2s_char(c) for c in folded)
+    return str(simplified)
+
+
 def normalise(text: str) -> tuple[str, list[int]]:
     """The form matching runs on, and for each of its characters the index in ``text`` of the
     character it came from (non-decreasing; one original character may give several)."""
@@ -77,10 +85,13 @@ def normalise(text: str) -> tuple[str, list[int]]:
     index = [i for i, c in enumerate(text) if _FOLD[ord(c)]]
     if len(index) != len(folded):  # some character gave more than one (ß -> ss, ﬁ -> fi)
         index = [i for i, c in enumerate(text) for _ in _FOLD[ord(c)]]
-    simplified = _T2S.convert(folded)
-    if len(simplified) != len(folded):
-        simplified = "".join(_t2s_char(c) for c in folded)
-    return simplified, index
+    return _simplified(folded), index
+
+
+def _key(text: str) -> str:
+    """``normalise(text)[0]`` without the index (what a word is matched as)."""
+    folded = text.translate(_FOLD)
+    return _simplified(folded) if folded else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +132,7 @@ class Matcher:
         skipped; words of one normalised text (from several lists) all report."""
         grouped: dict[str, list[Word]] = {}
         for word in dict.fromkeys(words):
-            key = normalise(word.text)[0]
+            key = _key(word.text)
             if key:
                 grouped.setdefault(key, []).append(word)
         return cls(list(grouped), [tuple(ws) for ws in grouped.values()])
