@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from incentive.auth.models import AuditEntry
 from incentive.db import Database
-from tests.campaigns.conftest import World
+from tests.campaigns.conftest import World, campaign_body
 from tests.templates.test_templates import template
 
 
@@ -36,3 +36,41 @@ async def test_an_empty_patch_changes_nothing_and_is_no_5xx(
     r = await client.patch(url, json={}, headers=world.op.headers)
     assert r.status_code == 409, r.text
     assert r.json()["type"].endswith("/template-published")
+
+
+async def test_a_field_no_value_can_satisfy_is_refused_when_the_template_is_made(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    """A choice field without choices (every campaign from it was a 500) and a text field
+    whose min_length is above its (default) max_length (none could be made): 422 naming
+    the field, when the template is drafted."""
+    for field in (
+        {"name": "tier", "label": "Tier", "type": "choice", "choices": []},
+        {"name": "title", "label": "Title", "type": "text", "min_length": 201},
+        {"name": "items", "label": "Items", "type": "text_list", "min_length": 201},
+        {"name": "body", "label": "Body", "type": "prose", "min_length": 5000, "max_length": 4999},
+    ):
+        r = await client.post(
+            "/api/v1/templates",
+            json={"key": "odd", "kind": "rebate", "name": "Odd", "fields": [field]},
+            headers=world.op.headers,
+        )
+        assert r.status_code == 422, (field, r.text)
+        assert r.json()["errors"][0]["field"].startswith("fields.0"), r.text
+    made = await template(
+        client,
+        world.op,
+        fields=[
+            {"name": "tier", "label": "Tier", "type": "choice", "choices": ["gold"]},
+            {"name": "title", "label": "Title", "type": "text", "min_length": 200},
+        ],
+    )
+    r = await client.post(
+        "/api/v1/campaigns",
+        json=campaign_body(
+            "rebate", template={"key": "shop"}, content={"tier": "gold", "title": "t" * 200}
+        ),
+        headers=world.ma.headers,
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["template_version"] == made["version"]
