@@ -37,3 +37,21 @@ async def test_a_payment_at_another_merchant_is_no_conversion_of_a_merchants_cam
         f"/api/v1/campaigns/{campaign['id']}/shares/stats", headers=world.ma.headers
     )
     assert r.json()["conversions"] == 1
+
+
+async def test_a_link_too_long_for_a_qr_code_is_a_4xx_not_a_500(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    """Without INCENTIVE_PUBLIC_BASE_URL the link is built from the Host header, which the
+    caller chooses: a long one overflowed the QR code (an unhandled segno error, 500)."""
+    campaign, _ = await shared_campaign(client, world, coupons=False)
+    made = await shared(client, world.ma, campaign["id"])
+    url = f"/api/v1/shares/{made['token']}/qr"
+    for ecc in ("l", "h"):
+        r = await client.get(
+            url, params={"ecc": ecc}, headers={**world.ma.headers, "Host": "a" * 3000 + ".test"}
+        )
+        assert r.status_code == 422, r.text
+        assert r.json()["errors"][0]["field"] == "Host"
+    r = await client.get(url, params={"format": "svg"}, headers=world.ma.headers)
+    assert (r.status_code, r.headers["content-type"]) == (200, "image/svg+xml")
