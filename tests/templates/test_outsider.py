@@ -74,3 +74,34 @@ async def test_a_field_no_value_can_satisfy_is_refused_when_the_template_is_made
     )
     assert r.status_code == 201, r.text
     assert r.json()["template_version"] == made["version"]
+
+
+async def test_an_image_default_is_stored_as_a_given_image_would_be(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    """An image field's default was kept as the raw JSON (no caption, the URL as typed) and
+    serialising it warned (an error under the suite's warning filter)."""
+    await template(
+        client,
+        world.op,
+        fields=[
+            {
+                "name": "banner",
+                "label": "Banner",
+                "type": "image",
+                "reviewed": True,
+                "default": {"url": "https://cdn.example"},
+            }
+        ],
+    )
+    given = {"banner": {"url": "https://cdn.example"}}
+    made = []
+    for content in ({}, given):
+        r = await client.post(
+            "/api/v1/campaigns",
+            json=campaign_body("rebate", template={"key": "shop"}, content=content),
+            headers=world.ma.headers,
+        )
+        assert r.status_code == 201, r.text
+        made.append(r.json()["content"])
+    assert made[0] == made[1] == {"banner": {"url": "https://cdn.example/", "caption": ""}}

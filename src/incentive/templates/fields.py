@@ -138,7 +138,12 @@ def _content_model(fields_json: str) -> type[BaseModel]:
         if spec.required:
             definitions[spec.name] = (annotation, ...)
         else:
-            definitions[spec.name] = (annotation | None, spec.default)
+            # validated: a default is stored as the same value given would be (an image's
+            # default becomes an Image, its URL normalised and its caption filled in)
+            definitions[spec.name] = (
+                annotation | None,
+                Field(default=spec.default, validate_default=True),
+            )
     return create_model(
         "Content", __config__=ConfigDict(extra="forbid", frozen=True), **definitions
     )
