@@ -16,12 +16,20 @@ DEFAULT_SCALE = {"png": 8, "svg": 6}
 MAX_SCALE = 40
 
 
+class DataTooLong(ValueError):
+    """``data`` does not fit in a QR code at this error correction level."""
+
+
 def render(
     data: str, format: Format = "png", *, scale: int | None = None, ecc: Ecc = "m", border: int = 4
 ) -> tuple[bytes, str]:
     """``data`` as a QR code (never a micro QR): (the image's bytes, its media type).
-    ``scale``: pixels (SVG units) per module; ``ecc``: error correction level."""
-    code = segno.make(data, error=ecc, micro=False)
+    ``scale``: pixels (SVG units) per module; ``ecc``: error correction level.
+    ``DataTooLong`` when ``data`` does not fit."""
+    try:
+        code = segno.make(data, error=ecc, micro=False)
+    except segno.DataOverflowError as exc:
+        raise DataTooLong(str(exc)) from None
     out = io.BytesIO()
     code.save(out, kind=format, scale=scale or DEFAULT_SCALE[format], border=border)
     return out.getvalue(), MEDIA_TYPES[format]

@@ -19,6 +19,7 @@ from incentive.review import service, words
 from incentive.review.errors import ReviewConflict, WordListNotFound
 from incentive.review.models import WordList
 from incentive.review.schemas import (
+    LIST_NAME,
     ChangeOut,
     ChangePage,
     DecisionIn,
@@ -38,7 +39,7 @@ from incentive.review.schemas import (
 
 router = APIRouter(tags=["review"], route_class=JSONBodyRoute)
 
-ListPath = Annotated[str, Path(pattern=r"^[a-z][a-z0-9_-]{0,63}$", description="list name")]
+ListPath = Annotated[str, Path(pattern=LIST_NAME, description="list name")]
 CampaignId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="campaign id")]
 OPERATING = (*AUTHENTICATED, *VALIDATION, Forbidden)
 LISTED = (*OPERATING, WordListNotFound)

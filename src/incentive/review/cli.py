@@ -4,6 +4,7 @@ JSON object; a refusal prints ``error: ...`` and exits 2 for bad input, 1 otherw
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from incentive.errors import BadRequest
 from incentive.kit.commands import echo_json, fail, run_work
 from incentive.review import words
+from incentive.review.schemas import LIST_NAME
 
 review_app = typer.Typer(no_args_is_help=True, help="Sensitive-word lists of the automated review")
 
@@ -62,6 +64,8 @@ def create(
 ) -> None:
     """A new, empty list."""
     chosen = _severity(severity)
+    if not re.fullmatch(LIST_NAME, name):  # as the API takes it (and can address it afterwards)
+        fail(f"name must match {LIST_NAME}, not {name!r}", 2)
 
     async def work(session: AsyncSession) -> dict[str, Any]:
         return _shown(await words.create_list(session, None, name, chosen))
@@ -80,7 +84,8 @@ def import_(
 ) -> None:
     """Fill a list from a file of words (100,000+ is fine), as one new version."""
     try:
-        lines = file.read_text(encoding="utf-8").splitlines()
+        # utf-8-sig: a byte-order mark (as editors on Windows write) is no part of a word
+        lines = file.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         fail(f"cannot read {file}: {exc}", 2)
     cleaned = _clean(lines, field=f"{file.name}: line")

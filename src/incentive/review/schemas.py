@@ -11,7 +11,8 @@ from incentive.kit.pagination import Page
 from incentive.kit.text import Line, Prose
 
 Severity = Literal["reject", "hold"]
-ListName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
+LIST_NAME = r"^[a-z][a-z0-9_-]{0,63}$"
+ListName = Annotated[str, Field(pattern=LIST_NAME)]
 WordText = Annotated[Line, Field(min_length=1, max_length=100)]
 MAX_WORDS = 200_000
 

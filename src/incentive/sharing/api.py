@@ -200,9 +200,15 @@ async def share_qr(
     """A QR code of the share's link, for any signed-in user (the token is public: it is in
     the link itself)."""
     found = await service.by_token(session, token)
-    image, media_type = qr.render(
-        f"{public_base(request)}/s/{found.token}", format, scale=size, ecc=ecc
-    )
+    try:
+        image, media_type = qr.render(
+            f"{public_base(request)}/s/{found.token}", format, scale=size, ecc=ecc
+        )
+    except qr.DataTooLong:
+        # Only a link made from a caller's long Host header (no INCENTIVE_PUBLIC_BASE_URL).
+        raise InvalidField(
+            "Host", "too-long", "Host: the share's link made from it does not fit a QR code"
+        ) from None
     return Response(image, media_type=media_type)
 
 

@@ -9,14 +9,17 @@ type (``conversion_types``), and either
   share wins) at most ``attribution_hours`` before the activity occurred (and not more than
   ``CLOCK_SKEW`` after it: senders' clocks are not ours).
 
-A sharer's own activity never converts for their own share (their visits of it are not
-touches either). A follow-up (a refund) never converts. One conversion per (activity,
-campaign): the primary key, ``ON CONFLICT DO NOTHING``. Anonymous visits (cookie or
-address) count as visits but cannot be tied to an activity's customer; the token in
-``attributes.share`` is how a sender attributes those.
+An activity at another merchant (``merchant`` given and not the campaign's) never converts
+for a merchant's campaign: a shop's share brings custom to that shop (as a merchant's reward
+campaign refuses ``other-merchant``). A sharer's own activity never converts for their own
+share (their visits of it are not touches either). A follow-up (a refund) never converts.
+One conversion per (activity, campaign): the primary key, ``ON CONFLICT DO NOTHING``.
+Anonymous visits (cookie or address) count as visits but cannot be tied to an activity's
+customer; the token in ``attributes.share`` is how a sender attributes those.
 
 Cost when nothing is to be attributed: one query by primary-key prefix (the batch's
-customers' touches), plus one by the unique token only when an activity carries one.
+customers' touches), plus one by the unique token only when an activity carries one (and,
+when there is something to attribute, one by primary key per campaign for its owner).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any, cast
 from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from incentive.campaigns import service as campaigns
 from incentive.campaigns.kinds import ActivityFacts
 from incentive.db import insert as db_insert
 from incentive.db import one_of, utcnow
@@ -82,6 +86,11 @@ async def observe(session: AsyncSession, activities: Sequence[ActivityFacts]) ->
             )
         )
     }
+    # Whose campaign: a merchant's counts activities at that merchant only.
+    merchant_of = {}
+    for campaign_id in settings:
+        owner = await campaigns.campaign_facts(session, campaign_id)
+        merchant_of[campaign_id] = owner.merchant_id if owner.owner_type == "merchant" else None
     now = utcnow()
     out: list[dict[str, Any]] = []
     for activity in candidates:
@@ -89,7 +98,10 @@ async def observe(session: AsyncSession, activities: Sequence[ActivityFacts]) ->
 
         def counts(campaign_id: str, activity: ActivityFacts = activity) -> bool:
             found = settings.get(campaign_id)
-            return found is not None and activity.type in found.conversion_types
+            if found is None or activity.type not in found.conversion_types:
+                return False
+            merchant = merchant_of[campaign_id]
+            return merchant is None or activity.merchant in (None, merchant)
 
         token = _token(activity)
         named = by_token.get(token) if token else None

@@ -82,14 +82,12 @@ class FieldSpec(BaseModel):
             raise ValueError(f"minimum/maximum apply to integer and fen fields, not {kind}")
         if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
             raise ValueError("minimum is above maximum")
-        if (
-            self.min_length is not None
-            and self.max_length is not None
-            and self.min_length > self.max_length
-        ):
+        if self.min_length is not None and self.min_length > (self.max_length or MAX_TEXT[kind]):
             raise ValueError("min_length is above max_length")
         if (self.choices is not None) != (kind == "choice"):
             raise ValueError("choices are given for a choice field, and only for one")
+        if self.choices == []:
+            raise ValueError("a choice field needs at least one choice")
         if self.choices is not None and len(set(self.choices)) != len(self.choices):
             raise ValueError("choices repeat")
         if self.max_items is not None and kind != "text_list":
@@ -140,7 +138,12 @@ def _content_model(fields_json: str) -> type[BaseModel]:
         if spec.required:
             definitions[spec.name] = (annotation, ...)
         else:
-            definitions[spec.name] = (annotation | None, spec.default)
+            # validated: a default is stored as the same value given would be (an image's
+            # default becomes an Image, its URL normalised and its caption filled in)
+            definitions[spec.name] = (
+                annotation | None,
+                Field(default=spec.default, validate_default=True),
+            )
     return create_model(
         "Content", __config__=ConfigDict(extra="forbid", frozen=True), **definitions
     )

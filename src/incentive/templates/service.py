@@ -117,6 +117,12 @@ async def edit(
 ) -> CampaignTemplate:
     template = await get(session, key, version)
     values = dict(changes)
+    if not values:  # nothing to change (an UPDATE with no SET is a syntax error)
+        if template.status != "draft":
+            raise TemplatePublished(
+                f"template {key}@{version} is {template.status}; make a new version to change it"
+            )
+        return template
     if "fields" in values:
         values["fields"] = _dump(values["fields"])
     won = await session.execute(
