@@ -225,3 +225,20 @@ async def test_withdrawn_or_edited_campaigns_leave_the_queue(
     assert r.status_code == 200
     queue = await client.get("/api/v1/review/queue", headers=world.op.headers)
     assert queue.json()["items"] == []
+
+
+async def test_a_verdict_keeps_the_first_200_hits_and_counts_them_all(
+    app: Any, client: httpx.AsyncClient, world: World
+) -> None:
+    await word_list(client, app, world.op, "watch", ["代购"], severity="hold")
+    c = await create(client, world.ma, description="代购 " * 300)
+    assert (await submit(client, world, c["id"]))["status"] == "pending_review"
+    (verdict,) = await verdicts(client, world.op, c["id"])
+    assert (len(verdict["hits"]), verdict["hit_count"]) == (200, 300)
+    assert [h["offset"] for h in verdict["hits"][:3]] == [0, 3, 6]
+    r = await client.post(
+        "/api/v1/review/screenings",
+        json={"texts": {"description": "代购 " * 300}},
+        headers=world.op.headers,
+    )
+    assert (len(r.json()["hits"]), r.json()["hit_count"]) == (200, 300)

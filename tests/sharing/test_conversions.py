@@ -152,3 +152,16 @@ async def test_activities_of_customers_who_visited_nothing_cost_one_query(
             event.remove(db.engine.sync_engine, "before_cursor_execute", seen)
     assert len(statements) == 1, statements
     assert "share_touches" in statements[0]
+
+
+async def test_a_named_share_converts_only_within_the_window_after_it_was_made(
+    client: httpx.AsyncClient, db: Database, world: World, app: Any, sender: Sender
+) -> None:
+    campaign, _ = await shared_campaign(client, world, coupons=False, attribution_hours=2)
+    (alice,) = await customers(db, app, 1, prefix="sharer")
+    a = await shared(client, alice, campaign["id"])
+    later = utcnow() + timedelta(hours=2, minutes=5)
+    await pay(client, sender, world.cust, world.merchant_a, share=a["token"], occurred_at=later)
+    assert await _conversions(db) == []
+    await pay(client, sender, world.cust, world.merchant_a, share=a["token"])
+    assert await _conversions(db) == [(a["id"], world.cust.user.id, "token")]

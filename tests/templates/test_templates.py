@@ -278,3 +278,29 @@ async def test_reviewed_fields_are_screened_and_the_others_are_not(
         ("content.hot_items.1", "Casino"),
         ("content.banner.caption", "C-A-S-I-N-O"),
     ]
+
+
+async def test_customers_see_the_reviewed_content_only(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    await template(client, world.op)
+    content = {**GOOD, "internal_note": "ask Wang about the rent", "tables": 12}
+    r = await client.post(
+        "/api/v1/campaigns", json=_from_template(content), headers=world.ma.headers
+    )
+    cid = r.json()["id"]
+    for to in ("pending_review", "active"):  # the automated review approves it
+        r = await client.post(
+            f"/api/v1/campaigns/{cid}/transitions", json={"to": to}, headers=world.ma.headers
+        )
+        assert r.status_code == 200, r.text
+    seen = (await client.get(f"/api/v1/campaigns/{cid}", headers=world.cust.headers)).json()
+    assert "internal_note" not in seen["content"]
+    assert seen["content"]["staff"] == GOOD["staff"]
+    assert seen["content"]["tables"] == 12  # not text: shown
+    listed = await client.get(
+        "/api/v1/campaigns", params={"merchant": world.merchant_a}, headers=world.cust.headers
+    )
+    assert [c["content"].get("internal_note") for c in listed.json()["items"]] == [None]
+    own = (await client.get(f"/api/v1/campaigns/{cid}", headers=world.ma.headers)).json()
+    assert own["content"]["internal_note"] == "ask Wang about the rent"

@@ -17,7 +17,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from incentive.auth.principal import CurrentUser, MerchantStaff, Operator
+from incentive.auth.principal import CurrentUser, MerchantStaff, Operator, Principal
 from incentive.campaigns import flows, service
 from incentive.campaigns.errors import (
     CampaignClosed,
@@ -67,6 +67,13 @@ def _out(campaign: Campaign) -> CampaignOut:
     return CampaignOut.model_validate(campaign)
 
 
+async def _shown(session: Session, principal: Principal, campaign: Campaign) -> CampaignOut:
+    """The campaign as ``principal`` may read it (customers: the reviewed content only)."""
+    out = _out(campaign)
+    out.content = await service.shown_content(session, principal, campaign)
+    return out
+
+
 @router.post(
     "", response_model=CampaignOut, status_code=201, responses=problems(*MANAGING, NotFound)
 )
@@ -111,7 +118,10 @@ async def list_campaigns(
         cursor=cursor,
         limit=limit,
     )
-    return CampaignPage.of(page, _out)
+    return CampaignPage(
+        items=[await _shown(session, principal, c) for c in page.items],
+        next_cursor=page.next_cursor,
+    )
 
 
 @router.get("/{campaign_id}", response_model=CampaignOut, responses=problems(*SEEING))
@@ -119,7 +129,9 @@ async def get_campaign(
     campaign_id: CampaignId, principal: CurrentUser, session: Session
 ) -> CampaignOut:
     """One campaign the caller may see (404 otherwise)."""
-    return _out(await service.visible_campaign(session, principal, campaign_id))
+    return await _shown(
+        session, principal, await service.visible_campaign(session, principal, campaign_id)
+    )
 
 
 @router.patch(

@@ -31,7 +31,7 @@ from incentive.errors import Forbidden, InvalidField, NotFound
 from incentive.kit.pagination import KeyId, Keyset, KeyTime, Slice
 from incentive.ledger import service as ledger
 from incentive.templates import service as templates
-from incentive.templates.fields import reviewed_texts
+from incentive.templates.fields import customer_content, reviewed_texts
 
 BUDGET_ACCOUNT_NAME = "budget"
 EDITABLE = ("draft", "rejected")
@@ -284,6 +284,21 @@ async def customer_texts(session: AsyncSession, campaign: Campaign) -> list[tupl
         template = await templates.get(session, campaign.template_key, campaign.template_version)
         texts += reviewed_texts(templates.fields_of(template), campaign.content or {})
     return [(path, text) for path, text in texts if text]
+
+
+async def shown_content(
+    session: AsyncSession, principal: Principal, campaign: Campaign
+) -> dict[str, Any] | None:
+    """The campaign's content as the caller may see it: whole for its managers, without the
+    template's unreviewed texts for everyone else."""
+    if campaign.content is None or campaign.template_key is None:
+        return campaign.content
+    if can_manage(principal, campaign) or campaign.template_version is None:
+        return campaign.content
+    fields = await templates.frozen_fields(
+        session, campaign.template_key, campaign.template_version
+    )
+    return customer_content(fields, campaign.content)
 
 
 # --------------------------------------------------------------------------- listing

@@ -196,7 +196,11 @@ async def screen_texts(body: ScreeningIn, principal: Operator, session: Session)
     and every hit (nothing is recorded)."""
     verdict, hits, snapshot = await service.screening(session, list(body.texts.items()))
     return ScreeningOut(
-        revision=snapshot.revision, lists=snapshot.versions, verdict=verdict, hits=hits
+        revision=snapshot.revision,
+        lists=snapshot.versions,
+        verdict=verdict,
+        hits=hits[: service.MAX_KEPT_HITS],
+        hit_count=len(hits),
     )
 
 

@@ -94,6 +94,7 @@ class ReviewVerdict(Base):
     open: Mapped[bool] = mapped_column(default=False)
     decided_by: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str] = mapped_column(Text, default="")
-    hits: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    hits: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # the first 200
+    hit_count: Mapped[int] = mapped_column(BigInteger, default=0)
     lists: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -106,7 +106,8 @@ class VerdictOut(BaseModel):
     automated: bool
     decided_by: str
     reason: str
-    hits: list[HitOut]
+    hits: list[HitOut] = Field(description="the first 200 hits in text order")
+    hit_count: int = Field(description="every hit, also those beyond the first 200")
     lists: dict[str, int] = Field(description="each list's version the texts were checked against")
     at: datetime
 
@@ -133,7 +134,8 @@ class ScreeningOut(BaseModel):
     revision: int = Field(description="the word-list revision this process matched with")
     lists: dict[str, int]
     verdict: Literal["approved", "rejected", "held"]
-    hits: list[HitOut]
+    hits: list[HitOut] = Field(description="the first 200 hits in text order")
+    hit_count: int
 
 
 class DecisionIn(BaseModel):

@@ -47,6 +47,9 @@ SCREEN_SECONDS = Histogram(
 )
 QUEUE = Keyset((ReviewVerdict.id,), tuple[KeyInt], descending=False)
 MAX_REASON_HITS = 5
+# A verdict keeps the first hits in text order and counts them all: one submission of 50
+# long fields full of a listed word would otherwise store tens of megabytes.
+MAX_KEPT_HITS = 200
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ async def _record(
     reason: str,
     hits: list[dict[str, Any]],
     lists: dict[str, int],
+    hit_count: int | None = None,
 ) -> ReviewVerdict:
     row = ReviewVerdict(
         campaign_id=campaign_id,
@@ -147,7 +151,8 @@ async def _record(
         automated=automated,
         decided_by=decided_by,
         reason=reason,
-        hits=hits,
+        hits=hits[:MAX_KEPT_HITS],
+        hit_count=len(hits) if hit_count is None else hit_count,
         lists=lists,
         at=utcnow(),
     )
@@ -194,6 +199,7 @@ async def _decided(session: AsyncSession, move: flows.Move) -> None:
         reason=move.reason,
         hits=hits,
         lists=last.lists if last is not None and judged else {},
+        hit_count=last.hit_count if last is not None and judged else 0,
     )
     await record_audit(
         session,

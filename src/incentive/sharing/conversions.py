@@ -3,8 +3,8 @@
 An activity converts for a campaign when the campaign's sharing is enabled and counts its
 type (``conversion_types``), and either
 
-- it carries a share's token in ``attributes.share`` (an activity at or after that share;
-  this takes precedence), or
+- it carries a share's token in ``attributes.share`` (an activity at most
+  ``attribution_hours`` after that share was made; this takes precedence), or
 - its customer, signed in, last visited a share of the campaign (``share_touches``: last
   share wins) at most ``attribution_hours`` before the activity occurred (and not more than
   ``CLOCK_SKEW`` after it: senders' clocks are not ours).
@@ -45,6 +45,10 @@ TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 # after the activity's ``occurred_at`` still counts as before it.
 CLOCK_SKEW = timedelta(minutes=2)
 _CONVERSIONS = cast(Table, ShareConversion.__table__)
+
+
+def _window(found: SharingSettings) -> timedelta:
+    return timedelta(hours=found.attribution_hours)
 
 
 def _token(activity: ActivityFacts) -> str | None:
@@ -109,13 +113,15 @@ async def observe(session: AsyncSession, activities: Sequence[ActivityFacts]) ->
             named is not None
             and counts(named.campaign_id)
             and named.sharer_id != activity.customer
-            and named.created_at - CLOCK_SKEW <= activity.occurred_at
+            and named.created_at - CLOCK_SKEW
+            <= activity.occurred_at
+            <= named.created_at + _window(settings[named.campaign_id])
         ):
             chosen[named.campaign_id] = (named, "token")
         for visited_at, found in touched.get(activity.customer, ()):
             if found.campaign_id in chosen or not counts(found.campaign_id):
                 continue
-            window = timedelta(hours=settings[found.campaign_id].attribution_hours)
+            window = _window(settings[found.campaign_id])
             if (
                 found.sharer_id != activity.customer
                 and visited_at - CLOCK_SKEW <= activity.occurred_at <= visited_at + window

@@ -188,3 +188,10 @@ def reviewed_texts(
         else:
             texts.append((f"content.{spec.name}", value))
     return [(path, text) for path, text in texts if text]
+
+
+def customer_content(fields: Sequence[FieldSpec], content: Mapping[str, Any]) -> dict[str, Any]:
+    """What of ``content`` customers see: every field but the texts the template does not
+    review (notes for the merchant's and the operator's eyes only)."""
+    hidden = {f.name for f in fields if f.type in TEXT_TYPES and not f.reviewed}
+    return {name: value for name, value in content.items() if name not in hidden}

@@ -214,6 +214,21 @@ async def for_campaign(
     return template
 
 
+_FROZEN: dict[tuple[str, int], tuple[FieldSpec, ...]] = {}
+
+
+async def frozen_fields(session: AsyncSession, key: str, version: int) -> tuple[FieldSpec, ...]:
+    """The fields of a campaign's template version, cached once it is published (a published
+    or retired version never changes)."""
+    found = _FROZEN.get((key, version))
+    if found is None:
+        template = await get(session, key, version)
+        found = fields_of(template)
+        if template.status != "draft":
+            _FROZEN[(key, version)] = found
+    return found
+
+
 def content_of(template: CampaignTemplate, content: Mapping[str, Any]) -> dict[str, Any]:
     """``content`` checked against ``template``'s fields, defaults filled in, as stored."""
     return check_content(fields_of(template), content)

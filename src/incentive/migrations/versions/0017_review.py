@@ -135,6 +135,7 @@ def upgrade() -> None:
         sa.Column("decided_by", sa.String(length=32), nullable=False),
         sa.Column("reason", sa.Text(), nullable=False),
         sa.Column("hits", sa.JSON(), nullable=False),
+        sa.Column("hit_count", sa.BigInteger(), nullable=False),
         sa.Column("lists", sa.JSON(), nullable=False),
         sa.Column("at", incentive.db.UTCDateTime(timezone=True), nullable=False),
         sa.CheckConstraint(
