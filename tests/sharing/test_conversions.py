@@ -13,9 +13,9 @@ from sqlalchemy import update
 from incentive.db import Database, utcnow
 from incentive.sharing.models import ShareConversion, ShareTouch
 from tests.activities.conftest import Sender
-from tests.campaigns.conftest import World
-from tests.coupons.conftest import customers
-from tests.sharing.conftest import H, pay, rows, shared, shared_campaign, visit
+from tests.campaigns.conftest import World, create, walk
+from tests.coupons.conftest import claim, customers
+from tests.sharing.conftest import H, pay, put_sharing, rows, shared, shared_campaign, visit
 
 
 async def _conversions(db: Database) -> list[tuple[str, str, str]]:
@@ -165,3 +165,34 @@ async def test_a_named_share_converts_only_within_the_window_after_it_was_made(
     assert await _conversions(db) == []
     await pay(client, sender, world.cust, world.merchant_a, share=a["token"])
     assert await _conversions(db) == [(a["id"], world.cust.user.id, "token")]
+
+
+async def test_a_coupon_claimed_here_after_a_visit_converts_for_its_campaign(
+    client: httpx.AsyncClient, db: Database, world: World, app: Any
+) -> None:
+    campaign = await create(
+        client, world.ma, kind="coupon", rules={"face_value_fen": 500, "quantity": 100}
+    )
+    r = await put_sharing(
+        client, world.ma, campaign["id"], enabled=True, conversion_types=["claim"]
+    )
+    assert r.status_code == 200, r.text
+    await walk(client, world, campaign["id"], "pending_review", "active")
+    batches = await client.get(
+        f"{H}/coupon-batches", params={"campaign_id": campaign["id"]}, headers=world.op.headers
+    )
+    (batch,) = batches.json()["items"]
+    alice, bob = await customers(db, app, 2, prefix="sharer")
+    a = await shared(client, alice, campaign["id"])
+    await visit(client, a["token"], world.cust)
+    await visit(client, a["token"], alice)  # her own visit is no touch
+    for claimant in (world.cust, alice, bob):
+        assert (await claim(client, claimant, batch["id"])).status_code == 201
+    found = await rows(db, ShareConversion)
+    assert [(c.source, c.share_id, c.customer_id, c.type) for c in found] == [
+        ("claim", a["id"], world.cust.user.id, "claim")
+    ]
+    stats = await client.get(
+        f"{H}/campaigns/{campaign['id']}/shares/stats", headers=world.ma.headers
+    )
+    assert stats.json()["conversions"] == 1

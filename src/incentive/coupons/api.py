@@ -298,7 +298,7 @@ async def claim(batch_id: Id, principal: Customer, session: Session) -> CouponOu
     `coupon-batch-closed`). With a task the coupon is `received` (locked) until the task is
     done; otherwise ours is `usable` at once and a provider's `activating`."""
     try:
-        coupon = await service.issue(session, batch_id, principal.id, service.Actor.of(principal))
+        coupon = await service.claim(session, batch_id, principal)
     except Exception as exc:
         CLAIMS.labels(getattr(exc, "slug", "error")).inc()
         raise

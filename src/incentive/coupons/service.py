@@ -18,6 +18,7 @@ from typing import Any, cast
 from sqlalchemy import ColumnElement, Row, Table, and_, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from incentive.campaigns import participation
 from incentive.coupons.batches import get_batch
 from incentive.coupons.errors import (
     BatchClosed,
@@ -318,6 +319,14 @@ async def issue(
     await _record(session, [coupon_id], None, state, actor, reason, now)
     if state == "activating":
         await queue_call(session, "issue", coupon)
+    return coupon
+
+
+async def claim(session: AsyncSession, batch_id: str, customer: Caller) -> Coupon:
+    """A customer's own claim: ``issue``, told to participation's observers (sharing)."""
+    coupon = await issue(session, batch_id, customer.id, Actor.of(customer))
+    done = ("claim", coupon.id, coupon.campaign_id, customer.id, coupon.claimed_at)
+    await participation.notify(session, participation.Participation(*done))
     return coupon
 
 

@@ -1,5 +1,9 @@
 """Conversions: an activity attributed to a share (registered as an activities observer).
 
+A customer's coupon claim here (``campaigns.participation``) converts for the claimed
+campaign when its sharing counts ``claim`` and the customer last visited one of its shares
+within the window.
+
 An activity converts for a campaign when the campaign's sharing is enabled and counts its
 type (``conversion_types``), and either
 
@@ -34,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.campaigns import service as campaigns
 from incentive.campaigns.kinds import ActivityFacts
+from incentive.campaigns.participation import Participation
 from incentive.db import insert as db_insert
 from incentive.db import one_of, utcnow
 from incentive.sharing.models import Share, ShareConversion, ShareTouch, SharingSettings
@@ -130,7 +135,8 @@ async def observe(session: AsyncSession, activities: Sequence[ActivityFacts]) ->
         for campaign_id, (found, via) in sorted(chosen.items()):
             out.append(
                 {
-                    "activity_id": activity.id,
+                    "source": "activity",
+                    "ref": str(activity.id),
                     "campaign_id": campaign_id,
                     "share_id": found.id,
                     "sharer_id": found.sharer_id,
@@ -145,7 +151,47 @@ async def observe(session: AsyncSession, activities: Sequence[ActivityFacts]) ->
     if out:
         await session.execute(
             db_insert(session, _CONVERSIONS).on_conflict_do_nothing(
-                index_elements=["activity_id", "campaign_id"]
+                index_elements=["source", "ref", "campaign_id"]
             ),
             out,
         )
+
+
+async def observe_participation(session: AsyncSession, done: Participation) -> None:
+    """A customer's claim here converts for its campaign when the campaign's sharing counts
+    ``claim`` and the customer last visited one of its shares within the window (not their
+    own: their visits of it are no touches)."""
+    if done.kind not in CONVERTIBLE:
+        return
+    touch = await session.get(ShareTouch, (done.customer, done.campaign_id))
+    if touch is None:
+        return
+    settings = await session.get(SharingSettings, done.campaign_id)
+    if settings is None or not settings.enabled or done.kind not in settings.conversion_types:
+        return
+    if (
+        not touch.visited_at - CLOCK_SKEW
+        <= done.occurred_at
+        <= touch.visited_at + _window(settings)
+    ):
+        return
+    share = await session.get(Share, touch.share_id)
+    if share is None or share.sharer_id == done.customer:
+        return
+    await session.execute(
+        db_insert(session, _CONVERSIONS)
+        .values(
+            source=done.kind,
+            ref=done.ref,
+            campaign_id=done.campaign_id,
+            share_id=share.id,
+            sharer_id=share.sharer_id,
+            channel=share.channel,
+            customer_id=done.customer,
+            type=done.kind,
+            via="visit",
+            occurred_at=done.occurred_at,
+            recorded_at=utcnow(),
+        )
+        .on_conflict_do_nothing(index_elements=["source", "ref", "campaign_id"])
+    )

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from incentive.db import Base, BigId, UTCDateTime, utcnow
+from incentive.db import Base, UTCDateTime, utcnow
 
 CHANNELS = ("wechat", "moments", "weibo", "qq", "douyin", "sms", "email", "link", "other")
 
@@ -96,12 +96,15 @@ class ShareTouch(Base):
 
 
 class ShareConversion(Base):
-    """An activity attributed to a share: one per (activity, campaign)."""
+    """An activity, or a customer's action here (a coupon claim), attributed to a share: one
+    per (source, ref, campaign) — ``activity`` and the activity's id, or ``claim`` and the
+    coupon's id."""
 
     __tablename__ = "share_conversions"
     __table_args__ = (Index("ix_share_conversions_campaign_sharer", "campaign_id", "sharer_id"),)
 
-    activity_id: Mapped[int] = mapped_column(BigId, ForeignKey("activities.id"), primary_key=True)
+    source: Mapped[str] = mapped_column(String(16), primary_key=True)
+    ref: Mapped[str] = mapped_column(String(40), primary_key=True)
     campaign_id: Mapped[str] = mapped_column(ForeignKey("campaigns.id"), primary_key=True)
     share_id: Mapped[str] = mapped_column(ForeignKey("shares.id"))
     sharer_id: Mapped[str] = mapped_column(String(32))

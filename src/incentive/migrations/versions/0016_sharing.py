@@ -76,9 +76,8 @@ def upgrade() -> None:
     )
     op.create_table(
         "share_conversions",
-        sa.Column(
-            "activity_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
-        ),
+        sa.Column("source", sa.String(length=16), nullable=False),
+        sa.Column("ref", sa.String(length=40), nullable=False),
         sa.Column("campaign_id", sa.String(length=32), nullable=False),
         sa.Column("share_id", sa.String(length=32), nullable=False),
         sa.Column("sharer_id", sa.String(length=32), nullable=False),
@@ -89,11 +88,6 @@ def upgrade() -> None:
         sa.Column("occurred_at", incentive.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("recorded_at", incentive.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["activity_id"],
-            ["activities.id"],
-            name=op.f("fk_share_conversions_activity_id_activities"),
-        ),
-        sa.ForeignKeyConstraint(
             ["campaign_id"],
             ["campaigns.id"],
             name=op.f("fk_share_conversions_campaign_id_campaigns"),
@@ -101,7 +95,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["share_id"], ["shares.id"], name=op.f("fk_share_conversions_share_id_shares")
         ),
-        sa.PrimaryKeyConstraint("activity_id", "campaign_id", name=op.f("pk_share_conversions")),
+        sa.PrimaryKeyConstraint("source", "ref", "campaign_id", name=op.f("pk_share_conversions")),
     )
     with op.batch_alter_table("share_conversions", schema=None) as batch_op:
         batch_op.create_index(
