@@ -326,7 +326,7 @@ async def claim(session: AsyncSession, batch_id: str, customer: Caller) -> Coupo
     """A customer's own claim: ``issue``, told to participation's observers (sharing)."""
     coupon = await issue(session, batch_id, customer.id, Actor.of(customer))
     done = ("claim", coupon.id, coupon.campaign_id, customer.id, coupon.claimed_at)
-    await participation.notify(session, participation.Participation(*done))
+    await participation.notify(session, [participation.Participation(*done)])
     return coupon
 
 

@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from incentive.auth.principal import Principal
+from incentive.campaigns import participation
 from incentive.campaigns import service as campaigns
 from incentive.campaigns.kinds import CampaignFacts
 from incentive.db import Database, new_id, utcnow
@@ -115,6 +116,16 @@ class PurchaseRecorder:
         try:
             async with self.db.unit_of_work() as session:
                 inserted = await _insert_new(session, [row for row, _ in batch])
+                await participation.notify(
+                    session,
+                    [
+                        participation.Participation(
+                            "purchase", r["id"], r["flash_sale_id"], r["user_id"], r["created_at"]
+                        )
+                        for r, _ in batch
+                        if r["id"] in inserted
+                    ],
+                )
                 committing = True
         except BaseException as exc:
             error: BaseException = CommitOutcomeUnknown(str(exc)) if committing else exc

@@ -1,8 +1,8 @@
 """Conversions: an activity attributed to a share (registered as an activities observer).
 
-A customer's coupon claim here (``campaigns.participation``) converts for the claimed
-campaign when its sharing counts ``claim`` and the customer last visited one of its shares
-within the window.
+A customer's coupon claim or flash-sale purchase here (``campaigns.participation``) converts
+for its campaign when the campaign's sharing counts ``claim`` / ``purchase`` and the customer
+last visited one of its shares within the window.
 
 An activity converts for a campaign when the campaign's sharing is enabled and counts its
 type (``conversion_types``), and either
@@ -157,41 +157,55 @@ async def observe(session: AsyncSession, activities: Sequence[ActivityFacts]) ->
         )
 
 
-async def observe_participation(session: AsyncSession, done: Participation) -> None:
-    """A customer's claim here converts for its campaign when the campaign's sharing counts
-    ``claim`` and the customer last visited one of its shares within the window (not their
-    own: their visits of it are no touches)."""
-    if done.kind not in CONVERTIBLE:
+async def observe_participation(session: AsyncSession, done: Sequence[Participation]) -> None:
+    """Claims and purchases here convert for their campaign when its sharing counts their
+    kind and the customer last visited one of its shares within the window (not their own:
+    their visits of it are no touches). One query for the batch when nobody touched."""
+    counted = [d for d in done if d.kind in CONVERTIBLE]
+    if not counted:
         return
-    touch = await session.get(ShareTouch, (done.customer, done.campaign_id))
-    if touch is None:
-        return
-    settings = await session.get(SharingSettings, done.campaign_id)
-    if settings is None or not settings.enabled or done.kind not in settings.conversion_types:
-        return
-    if (
-        not touch.visited_at - CLOCK_SKEW
-        <= done.occurred_at
-        <= touch.visited_at + _window(settings)
-    ):
-        return
-    share = await session.get(Share, touch.share_id)
-    if share is None or share.sharer_id == done.customer:
-        return
-    await session.execute(
-        db_insert(session, _CONVERSIONS)
-        .values(
-            source=done.kind,
-            ref=done.ref,
-            campaign_id=done.campaign_id,
-            share_id=share.id,
-            sharer_id=share.sharer_id,
-            channel=share.channel,
-            customer_id=done.customer,
-            type=done.kind,
-            via="visit",
-            occurred_at=done.occurred_at,
-            recorded_at=utcnow(),
+    rows = await session.execute(
+        select(ShareTouch, Share, SharingSettings)
+        .join(Share, Share.id == ShareTouch.share_id)
+        .join(SharingSettings, SharingSettings.campaign_id == ShareTouch.campaign_id)
+        .where(
+            one_of(session, ShareTouch.customer_id, sorted({d.customer for d in counted})),
+            SharingSettings.enabled.is_(True),
         )
-        .on_conflict_do_nothing(index_elements=["source", "ref", "campaign_id"])
     )
+    touches = {(t.customer_id, t.campaign_id): (t, share, found) for t, share, found in rows}
+    out = []
+    now = utcnow()
+    for d in counted:
+        found_touch = touches.get((d.customer, d.campaign_id))
+        if found_touch is None:
+            continue
+        touch, share, settings = found_touch
+        window = _window(settings)
+        if (
+            d.kind in settings.conversion_types
+            and share.sharer_id != d.customer
+            and touch.visited_at - CLOCK_SKEW <= d.occurred_at <= touch.visited_at + window
+        ):
+            out.append(
+                {
+                    "source": d.kind,
+                    "ref": d.ref,
+                    "campaign_id": d.campaign_id,
+                    "share_id": share.id,
+                    "sharer_id": share.sharer_id,
+                    "channel": share.channel,
+                    "customer_id": d.customer,
+                    "type": d.kind,
+                    "via": "visit",
+                    "occurred_at": d.occurred_at,
+                    "recorded_at": now,
+                }
+            )
+    if out:
+        await session.execute(
+            db_insert(session, _CONVERSIONS).on_conflict_do_nothing(
+                index_elements=["source", "ref", "campaign_id"]
+            ),
+            out,
+        )

@@ -12,7 +12,7 @@ from incentive.sharing.models import CHANNELS
 
 Channel = Literal["wechat", "moments", "weibo", "qq", "douyin", "sms", "email", "link", "other"]
 assert set(get_args(Channel)) == set(CHANNELS)
-ConversionType = Literal["payment", "task_completed", "signup", "custom", "claim"]
+ConversionType = Literal["payment", "task_completed", "signup", "custom", "claim", "purchase"]
 CouponRefusal = Literal[
     "no-coupon-configured",
     "not-a-customer",
@@ -53,9 +53,9 @@ class SharingSettingsIn(BaseModel):
     conversion_types: list[ConversionType] = Field(
         default_factory=lambda: list[ConversionType](["payment"]),
         min_length=1,
-        max_length=5,
-        description="activity types that count as conversions, and `claim`: a coupon of the "
-        "campaign claimed here",
+        max_length=6,
+        description="activity types that count as conversions, and what customers do here: "
+        "`claim` (a coupon of the campaign) and `purchase` (of the flash sale)",
     )
 
     @field_validator("conversion_types")
