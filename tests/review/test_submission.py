@@ -242,3 +242,24 @@ async def test_a_verdict_keeps_the_first_200_hits_and_counts_them_all(
         headers=world.op.headers,
     )
     assert (len(r.json()["hits"]), r.json()["hit_count"]) == (200, 300)
+
+
+async def test_a_submission_is_screened_against_every_list_change_committed_before_it(
+    db: Database, app: Any, client: httpx.AsyncClient, world: World, monkeypatch: Any
+) -> None:
+    """Not only within the refresher's 2 s: a word added by another process a moment before
+    is caught (the submission reads the revision in its own transaction)."""
+    from incentive.review import screen as review_screen
+    from incentive.review import words
+
+    async def asleep(self: Any) -> bool:  # this process's refresher sees nothing
+        return False
+
+    monkeypatch.setattr(review_screen.Screen, "refresh", asleep)
+    c = await create(client, world.ma, description="casino night")
+    async with db.unit_of_work() as s:  # as the CLI of another process would
+        await words.create_list(s, None, "banned", "reject")
+        await words.add_words(s, None, "banned", ["casino"])
+    assert (await submit(client, world, c["id"]))["status"] == "rejected"
+    # the process kept the matcher it built for that submission
+    assert app.state.review.snapshot.versions == {"banned": 2}

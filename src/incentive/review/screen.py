@@ -7,8 +7,10 @@ words and builds the new matcher in a worker thread — requests go on being rev
 old one meanwhile — then swaps it in with one assignment. A list changed anywhere is therefore
 applied in every process within the poll interval plus the build (``bench/review.py``).
 
-A process that started no screen (a script, a unit test calling a service directly) builds
-the matcher from its own transaction when it first reviews.
+A submission does not wait for the refresher: it reads the revision in its own transaction
+and, if the lists moved, builds the matcher then (``screen.snapshot(conn, fresh=True)``), so
+it is always screened against every change committed before it. A process that started no
+screen (a script, a unit test calling a service directly) builds it the same way.
 """
 
 from __future__ import annotations
@@ -70,6 +72,12 @@ class Screen:
             if self.snapshot is not None and self.snapshot.revision == revision:
                 return False
             fresh = await build(conn)
+        return self.offer(fresh)
+
+    def offer(self, fresh: Snapshot) -> bool:
+        """Swap ``fresh`` in unless a matcher as new is already there."""
+        if self.snapshot is not None and self.snapshot.revision >= fresh.revision:
+            return False
         self.snapshot = fresh
         REVISION.set(fresh.revision)
         WORDS.set(fresh.words)
@@ -87,11 +95,20 @@ class _CurrentScreen:
     def install(self, value: Screen | None) -> None:
         self.current = value
 
-    async def snapshot(self, conn: AsyncConnection) -> Snapshot:
-        """The installed screen's matcher, or one built now through ``conn``."""
-        if self.current is not None and self.current.snapshot is not None:
-            return self.current.snapshot
-        return await build(conn)
+    async def snapshot(self, conn: AsyncConnection, *, fresh: bool = False) -> Snapshot:
+        """The installed screen's matcher; built now through ``conn`` when there is none, or
+        with ``fresh`` when the lists ``conn`` sees are newer (one single-row read): a
+        submission is screened against every list change committed before it, whether or
+        not the refresher has seen it yet (the rebuild is then offered to the process)."""
+        current = self.current.snapshot if self.current is not None else None
+        if current is not None and not fresh:
+            return current
+        if current is not None and current.revision == await words.current_revision(conn):
+            return current
+        built = await build(conn)
+        if self.current is not None:
+            self.current.offer(built)
+        return built
 
 
 screen = _CurrentScreen()

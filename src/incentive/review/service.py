@@ -107,7 +107,7 @@ async def screening(
 async def screen_submission(session: AsyncSession, move: flows.Move) -> ReviewVerdict:
     campaign = move.campaign
     started = time.perf_counter()
-    snapshot = await screen.snapshot(await session.connection())
+    snapshot = await screen.snapshot(await session.connection(), fresh=True)
     hits = screen_texts(snapshot, await customer_texts(session, campaign))
     SCREEN_SECONDS.observe(time.perf_counter() - started)
     verdict = verdict_for(hits, live_config.get(MODE))
