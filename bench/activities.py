@@ -184,7 +184,8 @@ async def _rebate_campaign(base: str, world: dict[str, Any]) -> dict[str, Any]:
         )
         r.raise_for_status()
         campaign: dict[str, Any] = r.json()
-        for to, who in (("pending_review", staff), ("approved", op), ("active", staff)):
+        # the automated review approves a clean campaign at submission
+        for to, who in (("pending_review", staff), ("active", staff)):
             r = await client.post(
                 f"/api/v1/campaigns/{campaign['id']}/transitions",
                 headers=_auth(who),
