@@ -9,9 +9,9 @@ Contract:
   referee, unique).
 - Otherwise a referral is stored, ``accepted`` or ``rejected`` with the first reason that
   applies, in this order: ``self-referral`` (the referrer themself, or a device, phone or
-  payment-instrument hash the referrer presented too), ``existing-account`` (the referee's
-  account is older than the invite), ``ring`` (the referee is the referrer's referrer, or
-  theirs, … in this campaign), ``already-referred`` (the referee has a winning referral in
+  payment-instrument hash the referrer presented too), ``ring`` (the referee is the
+  referrer's referrer, or theirs, … in this campaign), ``existing-account`` (the referee's
+  account is older than the invite), ``already-referred`` (the referee has a winning referral in
   this campaign: the first valid invite wins), ``referrer-cap`` (the referrer's
   ``max_referrals_per_user`` or ``max_referrals_per_day`` is reached), ``address-burst`` (live
   ``referrals.max_referees_per_address_hour`` acceptances from the client's address in this
@@ -162,10 +162,12 @@ async def _reason(
         return "self-referral"
     if await _shares_signal(session, invite.referrer_id, referee_id):
         return "self-referral"
-    if referee_created_at < invite.created_at:
-        return "existing-account"
+    # Before existing-account: whoever referred the referrer had an account before, so a
+    # ring would otherwise always read as an old account.
     if await _in_chain(session, invite.campaign_id, invite.referrer_id, referee_id):
         return "ring"
+    if referee_created_at < invite.created_at:
+        return "existing-account"
     if await winner(session, invite.campaign_id, referee_id) is not None:
         return "already-referred"
     return None
