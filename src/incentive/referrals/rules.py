@@ -81,6 +81,7 @@ class MultiLevel(BaseModel):
     rates_bp: list[BasisPoints] = Field(
         default_factory=list,
         max_length=MAX_LEVELS,
+        validate_default=True,
         description="one rate per level, level 1 (the referrer) first; at most 3",
     )
 
