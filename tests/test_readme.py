@@ -24,6 +24,7 @@ from incentive.flash_sales.models import Purchase
 from incentive.join_codes.models import CampaignMerchant, JoinCode
 from incentive.ledger.models import Account
 from incentive.points_files.format import Header, write_points_file
+from incentive.referrals.models import Referral
 from incentive.rewards.models import RewardGrant
 from incentive.sharing.models import Share, ShareConversion, ShareVisit
 from tests.points_files.kit import NOW
@@ -115,6 +116,9 @@ async def test_readme_examples_run_as_pasted(
         assert await s.scalar(select(func.count()).select_from(ShareVisit)) == 1
         conversions = (await s.execute(select(ShareConversion))).scalars().all()
         assert [c.share_id for c in conversions] == [shares["merchant"].id]
+        # bob signed up with alice's invite: one accepted referral.
+        referrals = (await s.execute(select(Referral))).scalars().all()
+        assert [(r.state, r.via) for r in referrals] == [("accepted", "signup")]
         # alice's two rewards: the first-time one, then the returning one.
         grants = (await s.execute(select(RewardGrant).order_by(RewardGrant.created_at))).scalars()
         assert [(g.user_type, g.reward_code) for g in grants] == [

@@ -16,6 +16,13 @@ from incentive.db import Database
 from incentive.errors import Conflict
 
 
+def public_base(request: Request) -> str:
+    """The platform's public address (links people open: a share's, an invite's): the
+    ``INCENTIVE_PUBLIC_BASE_URL`` setting, else the address the request came to."""
+    settings = request.app.state.settings
+    return str(settings.public_base_url or request.base_url).rstrip("/")
+
+
 def database(request: Request) -> Database:
     db: Database = request.app.state.db
     return db

@@ -65,7 +65,7 @@ MODULES = {
 
 
 DOMAINS: tuple[Domain, ...] = (
-    Domain("auth", models=True, router=True, cli=True, runtime=True),
+    Domain("auth", models=True, router=True, cli=True, keys=True, runtime=True),
     Domain("kit", models=True),
     Domain("config", models=True, router=True, cli=True, keys=True, runtime=True),
     Domain("ledger", models=True, router=True),
@@ -79,7 +79,7 @@ DOMAINS: tuple[Domain, ...] = (
     Domain("rebates", models=True, router=True, kind=True),
     Domain("coupons", models=True, router=True, cli=True, keys=True, kind=True, runtime=True),
     Domain("rewards", models=True, router=True, cli=True, keys=True, kind=True, runtime=True),
-    Domain("referrals", kind=True),
+    Domain("referrals", models=True, router=True, keys=True, kind=True, runtime=True),
     Domain("sharing", models=True, router=True, runtime=True),
     Domain("review", models=True, router=True, cli=True, keys=True, runtime=True),
     Domain("points_files", models=True, router=True, cli=True, runtime=True),

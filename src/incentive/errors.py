@@ -18,6 +18,8 @@ against the real subclasses, their statuses and slugs::
     │   │   └── RefreshTokenReused (401 refresh-token-reused) [auth]
     │   └── BadWebhookSignature (401 bad-webhook-signature) [coupons]
     ├── Forbidden (403 forbidden)
+    │   ├── SignupClosed (403 signup-closed) [auth]
+    │   └── MayNotRefer (403 may-not-refer) [referrals]
     ├── NotFound (404 not-found)
     │   ├── AccountNotFound (404 account-not-found) [ledger]
     │   ├── JoinCodeNotFound (404 join-code-not-found) [join_codes]
@@ -30,7 +32,8 @@ against the real subclasses, their statuses and slugs::
     │   ├── RewardNotFound (404 reward-not-found) [rewards]
     │   ├── TemplateNotFound (404 template-not-found) [templates]
     │   ├── WordListNotFound (404 word-list-not-found) [review]
-    │   └── ShareNotFound (404 share-not-found) [sharing]
+    │   ├── ShareNotFound (404 share-not-found) [sharing]
+    │   └── InviteNotFound (404 invite-not-found) [referrals]
     ├── Conflict (409 conflict)
     │   ├── NameTaken (409 name-taken) [auth]
     │   ├── IdempotencyConflict (409 idempotency-key-reused)
@@ -66,13 +69,15 @@ against the real subclasses, their statuses and slugs::
     │   ├── NotRewarding (409 not-rewarding) [rewards]
     │   ├── RewardTaken (409 reward-exists) [rewards]
     │   ├── SharingOff (409 sharing-off) [sharing]
+    │   ├── ReferralsClosed (409 referrals-closed) [referrals]
     │   ├── PartnerNotConfigured (409 points-partner-not-configured) [points_files]
     │   ├── AnswerNotReady (409 points-answer-not-ready) [points_files]
     │   ├── TemplatePublished (409 template-published) [templates]
     │   └── ReviewConflict (409 review-conflict) [review]
     ├── UnsupportedMediaType (415 unsupported-media-type)
     ├── TooManyRequests (429 too-many-requests)
-    │   └── LoginThrottled (429 login-throttled) [auth]
+    │   ├── LoginThrottled (429 login-throttled) [auth]
+    │   └── SignupThrottled (429 signup-throttled) [auth]
     └── ServiceUnavailable (503 unavailable)
         ├── TransportError (503 points-transport-unavailable) [points_files]
         ├── StorageFull (503 points-storage-full) [points_files]
@@ -84,7 +89,7 @@ Each domain's leaves also derive from one marker base of that domain, so ``excep
 - AuthError [auth], LedgerError [ledger], ConfigError [config], CampaignError [campaigns],
 - StockError [stock], FlashSaleError [flash_sales], PointsFileError [points_files],
 - JoinCodeError [join_codes], ActivityError [activities], CouponError [coupons],
-- RewardError [rewards], SharingError [sharing].
+- RewardError [rewards], SharingError [sharing], ReferralError [referrals].
 
 Only this module knows about HTTP status codes; services raise these and never see HTTP.
 """

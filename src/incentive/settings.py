@@ -73,6 +73,12 @@ class Settings(BaseSettings):
         description="where a share's link (`/s/{token}`) redirects: a path on the public "
         "base URL or an absolute URL, with `{campaign_id}` (and optionally `{token}`) filled in",
     )
+    identity_pepper: SecretStr | None = Field(
+        default=None,
+        description="secret mixed into the hashes of phone numbers, device ids, payment "
+        "instruments and client addresses (referral abuse checks); default: random bytes kept "
+        "in data_dir/keys/identity-pepper (every process must share it)",
+    )
     rewards_webhook_secret: SecretStr | None = Field(
         default=None,
         description="Standard Webhooks secret (whsec_…) that signs message rewards sent to "

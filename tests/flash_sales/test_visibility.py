@@ -74,6 +74,7 @@ def _calls(sale: str, account: int, funding: int) -> list[tuple[str, str, dict[s
         ("POST", f"{H}/campaigns/{sale}/shares", {"channel": "link"}),
         ("GET", f"{H}/campaigns/{sale}/shares/stats", None),
         ("GET", f"{H}/campaigns/{sale}/shares/stats/sharers", None),
+        ("POST", f"{H}/campaigns/{sale}/invites", {}),
         ("GET", f"{H}/accounts/{account}", None),
         ("GET", f"{H}/accounts/{account}/transfers", None),
     ]
@@ -182,7 +183,7 @@ async def test_unseen_sales_and_accounts_are_404_on_every_route_and_nothing_chan
                     assert r.json()["detail"] == ref.json()["detail"], where
                     assert r.json()["detail"].startswith(f"role {caller.user.role!r}"), where
                 checked += 1
-    assert checked == 2 * 7 * 37
+    assert checked == 2 * 7 * 38
     assert await _snapshot(db) == before
 
 
@@ -263,6 +264,13 @@ NOT_CALLED_ABOVE = {
     # for any signed-in user; an unknown token is 404 (`tests/sharing/test_shares.py::
     # test_the_qr_code_reads_back_as_the_link`). `/s/{token}` is outside the API.
     ("GET", "/api/v1/shares/{token}/qr"),
+    # An invite's token is public too (it is the link a referee opens): its QR code is the
+    # link's, for any signed-in user, and a customer accepts the invite by its token; an
+    # unknown or expired token is 404 (`tests/referrals/test_invites.py::
+    # test_invite_link_and_qr_decode_to_the_link_that_opens_the_invite`,
+    # `test_an_expired_invite_is_a_404_everywhere`). `/i/{token}` is outside the API.
+    ("GET", "/api/v1/invites/{token}/qr"),
+    ("POST", "/api/v1/invites/{token}/acceptance"),
 }
 
 

@@ -7,16 +7,22 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
 
-from incentive.auth import partner_keys, sessions
+from incentive.auth import partner_keys, sessions, signup
 from incentive.auth.errors import (
     InvalidCredentials,
     InvalidRefreshToken,
     LoginThrottled,
+    NameTaken,
     RefreshTokenReused,
+    SignupClosed,
+    SignupThrottled,
 )
+from incentive.auth.identity import client_address, pepper
+from incentive.auth.keys import SIGNUP_ENABLED, SIGNUP_MAX_PER_ADDRESS, SIGNUP_WINDOW_SECONDS
 from incentive.auth.models import Partner, PartnerApiKey
 from incentive.auth.principal import CurrentUser, Operator, keyring
 from incentive.auth.schemas import (
+    InviteAnswerOut,
     IssuedKeyOut,
     KeyRotationIn,
     LoginIn,
@@ -24,14 +30,18 @@ from incentive.auth.schemas import (
     PartnerKeyOut,
     PartnerOut,
     RefreshIn,
+    SignupIn,
+    SignupOut,
     TokenPairOut,
 )
 from incentive.auth.throttle import LoginThrottle
+from incentive.config import live_config
 from incentive.deps import Session
 from incentive.errors import (
     AUTHENTICATED,
     PROBLEM_CONTENT_TYPE,
     VALIDATION,
+    Conflict,
     Forbidden,
     IncentiveError,
     NotFound,
@@ -94,6 +104,47 @@ async def login(body: LoginIn, request: Request, session: Session) -> TokenPairO
         client_address,
     )
     return _pair_out(pair)
+
+
+@router.post(
+    "/auth/signup",
+    name="create_signup",
+    status_code=201,
+    response_model=SignupOut,
+    responses=problems(*VALIDATION, SignupClosed, SignupThrottled, NameTaken, Conflict),
+)
+async def create_signup(body: SignupIn, request: Request, session: Session) -> SignupOut:
+    """Create a customer login (then sign in with `POST /auth/token`). Off unless live config
+    `auth.signup_enabled` is true (403 `signup-closed`); at most
+    `auth.signup_max_per_address` attempts per client address per `auth.signup_window_seconds`
+    (429 `signup-throttled` with `Retry-After`). `phone` and `device_id` are kept only as
+    peppered hashes. `invite`: a referral invite's token, accepted for the new customer
+    (`invite` in the answer: the referral, accepted or rejected with its reason; an unknown or
+    expired token is a 422 naming `invite` and nothing is created)."""
+    if not live_config.get(SIGNUP_ENABLED):
+        raise SignupClosed("self-service sign-up is not enabled")
+    throttle: LoginThrottle = request.app.state.login_throttle
+    address = client_address(request) or "unknown"
+    await throttle.take_signup(
+        address, live_config.get(SIGNUP_MAX_PER_ADDRESS), live_config.get(SIGNUP_WINDOW_SECONDS)
+    )
+    peppered = pepper(request)
+    signals = {
+        kind: peppered.hash(kind, value)
+        for kind, value in (("phone", body.phone), ("device", body.device_id))
+        if value
+    }
+    user, answer = await signup.signup(
+        session,
+        username=body.username,
+        password=body.password,
+        display_name=body.display_name,
+        invite=body.invite,
+        address_hash=peppered.hash("address", address),
+        signals=signals,
+    )
+    invite = None if answer is None else InviteAnswerOut.model_validate(dict(answer))
+    return SignupOut(id=user.id, username=user.username, invite=invite)
 
 
 @router.post(

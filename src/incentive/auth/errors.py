@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from incentive.errors import Conflict, IncentiveError, TooManyRequests, Unauthorized
+from incentive.errors import Conflict, Forbidden, IncentiveError, TooManyRequests, Unauthorized
 
 
 class AuthError(IncentiveError):
@@ -51,3 +51,17 @@ class NameTaken(AuthError, Conflict):
     def __init__(self, field: str, value: str, **extra: Any) -> None:
         super().__init__(f"{field} {value!r} is already taken", field=field, **extra)
         self.field = field
+
+
+class SignupClosed(AuthError, Forbidden):
+    """Self-service sign-up is off (live config ``auth.signup_enabled``)."""
+
+    slug = "signup-closed"
+    title = "Sign-up is closed"
+
+
+class SignupThrottled(AuthError, TooManyRequests):
+    """Too many sign-ups from this address in the window (``auth.signup_max_per_address``)."""
+
+    slug = "signup-throttled"
+    title = "Too many sign-ups from this address"

@@ -7,6 +7,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from incentive.auth import principal_cache
+from incentive.auth.identity import load_pepper
 from incentive.auth.principal_cache import Caches, PrincipalCache
 from incentive.auth.throttle import LoginThrottle
 
@@ -17,6 +18,7 @@ async def start(app: FastAPI) -> None:
     app.state.login_throttle = LoginThrottle.for_settings(
         settings, None if redis is None else redis.connection_pool
     )
+    app.state.identity_pepper = load_pepper(settings)
     ttl = settings.principal_cache_seconds
     caches = Caches(PrincipalCache(ttl), PrincipalCache(ttl))
     app.state.principal_caches = caches

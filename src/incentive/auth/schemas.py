@@ -67,3 +67,39 @@ class KeyRotationIn(BaseModel):
 class IssuedKeyOut(BaseModel):
     key: PartnerKeyOut
     api_key: str = Field(description="the new key; shown this once, only its hash is kept")
+
+
+class SignupIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: Line = Field(min_length=3, max_length=64, description="3-64 of A-Z a-z 0-9 _ . -")
+    password: Prose = Field(min_length=1, max_length=1024)
+    display_name: Line = Field("", max_length=200)
+    phone: Line | None = Field(
+        None,
+        min_length=3,
+        max_length=32,
+        pattern=r"^\+?[0-9 ()-]{3,32}$",
+        description="kept only as a peppered hash (abuse checks)",
+    )
+    device_id: Line | None = Field(
+        None, min_length=1, max_length=200, description="kept only as a peppered hash"
+    )
+    invite: Line | None = Field(
+        None, pattern=r"^[A-Za-z0-9_-]{1,32}$", description="a referral invite's token to accept"
+    )
+
+
+class InviteAnswerOut(BaseModel):
+    """What became of the invite a sign-up carried: the referral, accepted or rejected."""
+
+    referral_id: str
+    campaign_id: str
+    state: str
+    reason: str | None = None
+
+
+class SignupOut(BaseModel):
+    id: str
+    username: str
+    invite: InviteAnswerOut | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import Subquery, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -163,6 +164,30 @@ def members_table() -> Subquery:
     )
 
 
+@dataclass(frozen=True)
+class UserCard:
+    """What another domain may know of a user: shown name, role, merchant, account age."""
+
+    id: str
+    display_name: str
+    role: str
+    merchant_id: str | None
+    created_at: datetime
+
+
+async def user_cards(session: AsyncSession, user_ids: Iterable[str]) -> dict[str, UserCard]:
+    """``{user id: card}`` for the users among ``user_ids`` (one query)."""
+    wanted = sorted(set(user_ids))
+    if not wanted:
+        return {}
+    rows = await session.execute(
+        select(User.id, User.display_name, User.role, User.merchant_id, User.created_at).where(
+            User.id.in_(wanted)
+        )
+    )
+    return {str(r[0]): UserCard(str(r[0]), str(r[1]), str(r[2]), r[3], r[4]) for r in rows}
+
+
 async def create_partner(
     session: AsyncSession, code: str, name: str, *, actor: Principal | None = None
 ) -> tuple[Partner, str]:
@@ -218,6 +243,7 @@ __all__ = [
     "API_KEY_PREFIX",
     "IDENTITIES",
     "Member",
+    "UserCard",
     "create_merchant",
     "create_partner",
     "create_user",
@@ -229,4 +255,5 @@ __all__ = [
     "partner_id_by_code",
     "record_audit",
     "user_by_username",
+    "user_cards",
 ]

@@ -12,6 +12,9 @@ Four ceilings, each over ``login_window_seconds``:
 - successful logins of one username (``login_max_per_username``): a stolen password cannot
   mint sessions without end (live sessions are capped separately, in ``auth.sessions``).
 
+Sign-ups have their own ceiling per address (live ``auth.signup_max_per_address`` per
+``auth.signup_window_seconds``), counted on every attempt.
+
 Failures can only be added by whoever sends them, so a ceiling that locks a username needs
 many addresses. The counters are contention state, not records: losing them (a Redis flush,
 a restart of the embedded process) only forgets recent failures.
@@ -30,11 +33,12 @@ from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.asyncio import ConnectionPool
 
-from incentive.auth.errors import LoginThrottled
+from incentive.auth.errors import LoginThrottled, SignupThrottled
 from incentive.auth.metrics import LOGINS
 from incentive.settings import Settings
 
 NAMESPACE = "incentive-login"
+SIGNUP_NAMESPACE = "incentive-signup"
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,17 @@ class LoginThrottle:
             await self._refuse(logins)
         pair = self._failures(username, address)[0]
         await self._limiter.clear(pair.ceiling.item, *pair.ids)
+
+    async def take_signup(self, address: str, amount: int, window_seconds: int) -> None:
+        """Take one sign-up attempt of ``address`` (its ceiling comes from live config, so the
+        item is made per call); ``SignupThrottled`` when the ceiling is reached, atomically."""
+        item = RateLimitItemPerSecond(amount, window_seconds, SIGNUP_NAMESPACE)
+        if not await self._limiter.hit(item, "signup-address", address):
+            stats = await self._limiter.get_window_stats(item, "signup-address", address)
+            raise SignupThrottled(
+                "too many sign-ups from this address; retry later",
+                retry_after=max(1, math.ceil(stats.reset_time - time.time())),
+            )
 
     async def _refuse(self, counter: _Counter) -> None:
         stats = await self._limiter.get_window_stats(counter.ceiling.item, *counter.ids)

@@ -1,36 +1,101 @@
-"""The ``referral`` campaign kind: its rules (invites and rewards come with their issue)."""
+"""The ``referral`` campaign kind: its rules (``rules.py``), its budget asset, and the
+``signup`` activity a partner reports for a referee who signed up on its side with an invite
+(``attributes.invite``: the token).
+
+- ``on_create`` / ``on_edit``: a coupon reward's batch must exist (422
+  ``rules.<side>_reward.coupon_batch_id``).
+- ``on_activity`` (``signup``): only the invite's own campaign acts (others answer
+  ``other-campaign``); the customer accepts the invite (``accept.accept``, ``via`` activity)
+  and the outcome says what became of it: ``referral-accepted`` or ``referral-rejected``
+  with the referral and its reason. Nothing is given at acceptance (the outcome's status is
+  ``refused``, the activities table's word for "gave nothing"); rewards come when the
+  business is done.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from pydantic import Field, model_validator
+from incentive.auth import service as auth
+from incentive.campaigns.kinds import (
+    ActivityFacts,
+    CampaignFacts,
+    CampaignKind,
+    KindRules,
+    Outcome,
+    register_kind,
+)
+from incentive.coupons import batches as coupon_batches
+from incentive.coupons.errors import BatchNotFound
+from incentive.errors import InvalidField
+from incentive.referrals import accept
+from incentive.referrals.errors import InviteNotFound, ReferralsClosed
+from incentive.referrals.models import ReferralInvite
+from incentive.referrals.rules import ReferralRules, referral_rules
 
-from incentive.campaigns.kinds import CampaignKind, KindRules, register_kind
-from incentive.kit.amounts import Count, Points
-from incentive.kit.text import Line
-
-
-class ReferralRules(KindRules):
-    kind: Literal["referral"] = "referral"
-    referrer_reward_points: Points
-    referee_reward_points: Points = 0
-    max_referrals_per_user: Count
-    business_action: Line = Field("first_payment", min_length=1, max_length=64)
-
-    @model_validator(mode="after")
-    def _something_rewarded(self) -> ReferralRules:
-        if self.referrer_reward_points + self.referee_reward_points == 0:
-            raise ValueError("referrer or referee reward points must be above 0")
-        return self
+__all__ = ["ReferralKind", "ReferralRules"]
 
 
 class ReferralKind(CampaignKind):
     name = "referral"
     rules = ReferralRules
+    consumes = frozenset({"signup"})
 
     def budget_asset(self, rules: KindRules) -> str:
-        return "POINTS"
+        assert isinstance(rules, ReferralRules)
+        return rules.budget_asset
+
+    def listens_to(self, campaign: CampaignFacts, activity_type: str) -> bool:
+        return activity_type == "signup"
+
+    async def on_create(self, session: AsyncSession, campaign: CampaignFacts) -> None:
+        await _check_batches(session, campaign)
+
+    async def on_edit(self, session: AsyncSession, campaign: CampaignFacts) -> None:
+        await _check_batches(session, campaign)
+
+    async def on_activity(
+        self, session: AsyncSession, campaign: CampaignFacts, activity: ActivityFacts
+    ) -> Outcome:
+        token = activity.attributes.get("invite")
+        if not isinstance(token, str) or not token:
+            return Outcome.refused("no-invite")
+        invite = await session.scalar(
+            select(ReferralInvite.campaign_id).where(ReferralInvite.token == token)
+        )
+        if invite is None:
+            return Outcome.refused("invite-not-found")
+        if invite != campaign.id:
+            return Outcome.refused("other-campaign")
+        card = (await auth.user_cards(session, [activity.customer])).get(activity.customer)
+        if card is None or card.role != "customer":
+            return Outcome.refused("unknown-customer")
+        try:
+            async with session.begin_nested():
+                referral = await accept.accept(session, token, card.id, card.created_at, "activity")
+        except InviteNotFound as exc:
+            return Outcome.refused(f"invite-{exc.extra.get('reason', 'unknown')}")
+        except ReferralsClosed:
+            return Outcome.refused("referrals-closed")
+        return Outcome.refused(
+            f"referral-{referral.state}",
+            referral_id=referral.id,
+            referral_reason=referral.reason,
+        )
+
+
+async def _check_batches(session: AsyncSession, campaign: CampaignFacts) -> None:
+    rules = referral_rules(campaign)
+    for side in ("referrer", "referee"):
+        spec = getattr(rules, f"{side}_reward")
+        if spec is None or spec.coupon_batch_id is None:
+            continue
+        try:
+            await coupon_batches.get_batch(session, spec.coupon_batch_id)
+        except BatchNotFound:
+            field = f"rules.{side}_reward.coupon_batch_id"
+            raise InvalidField(field, "exists", f"{field}: no coupon batch") from None
 
 
 register_kind(ReferralKind())

@@ -15,7 +15,7 @@ from starlette.responses import Response as StarletteResponse
 from incentive.auth.principal import CurrentUser, Principal, bearer_principal
 from incentive.campaigns import service as campaigns
 from incentive.campaigns.errors import CampaignNotEditable
-from incentive.deps import Session, database
+from incentive.deps import Session, database, public_base
 from incentive.errors import (
     AUTHENTICATED,
     VALIDATION,
@@ -63,11 +63,6 @@ VISITOR_COOKIE_SECONDS = 365 * 24 * 3600
 def _settings(request: Request) -> Settings:
     found: Settings = request.app.state.settings
     return found
-
-
-def public_base(request: Request) -> str:
-    """The platform's public address: the setting, else the address the request came to."""
-    return (_settings(request).public_base_url or str(request.base_url)).rstrip("/")
 
 
 def share_out(request: Request, share: Share) -> ShareOut:
