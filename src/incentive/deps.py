@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -13,7 +14,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.db import Database
-from incentive.errors import Conflict
+from incentive.errors import Conflict, InvalidField
+from incentive.kit import qr
 
 
 def public_base(request: Request) -> str:
@@ -21,6 +23,35 @@ def public_base(request: Request) -> str:
     ``INCENTIVE_PUBLIC_BASE_URL`` setting, else the address the request came to."""
     settings = request.app.state.settings
     return str(settings.public_base_url or request.base_url).rstrip("/")
+
+
+@dataclass(frozen=True)
+class QrOptions:
+    """How a caller wants a QR code drawn (query parameters of every QR route)."""
+
+    format: Annotated[qr.Format, Query()] = "png"
+    size: Annotated[int | None, Query(ge=1, le=qr.MAX_SCALE, description="pixels per module")] = (
+        None
+    )
+    ecc: Annotated[qr.Ecc, Query(description="error correction: l, m, q or h")] = "m"
+
+
+def link_qr(request: Request, path: str, options: QrOptions) -> Response:
+    """A QR code of the public link ``path`` (a share's ``/s/…``, an invite's ``/i/…``); a
+    link too long for one (made from a caller's long Host header, without
+    ``INCENTIVE_PUBLIC_BASE_URL``) is a 422 naming ``Host``."""
+    try:
+        image, media_type = qr.render(
+            f"{public_base(request)}{path}", options.format, scale=options.size, ecc=options.ecc
+        )
+    except qr.DataTooLong:
+        raise InvalidField(
+            "Host", "too-long", "Host: the link made from it does not fit a QR code"
+        ) from None
+    return Response(image, media_type=media_type)
+
+
+QrQuery = Annotated[QrOptions, Depends()]
 
 
 def database(request: Request) -> Database:

@@ -8,14 +8,14 @@ import hashlib
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import RedirectResponse
 from starlette.responses import Response as StarletteResponse
 
 from incentive.auth.principal import CurrentUser, Principal, bearer_principal
 from incentive.campaigns import service as campaigns
 from incentive.campaigns.errors import CampaignNotEditable
-from incentive.deps import Session, database, public_base
+from incentive.deps import QrQuery, Session, database, link_qr, public_base
 from incentive.errors import (
     AUTHENTICATED,
     VALIDATION,
@@ -26,7 +26,6 @@ from incentive.errors import (
     Unauthorized,
     problems,
 )
-from incentive.kit import qr
 from incentive.kit.idempotency import idempotent
 from incentive.kit.jsonbody import JSONBodyRoute
 from incentive.kit.pagination import DEFAULT_LIMIT, Cursor, Limit
@@ -186,25 +185,12 @@ async def share_qr(
     principal: CurrentUser,
     session: Session,
     request: Request,
-    format: Annotated[qr.Format, Query()] = "png",
-    size: Annotated[
-        int | None, Query(ge=1, le=qr.MAX_SCALE, description="pixels per module")
-    ] = None,
-    ecc: Annotated[qr.Ecc, Query(description="error correction: l, m, q or h")] = "m",
+    options: QrQuery,
 ) -> Response:
     """A QR code of the share's link, for any signed-in user (the token is public: it is in
     the link itself)."""
     found = await service.by_token(session, token)
-    try:
-        image, media_type = qr.render(
-            f"{public_base(request)}/s/{found.token}", format, scale=size, ecc=ecc
-        )
-    except qr.DataTooLong:
-        # Only a link made from a caller's long Host header (no INCENTIVE_PUBLIC_BASE_URL).
-        raise InvalidField(
-            "Host", "too-long", "Host: the share's link made from it does not fit a QR code"
-        ) from None
-    return Response(image, media_type=media_type)
+    return link_qr(request, f"/s/{found.token}", options)
 
 
 # --------------------------------------------------------------------------- statistics
