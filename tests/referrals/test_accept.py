@@ -42,7 +42,7 @@ async def test_a_new_customer_accepts_and_the_referrer_sees_it(
     assert again["id"] == body["id"]
     assert await count(db, Referral) == 1
     listed = await mine(client, world.cust)
-    assert [(r["referee"], r["state"]) for r in listed] == [("friend", "accepted")]
+    assert [(r["referee"], r["state"]) for r in listed] == [("f***d", "accepted")]  # masked
     invites = await client.get(f"{H}/me/invites", headers=world.cust.headers)
     assert [i["token"] for i in invites.json()["items"]] == [token]
     assert await mine(client, referee) == []
@@ -57,7 +57,7 @@ async def test_existing_account_is_rejected_with_its_reason(
     body = await accepted(client, old, token)
     assert (body["state"], body["reason"]) == ("rejected", "existing-account")
     assert [(r["referee"], r["state"], r["reason"]) for r in await mine(client, world.cust)] == [
-        ("old", "rejected", "existing-account")
+        ("o***d", "rejected", "existing-account")
     ]
     # A rejection counts nothing against the referrer's caps.
     assert await count(db, ReferralCount) == 0
@@ -190,5 +190,5 @@ async def test_a_partner_signup_activity_accepts_the_invite(
     assert outcomes[other["id"]] == ("refused", "other-campaign")
     listed = await mine(client, world.cust)
     assert [(x["referee"], x["state"], x["via"]) for x in listed] == [
-        ("partner-friend", "accepted", "activity")
+        ("p***d", "accepted", "activity")
     ]

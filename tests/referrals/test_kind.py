@@ -95,3 +95,30 @@ async def test_a_coupon_reward_names_a_batch_that_exists(
 async def counts_of_campaigns(client: httpx.AsyncClient, world: World) -> int:
     r = await client.get("/api/v1/campaigns", headers=world.op.headers)
     return len(r.json()["items"])
+
+
+async def test_a_coupon_reward_names_a_batch_of_the_same_owner(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    """Merchant A's referral campaign cannot give merchant B's coupons, nor the platform's."""
+    from tests.coupons.conftest import coupon_campaign
+
+    _, batch_of_a = await coupon_campaign(client, world, owner="merchant")  # merchant A's batch
+    body = campaign_body(
+        "referral",
+        rules={
+            **RULES["referral"],
+            "referee_reward_points": 0,
+            "referee_reward": {"type": "coupon", "coupon_batch_id": batch_of_a},
+        },
+    )
+    # merchant B's staff name merchant A's batch
+    r = await client.post("/api/v1/campaigns", json=body, headers=world.mb.headers)
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"] == "rules.referee_reward.coupon_batch_id"
+    assert r.json()["errors"][0]["rule"] == "same-owner"
+    # the operator's platform campaign cannot either; merchant A's own campaign can
+    r = await client.post("/api/v1/campaigns", json=body, headers=world.op.headers)
+    assert (r.status_code, r.json()["errors"][0]["rule"]) == (422, "same-owner")
+    r = await client.post("/api/v1/campaigns", json=body, headers=world.ma.headers)
+    assert r.status_code == 201, r.text

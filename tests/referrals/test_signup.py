@@ -80,7 +80,7 @@ async def test_signup_with_an_invite_accepts_it(
         None,
     )
     assert [(x["referee"], x["via"]) for x in await mine(client, world.cust)] == [
-        ("friend", "signup")
+        ("f***d", "signup")
     ]
 
 
@@ -119,3 +119,47 @@ async def test_the_same_phone_behind_two_signups_is_self_referral(
     answer = second.json()["invite"]
     assert (answer["state"], answer["reason"]) == ("rejected", "self-referral")
     assert await count(db, Referral, state="rejected") == 1
+
+
+@pytest.mark.usefixtures("signups_on")
+async def test_placeholder_phones_and_devices_make_no_one_the_same_person(
+    client: httpx.AsyncClient, world: World, db: Database, app: Any
+) -> None:
+    """A phone with no digits and the all-zero device id (iOS without ad tracking) are no
+    identity: strangers sending them are not each other's self-referral."""
+    zeros = "00000000-0000-0000-0000-000000000000"
+    campaign = await referral_campaign(client, world)
+    r = await signup(client, username="referrer", phone="( )-", device_id=zeros)
+    assert r.status_code == 201, r.text
+    login = await client.post(
+        "/api/v1/auth/token", json={"username": "referrer", "password": "correct horse battery"}
+    )
+    headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    made = await client.post(
+        f"/api/v1/campaigns/{campaign['id']}/invites",
+        json={"device_id": zeros},
+        headers={**headers, "Idempotency-Key": "k1"},
+    )
+    assert made.status_code == 201, made.text
+    stranger = await signup(
+        client, username="stranger", phone="---", device_id=zeros, invite=made.json()["token"]
+    )
+    assert stranger.status_code == 201, stranger.text
+    answer = stranger.json()["invite"]
+    assert (answer["state"], answer["reason"]) == ("accepted", None)
+    assert await count(db, ReferralSignal) == 0  # nothing identifying was kept
+
+
+async def test_lowering_the_signup_ceiling_keeps_each_addresses_count(
+    client: httpx.AsyncClient, db: Database, app: Any
+) -> None:
+    """Lowered during an attack, the ceiling applies to what each address already did: no
+    fresh budget."""
+    await set_config(db, app, "auth.signup_enabled", True)
+    await set_config(db, app, "auth.signup_max_per_address", 5)
+    for name in ("one", "two", "three"):
+        assert (await signup(client, username=name)).status_code == 201
+    await set_config(db, app, "auth.signup_max_per_address", 2)
+    r = await signup(client, username="four")
+    assert r.status_code == 429, r.text
+    assert await count(db, User, username="four") == 0

@@ -129,11 +129,7 @@ async def create_signup(body: SignupIn, request: Request, session: Session) -> S
         address, live_config.get(SIGNUP_MAX_PER_ADDRESS), live_config.get(SIGNUP_WINDOW_SECONDS)
     )
     peppered = pepper(request)
-    signals = {
-        kind: peppered.hash(kind, value)
-        for kind, value in (("phone", body.phone), ("device", body.device_id))
-        if value
-    }
+    signals = peppered.signals((("phone", body.phone), ("device", body.device_id)))
     user, answer = await signup.signup(
         session,
         username=body.username,

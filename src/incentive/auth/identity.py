@@ -14,12 +14,14 @@ import hmac
 import os
 import re
 import secrets
+from collections.abc import Iterable
 
 from fastapi import Request
 
 from incentive.settings import Settings
 
 PEPPER_FILE = "identity-pepper"
+MIN_PHONE_DIGITS = 5
 
 
 class Pepper:
@@ -31,6 +33,22 @@ class Pepper:
         return hmac.new(
             self._secret, f"{kind}\n{normalise(kind, value)}".encode(), "sha256"
         ).hexdigest()
+
+    def signals(self, given: Iterable[tuple[str, str | None]]) -> dict[str, str]:
+        """``{kind: hash}`` of the given values that identify someone: a value that
+        normalises to a placeholder (no real phone number, an empty or all-zero device id)
+        would make strangers look like one person, so it is left out."""
+        return {
+            kind: self.hash(kind, value)
+            for kind, value in given
+            if value is not None and identifying(kind, normalise(kind, value))
+        }
+
+
+def identifying(kind: str, normalised: str) -> bool:
+    if kind == "phone":
+        return len(re.sub(r"[^0-9]", "", normalised)) >= MIN_PHONE_DIGITS
+    return bool(re.sub(r"[\s0\-:.]", "", normalised))
 
 
 def normalise(kind: str, value: str) -> str:

@@ -164,9 +164,18 @@ def members_table() -> Subquery:
     )
 
 
+def shown_name(username: str, display_name: str) -> str:
+    """The name others see of a user: the display name they chose, else their username
+    masked (``a***e``): a login name is never shown to other users."""
+    if display_name and display_name != username:
+        return display_name
+    return f"{username[0]}***{username[-1]}" if len(username) > 2 else f"{username[:1]}***"
+
+
 @dataclass(frozen=True)
 class UserCard:
-    """What another domain may know of a user: shown name, role, merchant, account age."""
+    """What another domain may know of a user: shown name (never the login name), role,
+    merchant, account age."""
 
     id: str
     display_name: str
@@ -181,11 +190,14 @@ async def user_cards(session: AsyncSession, user_ids: Iterable[str]) -> dict[str
     if not wanted:
         return {}
     rows = await session.execute(
-        select(User.id, User.display_name, User.role, User.merchant_id, User.created_at).where(
-            User.id.in_(wanted)
-        )
+        select(
+            User.id, User.username, User.display_name, User.role, User.merchant_id, User.created_at
+        ).where(User.id.in_(wanted))
     )
-    return {str(r[0]): UserCard(str(r[0]), str(r[1]), str(r[2]), r[3], r[4]) for r in rows}
+    return {
+        str(r[0]): UserCard(str(r[0]), shown_name(str(r[1]), str(r[2])), str(r[3]), r[4], r[5])
+        for r in rows
+    }
 
 
 async def create_partner(

@@ -144,7 +144,7 @@ class LoginThrottle:
     async def take_signup(self, address: str, amount: int, window_seconds: int) -> None:
         """Take one sign-up attempt of ``address`` (its ceiling comes from live config, so the
         item is made per call); ``SignupThrottled`` when the ceiling is reached, atomically."""
-        item = RateLimitItemPerSecond(amount, window_seconds, SIGNUP_NAMESPACE)
+        item = _LiveCeiling(amount, window_seconds, SIGNUP_NAMESPACE)
         if not await self._limiter.hit(item, "signup-address", address):
             stats = await self._limiter.get_window_stats(item, "signup-address", address)
             raise SignupThrottled(
@@ -158,3 +158,12 @@ class LoginThrottle:
         raise LoginThrottled(
             counter.ceiling.refusal, retry_after=max(1, math.ceil(stats.reset_time - time.time()))
         )
+
+
+class _LiveCeiling(RateLimitItemPerSecond):
+    """A ceiling read from live config on each call. Its key leaves out the amount and the
+    window (``limits`` puts them in by default), so changing the ceiling — lowering it during
+    an attack — keeps every address's count instead of handing each a fresh budget."""
+
+    def key_for(self, *identifiers: bytes | str | int | float) -> str:
+        return "/".join([self.namespace, *(str(i) for i in identifiers), self.GRANULARITY.name])

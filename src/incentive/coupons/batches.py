@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from incentive.campaigns import service as campaigns
 from incentive.campaigns.kinds import CampaignFacts
 from incentive.coupons.errors import BatchNotFound
 from incentive.coupons.models import Coupon, CouponBatch, CouponProvider, ImportedCode
@@ -215,3 +216,25 @@ async def import_codes(
             "codes", "within-quantity", f"{added} codes but another import took the room"
         )
     return added, len(wanted) - added
+
+
+async def check_same_owner(
+    session: AsyncSession, campaign: CampaignFacts, batch_id: str, field: str
+) -> None:
+    """A batch another domain gives from ``campaign`` (a sharer's, a referral's coupons)
+    exists and is of a campaign with the same owner (a batch of no campaign, synced from a
+    provider, only for the platform's campaigns); 422 naming ``field`` otherwise."""
+    try:
+        batch = await get_batch(session, batch_id)
+    except BatchNotFound:
+        raise InvalidField(field, "exists", f"{field}: no coupon batch {batch_id}") from None
+    owner: tuple[str, str | None] = ("operator", None)
+    if batch.campaign_id:
+        facts = await campaigns.campaign_facts(session, batch.campaign_id)
+        owner = (facts.owner_type, facts.merchant_id)
+    if owner != (campaign.owner_type, campaign.merchant_id):
+        raise InvalidField(
+            field,
+            "same-owner",
+            f"{field}: the batch must be of a campaign of this campaign's owner",
+        )

@@ -98,7 +98,7 @@ def evidence(request: Request, body: EvidenceIn) -> accept.Evidence:
     sent = (("device", body.device_id), ("instrument", body.payment_instrument_hash))
     address = client_address(request)
     return accept.Evidence(
-        signals={kind: peppered.hash(kind, value) for kind, value in sent if value},
+        signals=peppered.signals(sent),
         address_hash=None if address is None else peppered.hash("address", address),
     )
 

@@ -27,8 +27,6 @@ from incentive.campaigns.kinds import (
     register_kind,
 )
 from incentive.coupons import batches as coupon_batches
-from incentive.coupons.errors import BatchNotFound
-from incentive.errors import InvalidField
 from incentive.referrals import accept
 from incentive.referrals.errors import InviteNotFound, ReferralsClosed
 from incentive.referrals.models import ReferralInvite
@@ -91,11 +89,9 @@ async def _check_batches(session: AsyncSession, campaign: CampaignFacts) -> None
         spec = getattr(rules, f"{side}_reward")
         if spec is None or spec.coupon_batch_id is None:
             continue
-        try:
-            await coupon_batches.get_batch(session, spec.coupon_batch_id)
-        except BatchNotFound:
-            field = f"rules.{side}_reward.coupon_batch_id"
-            raise InvalidField(field, "exists", f"{field}: no coupon batch") from None
+        await coupon_batches.check_same_owner(
+            session, campaign, spec.coupon_batch_id, f"rules.{side}_reward.coupon_batch_id"
+        )
 
 
 register_kind(ReferralKind())

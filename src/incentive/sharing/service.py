@@ -45,7 +45,7 @@ from incentive.coupons import service as coupons
 from incentive.coupons.errors import BatchClosed, BatchNotFound, ClaimLimitReached, CouponsExhausted
 from incentive.db import insert as db_insert
 from incentive.db import new_id, utcnow
-from incentive.errors import Forbidden, InvalidField
+from incentive.errors import Forbidden
 from incentive.kit.pagination import KeyId, Keyset, KeyTime, Slice
 from incentive.sharing.errors import ShareNotFound, SharingOff
 from incentive.sharing.models import Share, ShareSharer, ShareTouch, ShareVisit, SharingSettings
@@ -91,27 +91,6 @@ async def read_settings(
     return campaign.id, (await settings_of(session, campaign.id)) or Defaults()
 
 
-async def _check_batch(session: AsyncSession, campaign: CampaignFacts, batch_id: str) -> None:
-    """The batch exists and is of a campaign with the same owner (a batch of no campaign,
-    synced from a provider, only for the platform's campaigns)."""
-    try:
-        batch = await coupon_batches.get_batch(session, batch_id)
-    except BatchNotFound:
-        raise InvalidField(
-            "coupon_batch_id", "exists", f"coupon_batch_id: no coupon batch {batch_id}"
-        ) from None
-    owner: tuple[str, str | None] = ("operator", None)
-    if batch.campaign_id:
-        facts = await campaigns.campaign_facts(session, batch.campaign_id)
-        owner = (facts.owner_type, facts.merchant_id)
-    if owner != (campaign.owner_type, campaign.merchant_id):
-        raise InvalidField(
-            "coupon_batch_id",
-            "same-owner",
-            "coupon_batch_id: the batch must be of a campaign of this campaign's owner",
-        )
-
-
 async def put_settings(
     session: AsyncSession, principal: Principal, campaign_id: str, body: SharingSettingsIn
 ) -> SharingSettings:
@@ -123,7 +102,9 @@ async def put_settings(
             campaign_status=campaign.status,
         )
     if body.coupon_batch_id is not None:
-        await _check_batch(session, campaign, body.coupon_batch_id)
+        await coupon_batches.check_same_owner(
+            session, campaign, body.coupon_batch_id, "coupon_batch_id"
+        )
     # The campaign's own conditional edit: still editable now, version bumped, row held.
     await campaigns.edit_campaign(session, principal, campaign_id, changes={})
     values = body.model_dump()
