@@ -4,7 +4,6 @@ public page ``/i/{token}`` a referee opens."""
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
@@ -25,6 +24,7 @@ from incentive.errors import (
     NotFound,
     problems,
 )
+from incentive.kit.codes import is_public_token
 from incentive.kit.idempotency import idempotent
 from incentive.kit.jsonbody import JSONBodyRoute
 from incentive.kit.pagination import DEFAULT_LIMIT, Cursor, Limit
@@ -48,7 +48,6 @@ public_router = APIRouter()
 
 CampaignId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="campaign id")]
 Token = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,32}$", description="an invite's token")]
-TOKEN = re.compile(r"[A-Za-z0-9_-]{1,32}")
 SEEING = (*AUTHENTICATED, *VALIDATION, NotFound)
 
 
@@ -229,7 +228,7 @@ async def open_invite(request: Request) -> StarletteResponse:
     shown name only). 404 problem for an unknown or expired invite. Not an API operation: any
     query string is accepted (social apps add theirs)."""
     token = request.path_params["token"]
-    if not TOKEN.fullmatch(token):
+    if not is_public_token(token):
         raise InvalidField("token", "pattern", "token: 1-32 URL-safe characters")
     async with database(request).unit_of_work() as session:
         card = await service.invite_card(session, token)

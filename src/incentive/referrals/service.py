@@ -20,7 +20,6 @@ Contract:
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -32,18 +31,14 @@ from incentive.auth.principal import Principal
 from incentive.campaigns import service as campaigns
 from incentive.campaigns.kinds import CampaignFacts
 from incentive.db import new_id, utcnow
+from incentive.kit.codes import public_token
 from incentive.kit.pagination import KeyId, Keyset, KeyTime, Slice
 from incentive.referrals.errors import InviteNotFound, MayNotRefer, ReferralsClosed
 from incentive.referrals.models import Referral, ReferralCount, ReferralInvite
 from incentive.referrals.rules import ReferralRules, referral_rules
 
 KIND = "referral"
-TOKEN_BYTES = 12  # 96 random bits, 16 URL-safe characters
 ALL = "all"
-
-
-def new_token() -> str:
-    return secrets.token_urlsafe(TOKEN_BYTES)
 
 
 def day_of(at: datetime) -> str:
@@ -168,7 +163,7 @@ async def invite(session: AsyncSession, principal: Principal, campaign_id: str) 
     rules: ReferralRules = referral_rules(campaign)
     row = ReferralInvite(
         id=new_id(),
-        token=new_token(),
+        token=public_token(),
         campaign_id=campaign.id,
         referrer_id=principal.id,
         referrer_role=principal.role,

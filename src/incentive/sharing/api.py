@@ -26,6 +26,7 @@ from incentive.errors import (
     Unauthorized,
     problems,
 )
+from incentive.kit.codes import is_public_token
 from incentive.kit.idempotency import idempotent
 from incentive.kit.jsonbody import JSONBodyRoute
 from incentive.kit.pagination import DEFAULT_LIMIT, Cursor, Limit
@@ -288,7 +289,7 @@ async def visit_share(request: Request) -> StarletteResponse:
     campaign. Not an API operation: any query string is accepted (social apps add theirs,
     e.g. WeChat's `from=` and `isappinstalled=`)."""
     token = request.path_params["token"]
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", token):
+    if not is_public_token(token):
         raise InvalidField("token", "pattern", "token: 1-32 URL-safe characters")
     visitor, customer, new_cookie = await _visitor(request)
     async with database(request).unit_of_work() as session:

@@ -28,7 +28,6 @@ when there is something to attribute, one by primary key per campaign for its ow
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, cast
@@ -41,11 +40,11 @@ from incentive.campaigns.kinds import ActivityFacts
 from incentive.campaigns.participation import Participation
 from incentive.db import insert as db_insert
 from incentive.db import one_of, utcnow
+from incentive.kit.codes import is_public_token
 from incentive.sharing.models import Share, ShareConversion, ShareTouch, SharingSettings
 from incentive.sharing.schemas import ConversionType
 
 CONVERTIBLE = frozenset(ConversionType.__args__)  # type: ignore[attr-defined]
-TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 # A sender's clock and ours differ (and many send whole seconds): a visit up to this long
 # after the activity's ``occurred_at`` still counts as before it.
 CLOCK_SKEW = timedelta(minutes=2)
@@ -58,7 +57,7 @@ def _window(found: SharingSettings) -> timedelta:
 
 def _token(activity: ActivityFacts) -> str | None:
     raw = activity.attributes.get("share")
-    return raw if isinstance(raw, str) and TOKEN.match(raw) else None
+    return raw if is_public_token(raw) else None
 
 
 async def observe(session: AsyncSession, activities: Sequence[ActivityFacts]) -> None:

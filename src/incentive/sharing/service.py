@@ -27,7 +27,6 @@ Contract:
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -46,12 +45,11 @@ from incentive.coupons.errors import BatchClosed, BatchNotFound, ClaimLimitReach
 from incentive.db import insert as db_insert
 from incentive.db import new_id, utcnow
 from incentive.errors import Forbidden
+from incentive.kit.codes import public_token
 from incentive.kit.pagination import KeyId, Keyset, KeyTime, Slice
 from incentive.sharing.errors import ShareNotFound, SharingOff
 from incentive.sharing.models import Share, ShareSharer, ShareTouch, ShareVisit, SharingSettings
 from incentive.sharing.schemas import SharingSettingsIn
-
-TOKEN_BYTES = 12  # 96 random bits, 16 URL-safe characters
 
 _SHARERS = cast(Table, ShareSharer.__table__)
 _VISITS = cast(Table, ShareVisit.__table__)
@@ -70,10 +68,6 @@ class Defaults:
     attribution_hours: int = 72
     conversion_types: tuple[str, ...] = ("payment",)
     updated_at: datetime | None = None
-
-
-def new_token() -> str:
-    return secrets.token_urlsafe(TOKEN_BYTES)
 
 
 # --------------------------------------------------------------------------- settings
@@ -231,7 +225,7 @@ async def share(
     )
     row = Share(
         id=new_id(),
-        token=new_token(),
+        token=public_token(),
         campaign_id=campaign_id,
         sharer_id=principal.id,
         sharer_role=principal.role,
