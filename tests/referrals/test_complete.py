@@ -369,3 +369,54 @@ async def test_referrals_and_report_are_for_those_who_manage_the_campaign(
     for actor in (world.cust, world.ma):
         assert (await client.get(url, headers=actor.headers)).status_code == 403
         assert (await client.get(f"{url}/report", headers=actor.headers)).status_code == 403
+
+
+async def test_coupon_rewards_are_given_at_payment_never_when_voided(
+    client: httpx.AsyncClient, world: World, db: Database, app: Any, partner: Sender
+) -> None:
+    from tests.coupons.conftest import coupon_campaign, coupons_of
+
+    _, batch = await coupon_campaign(client, world, owner="platform", quantity=2)
+    coupon = {
+        "referee_reward_points": 0,
+        "referee_reward": {"type": "coupon", "coupon_batch_id": batch},
+    }
+    now_paid = await funded_campaign(client, db, world, budget=1_000, **BUSINESS, **coupon)
+    held = await funded_campaign(client, db, world, budget=1_000, hold_days=3, **BUSINESS, **coupon)
+    first = await referee_of(client, db, app, world.cust, now_paid["id"])
+    await send(client, partner, paid_by(first))
+    assert [c.customer_id for c in await coupons_of(db, batch)] == [first.user.id]
+
+    kept, voided, late = [
+        await referee_of(client, db, app, world.cust, held["id"]) for _ in range(3)
+    ]
+    pays = {r.user.id: paid_by(r) for r in (kept, voided, late)}
+    for p in pays.values():
+        await send(client, partner, p)
+    assert len(await coupons_of(db, batch)) == 1  # held: not issued yet
+    await send(client, partner, refund("rv", pays[voided.user.id], 5_000))
+    async with db.unit_of_work() as s:
+        await s.execute(
+            update(Referral)
+            .where(Referral.state == "pending")
+            .values(release_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    assert len(await runtime.release_due(db)) == 2
+    # One coupon was left: one of the two released referees got it, the other's reward says
+    # why; the voided referee got none. The referrer's points were paid for both.
+    holders = {c.customer_id for c in await coupons_of(db, batch)}
+    assert len(holders) == 2
+    assert voided.user.id not in holders
+    async with db.unit_of_work() as s:
+        rewards = {
+            (r.beneficiary_id, r.state, r.reason)
+            for r in await s.scalars(
+                select(ReferralReward).where(
+                    ReferralReward.campaign_id == held["id"], ReferralReward.side == "referee"
+                )
+            )
+        }
+    assert (voided.user.id, "voided", "refunded") in rewards
+    assert {state for _, state, _ in rewards} == {"paid", "unpaid", "voided"}
+    assert any(reason == "out-of-stock" for _, _, reason in rewards)
+    assert await points(db, world.cust) == 100 * 3
