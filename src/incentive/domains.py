@@ -15,6 +15,8 @@ kind        ``kind.py``         its campaign kind (``campaigns.kinds.register_ki
 runtime     ``runtime.py``      optional ``start(app)`` / ``stop(app)`` run in every
                                 process, and ``JOBS``: ``WorkerJob`` s run by workers
                                 (``incentive worker``, or inside ``serve`` embedded)
+source      ``source.py``       the data source it lends to data models
+                                (``kit.sources.register_source``)
 ==========  ==================  ===================================================
 
 The order is the start-up order (stop runs in reverse): configuration before the event
@@ -48,6 +50,7 @@ class Domain:
     keys: bool = False
     kind: bool = False
     runtime: bool = False
+    source: bool = False
 
     def module(self, part: str) -> ModuleType:
         return importlib.import_module(f"incentive.{self.name}.{part}")
@@ -61,6 +64,7 @@ MODULES = {
     "keys": "keys",
     "kind": "kind",
     "runtime": "runtime",
+    "source": "source",
 }
 
 
@@ -133,8 +137,9 @@ def _parts(flag: str) -> Iterator[tuple[Domain, ModuleType]]:
 
 
 def load() -> None:
-    """Import every domain's tables, live-config keys and campaign kind (idempotent)."""
-    for flag in ("models", "keys", "kind"):
+    """Import every domain's tables, live-config keys, campaign kind and data source
+    (idempotent)."""
+    for flag in ("models", "keys", "kind", "source"):
         for _ in _parts(flag):
             pass
 
