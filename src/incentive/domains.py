@@ -87,6 +87,7 @@ DOMAINS: tuple[Domain, ...] = (
     Domain("sharing", models=True, router=True, runtime=True),
     Domain("review", models=True, router=True, cli=True, keys=True, runtime=True),
     Domain("points_files", models=True, router=True, cli=True, runtime=True),
+    Domain("data_models", models=True, router=True, cli=True),
 )
 
 

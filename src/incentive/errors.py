@@ -33,7 +33,8 @@ against the real subclasses, their statuses and slugs::
     │   ├── TemplateNotFound (404 template-not-found) [templates]
     │   ├── WordListNotFound (404 word-list-not-found) [review]
     │   ├── ShareNotFound (404 share-not-found) [sharing]
-    │   └── InviteNotFound (404 invite-not-found) [referrals]
+    │   ├── InviteNotFound (404 invite-not-found) [referrals]
+    │   └── DataModelNotFound (404 data-model-not-found) [data_models]
     ├── Conflict (409 conflict)
     │   ├── NameTaken (409 name-taken) [auth]
     │   ├── IdempotencyConflict (409 idempotency-key-reused)
@@ -73,7 +74,8 @@ against the real subclasses, their statuses and slugs::
     │   ├── PartnerNotConfigured (409 points-partner-not-configured) [points_files]
     │   ├── AnswerNotReady (409 points-answer-not-ready) [points_files]
     │   ├── TemplatePublished (409 template-published) [templates]
-    │   └── ReviewConflict (409 review-conflict) [review]
+    │   ├── ReviewConflict (409 review-conflict) [review]
+    │   └── DataModelExists (409 data-model-exists) [data_models]
     ├── UnsupportedMediaType (415 unsupported-media-type)
     ├── TooManyRequests (429 too-many-requests)
     │   ├── LoginThrottled (429 login-throttled) [auth]

@@ -36,7 +36,13 @@ from incentive.kit.text import Line
 
 #: related records a ``lookup`` reads, by (source, key)
 Lookups = Mapping[tuple[str, str], Mapping[str, Any]]
-Scalar = str | int | float | bool | None
+Scalar = (
+    Annotated[str, Field(max_length=1000)]
+    | Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
+    | float
+    | bool
+    | None
+)
 FieldName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 #: strftime directives ``date_format`` accepts (no locale-dependent names, no %c/%x/%X)
 DIRECTIVES = frozenset("YmdHMSfzjGuVw") | {"%"}

@@ -1,0 +1,60 @@
+"""Data-model tables: the registry (a model and each of its versions, field by field) and the
+archive (every assembled record's canonical JSON and hash, per model version — the durable
+copy; the production deployment mirrors it in Redis)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from incentive.db import Base, UTCDateTime, utcnow
+
+
+class DataModel(Base):
+    """A data model external systems ask for by ``id``; ``version`` is its current version."""
+
+    __tablename__ = "data_models"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(String(40))
+    version: Mapped[int] = mapped_column(BigInteger)
+    #: partner codes whose API keys may read this model's records (operators always may)
+    partners: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DataModelVersion(Base):
+    """One version of a model's definition; a change of fields makes the next version and
+    no version ever changes, so a record archived under it can be assembled again."""
+
+    __tablename__ = "data_model_versions"
+
+    model_id: Mapped[str] = mapped_column(ForeignKey("data_models.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    source: Mapped[str] = mapped_column(String(40))
+    fields: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ArchivedRecord(Base):
+    """An assembled record as canonical JSON with its SHA-256, by (model, version, key):
+    assembling it again upserts it (same hash: nothing changes)."""
+
+    __tablename__ = "data_model_archive"
+    __table_args__ = (
+        Index("ix_data_model_archive_model_archived", "model_id", "archived_at", "record_key"),
+    )
+
+    model_id: Mapped[str] = mapped_column(ForeignKey("data_models.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    record_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    campaign_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    document: Mapped[str] = mapped_column(Text)
+    hash: Mapped[str] = mapped_column(String(64))
+    archived_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

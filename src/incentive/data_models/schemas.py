@@ -1,0 +1,103 @@
+"""Request and response shapes of data models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from incentive.data_models.fields import FieldSpec
+from incentive.kit.pagination import Page
+from incentive.kit.text import Name
+
+ModelId = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
+PartnerCode = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+Partners = Annotated[list[PartnerCode], Field(max_length=100)]
+
+
+class DataModelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: ModelId = Field(description="the id external systems ask for")
+    name: Annotated[Name, Field(max_length=200)]
+    source: Annotated[str, Field(min_length=1, max_length=40)] = Field(
+        description="the module read: see GET /data-model-sources"
+    )
+    fields: Annotated[list[FieldSpec], Field(min_length=1, max_length=200)]
+    partners: Partners = Field(
+        default_factory=list, description="partner codes whose API keys may read the records"
+    )
+
+
+class DataModelPatch(BaseModel):
+    """A change; new ``source``/``fields`` make the next version (give both or neither)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[Name, Field(max_length=200)] | None = None
+    source: Annotated[str, Field(min_length=1, max_length=40)] | None = None
+    fields: Annotated[list[FieldSpec], Field(min_length=1, max_length=200)] | None = None
+    partners: Partners | None = None
+
+
+class VersionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    version: int
+    source: str
+    fields: list[FieldSpec]
+    created_by: str
+    created_at: datetime
+
+
+class VersionPage(Page[VersionOut]):
+    pass
+
+
+class DataModelOut(BaseModel):
+    id: str
+    name: str
+    source: str
+    version: int = Field(description="the current version")
+    partners: list[str]
+    fields: list[FieldSpec] = Field(description="the current version's fields")
+    systems: list[str] = Field(description="the target systems its fields name")
+    created_at: datetime
+    updated_at: datetime
+
+
+class DataModelPage(Page[DataModelOut]):
+    pass
+
+
+class FailureOut(BaseModel):
+    field: str = Field(description="the source field whose rule failed")
+    rule: str
+    detail: str
+
+
+class RecordOut(BaseModel):
+    """One record in the model's shape — or, when a rule could not take one of its values,
+    the failure (``systems`` and ``hash`` null) so a reader sees what it is missing."""
+
+    key: str = Field(description="the source record's key")
+    version: int = Field(description="the model version that assembled it")
+    hash: str | None = Field(description="SHA-256 of the record's canonical JSON")
+    systems: dict[str, dict[str, Any]] | None = Field(
+        description="per target system, the values under their mapped names"
+    )
+    failure: FailureOut | None = None
+
+
+class RecordPage(Page[RecordOut]):
+    pass
+
+
+class SourceOut(BaseModel):
+    name: str
+    fields: dict[str, str] = Field(description="field name -> module type")
+
+
+class SourcesOut(BaseModel):
+    sources: list[SourceOut] = Field(description="every registered source, by name")
