@@ -9,20 +9,27 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from incentive.auth.principal import Operator, PartnerOrOperator
-from incentive.data_models import service
+from incentive.data_models import service, sync
 from incentive.data_models.errors import DataModelExists, DataModelNotFound
 from incentive.data_models.fields import Definition
 from incentive.data_models.models import DataModel
 from incentive.data_models.schemas import (
+    CountOut,
     DataModelIn,
     DataModelOut,
     DataModelPage,
     DataModelPatch,
+    DeliveryOut,
+    DeliveryPage,
     FailureOut,
     RecordOut,
     RecordPage,
+    ReplayIn,
     SourceOut,
     SourcesOut,
+    TargetIn,
+    TargetOut,
+    TargetPage,
     VersionOut,
     VersionPage,
 )
@@ -36,6 +43,9 @@ router = APIRouter(tags=["data-models"], route_class=JSONBodyRoute)
 
 ModelPath = Annotated[
     str, Path(pattern=r"^[a-z][a-z0-9_.-]{0,63}$", description="the data model's id")
+]
+TargetName = Annotated[
+    str, Path(pattern=r"^[a-z][a-z0-9_-]{0,63}$", description="the target's name")
 ]
 OPERATING = (*AUTHENTICATED, *VALIDATION, Forbidden)
 FOUND = (*OPERATING, DataModelNotFound)
@@ -220,3 +230,133 @@ async def list_records(
         )
     items = [shaped[row.key] for row in work.rows if row.key in shaped]
     return RecordPage(items=items, next_cursor=found.next_cursor)
+
+
+# --------------------------------------------------------------------------- sync
+
+
+async def _targets(session: Session, model_id: str) -> list[TargetOut]:
+    counts = await sync.delivery_counts(session, model_id)
+    shaped = []
+    for t in await sync.targets_of(session, model_id):
+        config = sync.config_of(t)
+        shaped.append(
+            TargetOut(
+                name=t.name,
+                system=t.system,
+                kind=config.kind,
+                where=config.redacted(),
+                enabled=t.enabled,
+                deliveries=counts.get(t.id, {}),
+                created_at=t.created_at,
+            )
+        )
+    return shaped
+
+
+@router.post(
+    "/data-models/{model_id}/targets",
+    name="create_data_model_target",
+    response_model=TargetOut,
+    status_code=201,
+    responses=problems(*FOUND),
+)
+async def create_target(
+    model_id: ModelPath, body: TargetIn, principal: Operator, session: Session
+) -> TargetOut:
+    """Register a target of the model: a SQL table (PostgreSQL or MariaDB/MySQL), a Redis key
+    space or an HTTP webhook, receiving the fields of one target `system`. Records synced from
+    now on are delivered to it; to send it what was synced before, rebuild it. Audited."""
+    model = await service.get(session, model_id)
+    definition = service.definition_of(await service.version_of(session, model_id, model.version))
+    await sync.add_target(
+        session,
+        principal,
+        model_id,
+        name=body.name,
+        system=body.system,
+        systems=definition.systems(),
+        config=body.config,
+    )
+    return next(t for t in await _targets(session, model_id) if t.name == body.name)
+
+
+@router.get(
+    "/data-models/{model_id}/targets",
+    name="list_data_model_targets",
+    response_model=TargetPage,
+    responses=problems(*FOUND),
+)
+async def list_targets(model_id: ModelPath, principal: Operator, session: Session) -> TargetPage:
+    """The model's targets (one page), each with its records by delivery state."""
+    await service.get(session, model_id)
+    return TargetPage(items=await _targets(session, model_id), next_cursor=None)
+
+
+@router.post(
+    "/data-models/{model_id}/targets/{target}/rebuild",
+    name="rebuild_data_model_target",
+    response_model=CountOut,
+    responses=problems(*FOUND),
+)
+async def rebuild_target(
+    model_id: ModelPath, target: TargetName, principal: Operator, session: Session
+) -> CountOut:
+    """Send every archived record of the model's current version to the target again
+    (delivered by the workers, upserted there). Audited."""
+    model = await service.get(session, model_id)
+    found = await sync.target_named(session, model_id, target)
+    return CountOut(count=await sync.rebuild(session, principal, model_id, model.version, found))
+
+
+@router.get(
+    "/data-models/{model_id}/dead-letters",
+    name="list_data_model_dead_letters",
+    response_model=DeliveryPage,
+    responses=problems(*FOUND),
+)
+async def list_dead_letters(
+    model_id: ModelPath,
+    principal: Operator,
+    session: Session,
+    cursor: Cursor = None,
+    limit: Limit = DEFAULT_LIMIT,
+) -> DeliveryPage:
+    """Deliveries that failed for good (attempts used up, or refused by the target), with
+    the last error."""
+    await service.get(session, model_id)
+    names = {t.id: t.name for t in await sync.targets_of(session, model_id)}
+    page = await sync.dead_letters(session, model_id, cursor=cursor, limit=limit)
+    return DeliveryPage.of(
+        page,
+        lambda d: DeliveryOut(
+            target=names.get(d.target_id, d.target_id),
+            key=d.record_key,
+            version=d.version,
+            hash=d.hash,
+            state=d.state,
+            attempts=d.attempts,
+            last_error=d.last_error,
+            updated_at=d.updated_at,
+        ),
+    )
+
+
+@router.post(
+    "/data-models/{model_id}/dead-letters/replay",
+    name="replay_data_model_dead_letters",
+    response_model=CountOut,
+    responses=problems(*FOUND),
+)
+async def replay_dead_letters(
+    model_id: ModelPath, body: ReplayIn, principal: Operator, session: Session
+) -> CountOut:
+    """Try dead letters again (of one `target`, of some `keys`, or all): back to pending with
+    their attempts reset. Audited."""
+    await service.get(session, model_id)
+    target = (
+        None if body.target is None else await sync.target_named(session, model_id, body.target)
+    )
+    return CountOut(
+        count=await sync.replay(session, principal, model_id, target=target, keys=body.keys)
+    )

@@ -1,4 +1,4 @@
-"""CLI: `incentive data-models sources|list|show|create|change|archive` against the configured
+"""CLI: `incentive data-models sources|list|show|create|change|archive|sync` against the configured
 database (changes audited with no actor: the command line). Each prints JSON; a refusal
 prints ``error: ...`` and exits 2 for bad input, 1 otherwise."""
 
@@ -17,6 +17,7 @@ from incentive.data_models import service
 from incentive.data_models.fields import Definition
 from incentive.data_models.models import DataModel
 from incentive.data_models.schemas import DataModelIn, DataModelPatch
+from incentive.db import utcnow
 from incentive.errors import BadRequest, IncentiveError
 from incentive.kit.commands import command_database, echo_json, fail, run_work
 from incentive.kit.sources import get_source, source_names
@@ -157,6 +158,83 @@ def archive(
     unchanged records are not rewritten), with a live count."""
     try:
         echo_json(asyncio.run(_archive(model_id, campaign, cursor, batch)))
+    except BadRequest as exc:
+        fail(exc.detail, 2)
+    except IncentiveError as exc:
+        fail(exc.detail, 1)
+
+
+async def _sync(
+    model_id: str, target: str | None, start: str | None, batch: int, deliver: bool
+) -> Any:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from incentive.data_models import sync
+    from incentive.data_models.models import SyncPosition
+
+    totals = {"assembled": 0, "handed": 0, "failed": 0}
+    async with command_database() as db:
+        async with db.unit_of_work() as session:
+            await service.get(session, model_id)
+            saved = await session.get(SyncPosition, model_id)
+            position = start if start is not None else (saved.position if saved else None)
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.fields[assembled]:,} assembled, {task.fields[handed]:,} to deliver"),
+            TextColumn("{task.fields[failed]:,} failed"),
+            TimeElapsedColumn(),
+            transient=True,
+        ) as bar:
+            task = bar.add_task("sync", **totals)  # type: ignore[arg-type]
+            while True:
+                async with db.unit_of_work() as session:
+                    only = (
+                        None
+                        if target is None
+                        else await sync.target_named(session, model_id, target)
+                    )
+                    work, position = await sync.backfill_page(
+                        session, model_id, position=position, only=only, limit=batch
+                    )
+                    row = await session.get(SyncPosition, model_id)
+                    if row is None:
+                        row = SyncPosition(model_id=model_id, done=0)
+                        session.add(row)
+                    row.position, row.done = position, (row.done or 0) + len(work.rows)
+                    row.updated_at = utcnow()
+                totals["assembled"] += len(work.records)
+                totals["handed"] += len(work.changed)
+                totals["failed"] += len(work.failures)
+                bar.update(task, **totals)  # type: ignore[arg-type]
+                for failure in work.failures:
+                    typer.echo(json.dumps({"failed": failure.__dict__}), err=True)
+                if position is None:
+                    break
+            delivered = {"delivered": 0, "retried": 0, "dead": 0}
+            while deliver:
+                done = await sync.deliver_due(db)
+                for k, v in done.items():
+                    delivered[k] += v
+                if not any(done.values()):
+                    break
+    return {"model": model_id, **totals, **({"delivery": delivered} if deliver else {})}
+
+
+@data_models_app.command("sync")
+def sync_command(
+    model_id: str,
+    target: str | None = typer.Option(None, "--target", help="hand records to this target only"),
+    start: str | None = typer.Option(
+        None, "--from", help="start after this source position (default: where it stopped)"
+    ),
+    batch: int = typer.Option(500, "--batch", min=1, max=5000, help="records per transaction"),
+    deliver: bool = typer.Option(False, "--deliver", help="also deliver now, not by workers"),
+) -> None:
+    """Backfill: assemble, archive and hand every record of the model's source to its targets
+    (or one), a page per transaction, remembering the position — killed, it goes on from
+    there when run again; with --deliver, deliver what is due before returning."""
+    try:
+        echo_json(asyncio.run(_sync(model_id, target, start, batch, deliver)))
     except BadRequest as exc:
         fail(exc.detail, 2)
     except IncentiveError as exc:

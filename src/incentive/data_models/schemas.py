@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from incentive.data_models.fields import FieldSpec
+from incentive.data_models.targets import TargetConfig
 from incentive.kit.pagination import Page
 from incentive.kit.text import Name
 
@@ -101,3 +102,55 @@ class SourceOut(BaseModel):
 
 class SourcesOut(BaseModel):
     sources: list[SourceOut] = Field(description="every registered source, by name")
+
+
+class TargetIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
+    system: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")] = Field(
+        description="the target system (of the model's fields) whose values it receives"
+    )
+    config: TargetConfig = Field(description="the store: sql, redis or webhook")
+
+
+class TargetOut(BaseModel):
+    name: str
+    system: str
+    kind: str
+    where: str = Field(description="the store's address, credentials hidden")
+    enabled: bool
+    deliveries: dict[str, int] = Field(description="records by delivery state")
+    created_at: datetime
+
+
+class TargetPage(Page[TargetOut]):
+    pass
+
+
+class DeliveryOut(BaseModel):
+    target: str
+    key: str
+    version: int
+    hash: str
+    state: str
+    attempts: int
+    last_error: str | None
+    updated_at: datetime
+
+
+class DeliveryPage(Page[DeliveryOut]):
+    pass
+
+
+class ReplayIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")] | None = None
+    keys: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=128)]], Field(max_length=1000)
+    ] = Field(default_factory=list, description="only these records (default: every dead letter)")
+
+
+class CountOut(BaseModel):
+    count: int
