@@ -1,4 +1,5 @@
-"""Live configuration of referrals: the abuse check on referees from one address."""
+"""Live configuration of referrals: the abuse check on referees from one address, and the
+ceiling of invites a referrer makes."""
 
 from __future__ import annotations
 
@@ -14,4 +15,12 @@ MAX_REFEREES_PER_ADDRESS_HOUR = register_key(
     10,
     "Referees one client address may bring into one referral campaign per UTC hour; the next "
     "acceptance from that address is stored rejected (address-burst).",
+)
+
+MAX_INVITES_PER_REFERRER_DAY = register_key(
+    "referrals.max_invites_per_referrer_day",
+    Annotated[int, Field(ge=1, le=1_000_000)],
+    100,
+    "Invites one referrer may make in one referral campaign per UTC day; the next is refused "
+    "(403 may-not-refer, reason invite-cap).",
 )

@@ -67,8 +67,9 @@ class ReferralOut(BaseModel):
     referee: str = Field(description="the referee's shown name")
     state: Literal["accepted", "rejected"]
     reason: str | None = Field(
-        description="why rejected: self-referral, existing-account, ring, already-referred, "
-        "referrer-cap, address-burst"
+        description="why rejected: referrer-ineligible, self-referral, ring, already-referred, "
+        "existing-account, referrer-cap, address-burst (referrer-ineligible, referrer-cap and "
+        "address-burst pass: accepting the invite again checks again)"
     )
     via: Literal["signup", "acceptance", "activity"]
     created_at: datetime
