@@ -8,7 +8,8 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+import phonenumbers
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -77,7 +78,14 @@ class Settings(BaseSettings):
         default=None,
         description="secret mixed into the hashes of phone numbers, device ids, payment "
         "instruments and client addresses (referral abuse checks); default: random bytes kept "
-        "in data_dir/keys/identity-pepper (every process must share it)",
+        "in data_dir/keys/identity-pepper (every process must share it); set but blank is "
+        "refused at start",
+    )
+    phone_region: str = Field(
+        default="CN",
+        pattern=r"^[A-Z]{2}$",
+        description="the region (ISO 3166 alpha-2) of a phone number given without its country "
+        "code, before it is normalised to E.164 and hashed (sign-up)",
     )
     rewards_webhook_secret: SecretStr | None = Field(
         default=None,
@@ -155,6 +163,23 @@ class Settings(BaseSettings):
     points_stage_chunk: int = Field(
         default=20_000, ge=100, description="records staged per transaction (points files)"
     )
+
+    @field_validator("identity_pepper")
+    @classmethod
+    def _pepper_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError(
+                "INCENTIVE_IDENTITY_PEPPER is set but blank: set it to a long random secret "
+                "shared by every process, or unset it to keep one in data_dir/keys"
+            )
+        return value
+
+    @field_validator("phone_region")
+    @classmethod
+    def _known_region(cls, value: str) -> str:
+        if value not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"INCENTIVE_PHONE_REGION: {value!r} is no region phonenumbers knows")
+        return value
 
     @property
     def resolved_database_url(self) -> str:

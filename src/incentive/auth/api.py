@@ -17,7 +17,7 @@ from incentive.auth.errors import (
     SignupClosed,
     SignupThrottled,
 )
-from incentive.auth.identity import client_address, pepper
+from incentive.auth.identity import client_address, e164, pepper
 from incentive.auth.keys import SIGNUP_ENABLED, SIGNUP_MAX_PER_ADDRESS, SIGNUP_WINDOW_SECONDS
 from incentive.auth.models import Partner, PartnerApiKey
 from incentive.auth.principal import CurrentUser, Operator, keyring
@@ -44,6 +44,7 @@ from incentive.errors import (
     Conflict,
     Forbidden,
     IncentiveError,
+    InvalidField,
     NotFound,
     problems,
 )
@@ -116,19 +117,27 @@ async def login(body: LoginIn, request: Request, session: Session) -> TokenPairO
 async def create_signup(body: SignupIn, request: Request, session: Session) -> SignupOut:
     """Create a customer login (then sign in with `POST /auth/token`). Off unless live config
     `auth.signup_enabled` is true (403 `signup-closed`); at most
-    `auth.signup_max_per_address` attempts per client address per `auth.signup_window_seconds`
-    (429 `signup-throttled` with `Retry-After`). `phone` and `device_id` are kept only as
-    peppered hashes. `invite`: a referral invite's token, accepted for the new customer
-    (`invite` in the answer: the referral, accepted or rejected with its reason; an unknown or
-    expired token is a 422 naming `invite` and nothing is created)."""
+    `auth.signup_max_per_address` attempts per client address (an IPv6 one by its /64) per
+    `auth.signup_window_seconds` (429 `signup-throttled` with `Retry-After`). `phone` (E.164,
+    a number without country code of the deployment's region; not a possible number: 422
+    naming `phone`) and `device_id` are kept only as peppered hashes. `invite`: a referral
+    invite's token, accepted for the new customer (`invite` in the answer: the referral,
+    accepted or rejected with its reason; or `not-taken` with `invite-unknown`,
+    `invite-expired` or `referrals-closed` — the account is made all the same)."""
     if not live_config.get(SIGNUP_ENABLED):
         raise SignupClosed("self-service sign-up is not enabled")
-    throttle: LoginThrottle = request.app.state.login_throttle
-    address = client_address(request) or "unknown"
-    await throttle.take_signup(
-        address, live_config.get(SIGNUP_MAX_PER_ADDRESS), live_config.get(SIGNUP_WINDOW_SECONDS)
-    )
     peppered = pepper(request)
+    if body.phone is not None and e164(body.phone, peppered.phone_region) is None:
+        raise InvalidField("phone", "phone-number", "phone: not a possible phone number")
+    throttle: LoginThrottle = request.app.state.login_throttle
+    address = client_address(request)
+    # No address known (no peer): one shared ceiling, failing closed; the referral's
+    # per-address check is skipped instead (address_hash None).
+    await throttle.take_signup(
+        address or "unknown",
+        live_config.get(SIGNUP_MAX_PER_ADDRESS),
+        live_config.get(SIGNUP_WINDOW_SECONDS),
+    )
     signals = peppered.signals((("phone", body.phone), ("device", body.device_id)))
     user, answer = await signup.signup(
         session,
@@ -136,7 +145,7 @@ async def create_signup(body: SignupIn, request: Request, session: Session) -> S
         password=body.password,
         display_name=body.display_name,
         invite=body.invite,
-        address_hash=peppered.hash("address", address),
+        address_hash=None if address is None else peppered.hash("address", address),
         signals=signals,
     )
     invite = None if answer is None else InviteAnswerOut.model_validate(dict(answer))

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from incentive.kit.text import Line, Prose
+from incentive.kit.text import Line, Prose, ShownName
 
 
 class MeOut(BaseModel):
@@ -74,7 +74,12 @@ class SignupIn(BaseModel):
 
     username: Line = Field(min_length=3, max_length=64, description="3-64 of A-Z a-z 0-9 _ . -")
     password: Prose = Field(min_length=1, max_length=1024)
-    display_name: Line = Field("", max_length=200)
+    display_name: ShownName = Field(
+        "",
+        max_length=200,
+        description="the name shown to other users (no bidirectional override or isolate "
+        "controls); default: the username, masked",
+    )
     phone: Line | None = Field(
         None,
         min_length=3,
@@ -91,12 +96,19 @@ class SignupIn(BaseModel):
 
 
 class InviteAnswerOut(BaseModel):
-    """What became of the invite a sign-up carried: the referral, accepted or rejected."""
+    """What became of the invite a sign-up carried: the referral, accepted or rejected (with
+    its reason), or ``not-taken`` when the invite could not be accepted at all — unknown,
+    expired, or of a campaign that takes no referrals now — and the account was made without
+    it."""
 
-    referral_id: str
-    campaign_id: str
-    state: str
-    reason: str | None = None
+    referral_id: str | None = None
+    campaign_id: str | None = None
+    state: Literal["accepted", "rejected", "not-taken"]
+    reason: str | None = Field(
+        None,
+        description="rejected: the referral's reason; not-taken: invite-unknown, "
+        "invite-expired or referrals-closed",
+    )
 
 
 class SignupOut(BaseModel):

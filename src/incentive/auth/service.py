@@ -24,8 +24,10 @@ from incentive.auth.principal import Principal
 from incentive.db import utcnow
 from incentive.errors import InvalidField
 from incentive.kit.text import (
+    BIDI_CONTROLS,
     CONTROL_CHARACTER,
     REFUSED_IN_LINE,
+    REFUSED_IN_SHOWN_NAME,
     refused_character,
     refused_message,
 )
@@ -102,6 +104,9 @@ async def create_user(
         raise InvalidField("merchant", "only role merchant belongs to a merchant")
     if len(display_name) > NAME_MAX_LENGTH:
         raise InvalidField("display_name", f"at most {NAME_MAX_LENGTH} characters")
+    refused = refused_character(display_name, REFUSED_IN_SHOWN_NAME)
+    if refused is not None:
+        raise InvalidField("display_name", CONTROL_CHARACTER, refused_message(refused))
     # Case-insensitive uniqueness: "Alice" must not be able to pose as "alice".
     taken = await session.execute(
         select(User.id).where(func.lower(User.username) == username.lower())
@@ -167,6 +172,8 @@ def members_table() -> Subquery:
 def shown_name(username: str, display_name: str) -> str:
     """The name others see of a user: the display name they chose, else their username
     masked (``a***e``): a login name is never shown to other users."""
+    # A name kept before bidi controls were refused must not reorder what is shown around it.
+    display_name = BIDI_CONTROLS.sub("", display_name).strip()
     if display_name and display_name != username:
         return display_name
     return f"{username[0]}***{username[-1]}" if len(username) > 2 else f"{username[:1]}***"
@@ -182,6 +189,8 @@ class UserCard:
     role: str
     merchant_id: str | None
     created_at: datetime
+    #: a blocked login (``auth.sessions``) may not sign in
+    blocked: bool = False
 
 
 async def user_cards(session: AsyncSession, user_ids: Iterable[str]) -> dict[str, UserCard]:
@@ -191,11 +200,19 @@ async def user_cards(session: AsyncSession, user_ids: Iterable[str]) -> dict[str
         return {}
     rows = await session.execute(
         select(
-            User.id, User.username, User.display_name, User.role, User.merchant_id, User.created_at
+            User.id,
+            User.username,
+            User.display_name,
+            User.role,
+            User.merchant_id,
+            User.created_at,
+            User.blocked,
         ).where(User.id.in_(wanted))
     )
     return {
-        str(r[0]): UserCard(str(r[0]), shown_name(str(r[1]), str(r[2])), str(r[3]), r[4], r[5])
+        str(r[0]): UserCard(
+            str(r[0]), shown_name(str(r[1]), str(r[2])), str(r[3]), r[4], r[5], bool(r[6])
+        )
         for r in rows
     }
 

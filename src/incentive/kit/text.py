@@ -11,6 +11,10 @@ characters are invisible in consoles and logs and forge line breaks in files we 
 - **Single-line text** (``Line``, ``Name``: names, usernames, references, keys) also refuses
   TAB, LF, CR and the Unicode line and paragraph separators (U+2028, U+2029).
 - **Multi-line text** (``Prose``: descriptions, reasons) allows TAB, LF and CR.
+- **A name a user chooses to be shown to others** (``ShownName``: display names) also refuses
+  the bidirectional embedding, override and isolate controls (U+202A–U+202E, U+2066–U+2069):
+  they reorder the text around them where it is shown (``\u202eresu`` reads "user"), which
+  no one needs in a name and which lets a name pose as another.
 
 Every request schema's string is one of these types or has a closed ``pattern`` of its own;
 ``tests/test_input.py`` walks the OpenAPI document so that an unchecked ``str`` cannot creep in.
@@ -31,12 +35,17 @@ _EVERYWHERE = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
 _LINE = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
 _SURROGATES = "\ud800-\udfff"
 
+_BIDI = r"\u202a-\u202e\u2066-\u2069"
+
 PROSE_PATTERN = f"^[^{_EVERYWHERE}]*$"
 LINE_PATTERN = f"^[^{_LINE}]*$"
-TEXT_PATTERNS = frozenset({PROSE_PATTERN, LINE_PATTERN})
+SHOWN_NAME_PATTERN = f"^[^{_LINE}{_BIDI}]*$"
+TEXT_PATTERNS = frozenset({PROSE_PATTERN, LINE_PATTERN, SHOWN_NAME_PATTERN})
 
 REFUSED_EVERYWHERE = re.compile(f"[{_EVERYWHERE}{_SURROGATES}]")
 REFUSED_IN_LINE = re.compile(f"[{_LINE}{_SURROGATES}]")
+REFUSED_IN_SHOWN_NAME = re.compile(f"[{_LINE}{_BIDI}{_SURROGATES}]")
+BIDI_CONTROLS = re.compile(f"[{_BIDI}]")
 
 CONTROL_CHARACTER = "control_character"
 BLANK = "blank"
@@ -54,6 +63,8 @@ def escape_refused(value: str) -> str:
 
 
 def refused_message(char: str) -> str:
+    if BIDI_CONTROLS.match(chr(int(char[2:], 16))):
+        return f"{char} is not allowed here (bidi override and isolate controls are refused)"
     return f"{char} is not allowed here (control characters and lone surrogates are refused)"
 
 
@@ -89,6 +100,13 @@ Line = Annotated[
 
 Name = Annotated[Line, AfterValidator(_not_blank), Field(min_length=1, max_length=200)]
 """A name a person reads: single-line, not blank."""
+
+ShownName = Annotated[
+    str,
+    AfterValidator(_refusing(REFUSED_IN_SHOWN_NAME)),
+    Field(json_schema_extra={"pattern": SHOWN_NAME_PATTERN}),
+]
+"""A name a user chooses to be shown to other users: single-line, no bidi controls."""
 
 
 def refused_in_document(document: Any) -> Iterator[tuple[tuple[str | int, ...], str]]:

@@ -6,21 +6,27 @@ Contract:
 - The invite must exist and be within its attribution window (404 ``invite-not-found``) and
   its campaign active (409 ``referrals-closed``); refusals write nothing.
 - Accepting the same invite again answers the first referral (one row per invite and
-  referee, unique).
+  referee, unique) — unless it was rejected for a passing reason (``TEMPORARY``: a cap, an
+  address burst, an ineligible referrer): then the checks run again and the same row becomes
+  ``accepted``, or keeps ``rejected`` with the reason that applies now.
 - Otherwise a referral is stored, ``accepted`` or ``rejected`` with the first reason that
-  applies, in this order: ``self-referral`` (the referrer themself, or a device, phone or
-  payment-instrument hash the referrer presented too), ``ring`` (the referee is the
-  referrer's referrer, or theirs, … in this campaign), ``existing-account`` (the referee's
-  account is older than the invite), ``already-referred`` (the referee has a winning referral in
-  this campaign: the first valid invite wins), ``referrer-cap`` (the referrer's
-  ``max_referrals_per_user`` or ``max_referrals_per_day`` is reached), ``address-burst`` (live
-  ``referrals.max_referees_per_address_hour`` acceptances from the client's address in this
-  campaign this UTC hour).
+  applies, in this order: ``referrer-ineligible`` (the referrer is blocked or gone, or no
+  longer of a role the rules let refer, since making the invite), ``self-referral`` (the
+  referrer themself, or a device, phone or payment-instrument hash the referrer presented
+  too), ``ring`` (the referee is the referrer's referrer, or theirs, … in this campaign),
+  ``already-referred`` (the referee has a winning referral in this campaign: the first valid
+  invite wins), ``existing-account`` (the referee's account is older than the invite),
+  ``referrer-cap`` (the referrer's ``max_referrals_per_user`` or ``max_referrals_per_day`` is
+  reached), ``address-burst`` (live ``referrals.max_referees_per_address_hour`` acceptances
+  from the client's address — an IPv6 one by its /64 — in this campaign this UTC hour; not
+  checked when no client address is known).
 - The caps and the address count grow with one conditional upsert each, and the accepted row
   is inserted, in one savepoint: a cap reached, or another invite of the same referee winning
   concurrently (partial unique index on (campaign, referee) of the rows not rejected), rolls
-  all of it back and the referral is stored rejected. So one referrer per referee per
-  campaign and no cap is passed, whatever the concurrency.
+  all of it back and the referral is stored rejected. A rejected row taken again is updated
+  only while it is still rejected (``WHERE state = 'rejected'``), inside that savepoint: two
+  acceptances of it at once take it once. So one referrer per referee per campaign and no
+  cap is passed, whatever the concurrency.
 - Nothing here commits.
 """
 
@@ -31,26 +37,34 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import ColumnClause, Select, Table, literal_column, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from incentive.auth import service as auth
+from incentive.auth.principal import Principal
 from incentive.campaigns import service as campaigns
+from incentive.campaigns.kinds import CampaignFacts
 from incentive.config import live_config
 from incentive.db import insert as db_insert
 from incentive.db import new_id, utcnow
+from incentive.referrals import counters
 from incentive.referrals.errors import ReferralsClosed
 from incentive.referrals.keys import MAX_REFEREES_PER_ADDRESS_HOUR
-from incentive.referrals.models import Referral, ReferralCount, ReferralInvite, ReferralSignal
+from incentive.referrals.models import Referral, ReferralInvite, ReferralSignal
 from incentive.referrals.rules import referral_rules
-from incentive.referrals.service import ALL, by_token, day_of, referrer_subject
+from incentive.referrals.service import ALL, by_token, day_of, referrer_subject, role_refusal
 
 #: how far up the chain of referrers the ring check looks
 RING_DEPTH = 10
-_COUNTS = cast(Table, ReferralCount.__table__)
 _SIGNALS = cast(Table, ReferralSignal.__table__)
-_COUNT: dict[str, Any] = {}
 _SIGNAL: dict[str, Any] = {}
+#: reasons that pass (a new day, a quieter hour, a referrer unblocked): checked again when
+#: the referee accepts the same invite again; any other rejection is final
+TEMPORARY = frozenset({"referrer-cap", "address-burst", "referrer-ineligible"})
+#: the winning rows, as the partial unique index's predicate spells it: a literal, so that
+#: PostgreSQL proves the index usable in a generic (prepared) plan too
+NOT_REJECTED: ColumnClause[str] = literal_column("'rejected'")
 
 
 @dataclass(frozen=True)
@@ -65,28 +79,6 @@ class Evidence:
 class _Refused(Exception):
     def __init__(self, reason: str) -> None:
         self.reason = reason
-
-
-def _count_statement(session: AsyncSession) -> Any:
-    dialect = session.get_bind().dialect.name
-    if dialect not in _COUNT:
-        c = _COUNTS.c
-        _COUNT[dialect] = (
-            db_insert(dialect, _COUNTS)
-            .values(
-                campaign_id=bindparam("campaign"),
-                subject=bindparam("subject"),
-                period=bindparam("period"),
-                n=1,
-            )
-            .on_conflict_do_update(
-                index_elements=["campaign_id", "subject", "period"],
-                set_={"n": c.n + 1},
-                where=c.n < bindparam("cap"),
-            )
-            .returning(c.n)
-        )
-    return _COUNT[dialect]
 
 
 def _signal_statement(session: AsyncSession) -> Any:
@@ -112,8 +104,7 @@ async def record_signals(session: AsyncSession, user_id: str, signals: Mapping[s
 async def _count(
     session: AsyncSession, campaign_id: str, subject: str, period: str, cap: int
 ) -> None:
-    params = {"campaign": campaign_id, "subject": subject, "period": period, "cap": cap}
-    if cap < 1 or (await session.execute(_count_statement(session), params)).first() is None:
+    if not await counters.take(session, campaign_id, subject, period, cap):
         raise _Refused("address-burst" if subject.startswith("address:") else "referrer-cap")
 
 
@@ -128,15 +119,17 @@ async def _shares_signal(session: AsyncSession, referrer_id: str, referee_id: st
     return found.first() is not None
 
 
+def winner_statement(campaign_id: str, referee_id: str) -> Select[Referral]:
+    return select(Referral).where(
+        Referral.campaign_id == campaign_id,
+        Referral.referee_id == referee_id,
+        Referral.state != NOT_REJECTED,
+    )
+
+
 async def winner(session: AsyncSession, campaign_id: str, referee_id: str) -> Referral | None:
     """The referee's winning (not rejected) referral in the campaign."""
-    found: Referral | None = await session.scalar(
-        select(Referral).where(
-            Referral.campaign_id == campaign_id,
-            Referral.referee_id == referee_id,
-            Referral.state != "rejected",
-        )
-    )
+    found: Referral | None = await session.scalar(winner_statement(campaign_id, referee_id))
     return found
 
 
@@ -155,9 +148,27 @@ async def _in_chain(
     return False
 
 
+async def _referrer_eligible(
+    session: AsyncSession, invite: ReferralInvite, campaign: CampaignFacts
+) -> bool:
+    """Whether the invite's referrer may still refer: there, not blocked, of the role they
+    invited as, and that role (and merchant) still allowed by the rules."""
+    card = (await auth.user_cards(session, [invite.referrer_id])).get(invite.referrer_id)
+    if card is None or card.blocked or card.role != invite.referrer_role:
+        return False
+    principal = Principal(card.id, card.display_name, card.role, card.merchant_id)
+    return role_refusal(principal, campaign) is None
+
+
 async def _reason(
-    session: AsyncSession, invite: ReferralInvite, referee_id: str, referee_created_at: datetime
+    session: AsyncSession,
+    invite: ReferralInvite,
+    campaign: CampaignFacts,
+    referee_id: str,
+    referee_created_at: datetime,
 ) -> str | None:
+    if not await _referrer_eligible(session, invite, campaign):
+        return "referrer-ineligible"
     if referee_id == invite.referrer_id:
         return "self-referral"
     if await _shares_signal(session, invite.referrer_id, referee_id):
@@ -166,10 +177,11 @@ async def _reason(
     # ring would otherwise always read as an old account.
     if await _in_chain(session, invite.campaign_id, invite.referrer_id, referee_id):
         return "ring"
-    if referee_created_at < invite.created_at:
-        return "existing-account"
+    # Before existing-account: telling a referrer the referee was referred already says more.
     if await winner(session, invite.campaign_id, referee_id) is not None:
         return "already-referred"
+    if referee_created_at < invite.created_at:
+        return "existing-account"
     return None
 
 
@@ -180,6 +192,23 @@ async def _existing(session: AsyncSession, invite_id: str, referee_id: str) -> R
         .execution_options(populate_existing=True)
     )
     return found
+
+
+class _Taken(Exception):
+    """The rejected row was taken again by a concurrent acceptance meanwhile."""
+
+
+async def _take_again(session: AsyncSession, row: Referral, values: Mapping[str, Any]) -> None:
+    """Update ``row`` (rejected) with ``values`` while it is still rejected (else _Taken)."""
+    done = await session.execute(
+        update(Referral)
+        .where(Referral.id == row.id, Referral.state == "rejected")
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if cast(Any, done).rowcount != 1:
+        raise _Taken
+    await session.flush()
 
 
 async def accept(
@@ -200,23 +229,33 @@ async def accept(
             f"a {campaign.status} campaign takes no referrals", reason="not-active"
         )
     found = await _existing(session, invite.id, referee_id)
-    if found is not None:
+    if found is not None and not (found.state == "rejected" and found.reason in TEMPORARY):
         return found
     await record_signals(session, referee_id, evidence.signals)
     rules = referral_rules(campaign)
     values: dict[str, Any] = {
-        "campaign_id": campaign.id,
-        "invite_id": invite.id,
-        "referrer_id": invite.referrer_id,
-        "referee_id": referee_id,
         "via": via,
         "address_hash": evidence.address_hash,
-        "created_at": now,
         "updated_at": now,
     }
-    reason = await _reason(session, invite, referee_id, referee_created_at)
+    if found is None:
+        values.update(
+            campaign_id=campaign.id,
+            invite_id=invite.id,
+            referrer_id=invite.referrer_id,
+            referee_id=referee_id,
+            created_at=now,
+        )
+    reason = await _reason(session, invite, campaign, referee_id, referee_created_at)
     if reason is None:
         parent = await winner(session, campaign.id, invite.referrer_id)
+        taken = {
+            "state": "accepted",
+            "reason": None,
+            "parent_id": None if parent is None else parent.id,
+            "business_due_at": now + timedelta(days=rules.business.within_days),
+            **values,
+        }
         try:
             async with session.begin_nested():
                 subject = referrer_subject(invite.referrer_id)
@@ -228,24 +267,34 @@ async def accept(
                     cap = live_config.get(MAX_REFEREES_PER_ADDRESS_HOUR)
                     address = f"address:{evidence.address_hash}"
                     await _count(session, campaign.id, address, now.strftime("%Y-%m-%dT%H"), cap)
-                row = Referral(
-                    id=new_id(),
-                    state="accepted",
-                    parent_id=None if parent is None else parent.id,
-                    business_due_at=now + timedelta(days=rules.business.within_days),
-                    **values,
-                )
-                session.add(row)
-                await session.flush()
-            return row
+                if found is None:
+                    session.add(Referral(id=new_id(), **taken))
+                    await session.flush()
+                else:
+                    await _take_again(session, found, taken)
         except _Refused as refused:
             reason = refused.reason
+        except _Taken:
+            pass
         except IntegrityError:
             # Another acceptance of this referee won meanwhile (this invite, or another one).
-            found = await _existing(session, invite.id, referee_id)
-            if found is not None:
-                return found
+            made = None if found is not None else await _existing(session, invite.id, referee_id)
+            if made is not None:
+                return made
             reason = "already-referred"
+        if reason is None:  # stored, or taken again (by this acceptance or a concurrent one)
+            made = await _existing(session, invite.id, referee_id)
+            assert made is not None, "the referral was stored or taken"
+            return made
+    if found is not None:
+        try:
+            async with session.begin_nested():
+                await _take_again(session, found, {"reason": reason, **values})
+        except _Taken:
+            pass
+        refreshed = await _existing(session, invite.id, referee_id)
+        assert refreshed is not None
+        return refreshed
     rejected = Referral(id=new_id(), state="rejected", reason=reason, **values)
     try:
         async with session.begin_nested():

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response as StarletteResponse
 
 from incentive.auth import service as auth
@@ -154,7 +155,8 @@ async def create_invite(
     """Invite for an active referral campaign (409 `referrals-closed` otherwise): a short
     opaque token, the invite link (`/i/{token}`) and its QR code. Refused (403
     `may-not-refer`, `reason` and `rule`) when the rules do not let the caller refer: role,
-    account age, the campaign's or today's cap of accepted referrals. `device_id` and
+    account age, the campaign's or today's cap of accepted referrals, or today's ceiling of
+    invites (`invite-cap`, live `referrals.max_invites_per_referrer_day`). `device_id` and
     `payment_instrument_hash` (optional) are kept as peppered hashes for the self-referral
     check. Requires `Idempotency-Key` (a retry answers the first invite)."""
     made = await service.invite(session, principal, campaign_id)
@@ -315,9 +317,11 @@ async def accept_invite(
     token: Token, body: EvidenceIn, principal: Customer, session: Session, request: Request
 ) -> ReferralOut:
     """A signed-in customer accepts the invite: the referral, `accepted` or `rejected` with
-    its reason (self-referral, existing-account — the account is older than the invite —,
-    ring, already-referred, referrer-cap, address-burst). Accepting again answers the first
-    referral. 404 `invite-not-found` for an unknown or expired invite."""
+    its reason (referrer-ineligible, self-referral, ring, already-referred, existing-account —
+    the account is older than the invite —, referrer-cap, address-burst). Accepting again
+    answers the first referral, except that one rejected for a passing reason
+    (referrer-cap, address-burst, referrer-ineligible) is checked again. 404
+    `invite-not-found` for an unknown or expired invite."""
     card = (await auth.user_cards(session, [principal.id]))[principal.id]
     referral = await accept.accept(
         session, token, principal.id, card.created_at, "acceptance", evidence(request, body)
@@ -332,7 +336,8 @@ async def open_invite(request: Request) -> StarletteResponse:
     token = request.path_params["token"]
     if not is_public_token(token):
         raise InvalidField("token", "pattern", "token: 1-32 URL-safe characters")
-    async with database(request).unit_of_work() as session:
+    # A public read on a hot path: never queued behind a write (Database.reader()).
+    async with database(request).reader() as conn, AsyncSession(bind=conn) as session:
         card = await service.invite_card(session, token)
     response = JSONResponse(
         {

@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from incentive.campaigns import service as campaigns
 from incentive.campaigns.kinds import CLOCK_SKEW, ActivityFacts, CampaignFacts, Outcome
 from incentive.db import one_of, utcnow
+from incentive.referrals.accept import NOT_REJECTED
 from incentive.referrals.models import Referral, ReferralReward
 from incentive.referrals.payouts import give, release, void
 from incentive.referrals.rules import referral_rules
@@ -71,7 +72,7 @@ async def referred(
         select(Referral).where(
             Referral.campaign_id == campaign_id,
             one_of(session, Referral.referee_id, sorted(set(customers))),
-            Referral.state != "rejected",
+            Referral.state != NOT_REJECTED,  # a literal: the partial unique index serves it
         )
     )
     return {r.referee_id: r for r in found}

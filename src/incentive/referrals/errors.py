@@ -18,7 +18,7 @@ class InviteNotFound(ReferralError, NotFound):
 
 class MayNotRefer(ReferralError, Forbidden):
     """The caller may not invite for this campaign (``reason``: ``role``, ``account-age``,
-    ``daily-cap`` or ``campaign-cap``; ``rule`` names the rule)."""
+    ``daily-cap``, ``campaign-cap`` or ``invite-cap``; ``rule`` names the rule or live key)."""
 
     slug = "may-not-refer"
     title = "You may not refer for this campaign"

@@ -1,4 +1,5 @@
-"""Live configuration of referrals: the abuse check on referees from one address."""
+"""Live configuration of referrals: the abuse check on referees from one address, and the
+ceiling of invites a referrer makes."""
 
 from __future__ import annotations
 
@@ -22,4 +23,12 @@ RELEASE_CHECK_SECONDS = register_key(
     30.0,
     "How often workers pay held (pending) referral rewards whose hold ended, and label "
     "accepted referrals whose business window passed expired.",
+)
+
+MAX_INVITES_PER_REFERRER_DAY = register_key(
+    "referrals.max_invites_per_referrer_day",
+    Annotated[int, Field(ge=1, le=1_000_000)],
+    100,
+    "Invites one referrer may make in one referral campaign per UTC day; the next is refused "
+    "(403 may-not-refer, reason invite-cap).",
 )

@@ -14,33 +14,35 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from incentive.auth import signup
 from incentive.db import Database, utcnow
 from incentive.domains import WorkerJob
-from incentive.errors import InvalidField
 from incentive.referrals import accept, complete
-from incentive.referrals.errors import InviteNotFound
+from incentive.referrals.errors import InviteNotFound, ReferralsClosed
 from incentive.referrals.keys import RELEASE_CHECK_SECONDS
 
 log = logging.getLogger(__name__)
 
 
 async def on_signup(session: AsyncSession, facts: signup.Signup) -> Mapping[str, Any] | None:
-    """Keep the sign-up's hashes; accept its invite. An unknown or expired invite, or one of
-    a closed campaign, refuses the sign-up (nothing is created): the caller may retry without
-    it."""
+    """Keep the sign-up's hashes; accept its invite. An invite that cannot be accepted at all
+    — unknown, expired, or of a campaign that takes no referrals now — is not taken and the
+    account is made all the same (``state`` ``not-taken`` and why): a stale link must not keep
+    anyone from signing up. Any other failure rolls the whole sign-up back."""
     await accept.record_signals(session, facts.user_id, facts.signals)
     if facts.invite is None:
         return None
     try:
-        referral = await accept.accept(
-            session,
-            facts.invite,
-            facts.user_id,
-            facts.created_at,
-            "signup",
-            accept.Evidence(facts.signals, facts.address_hash),
-        )
+        async with session.begin_nested():
+            referral = await accept.accept(
+                session,
+                facts.invite,
+                facts.user_id,
+                facts.created_at,
+                "signup",
+                accept.Evidence(facts.signals, facts.address_hash),
+            )
     except InviteNotFound as exc:
-        reason = str(exc.extra.get("reason", "unknown"))
-        raise InvalidField("invite", reason, f"invite: {exc.detail}") from None
+        return {"state": "not-taken", "reason": f"invite-{exc.extra.get('reason', 'unknown')}"}
+    except ReferralsClosed:
+        return {"state": "not-taken", "reason": "referrals-closed"}
     return {
         "referral_id": referral.id,
         "campaign_id": referral.campaign_id,

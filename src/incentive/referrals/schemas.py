@@ -102,9 +102,10 @@ class ReferralOut(BaseModel):
         "release_at), rewarded, voided (refunded in the hold), expired (business window passed)"
     )
     reason: str | None = Field(
-        description="why rejected (self-referral, existing-account, ring, already-referred, "
-        "referrer-cap, address-burst), voided (refunded), expired (business-window-passed) or "
-        "completed unpaid (budget-exhausted)"
+        description="why rejected: referrer-ineligible, self-referral, ring, already-referred, "
+        "existing-account, referrer-cap, address-burst (referrer-ineligible, referrer-cap and "
+        "address-burst pass: accepting the invite again checks again); why voided (refunded), "
+        "expired (business-window-passed) or completed unpaid (budget-exhausted)"
     )
     via: Literal["signup", "acceptance", "activity"]
     created_at: datetime

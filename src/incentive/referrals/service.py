@@ -11,6 +11,9 @@ Contract:
   campaign — ``campaign-cap`` — and than ``max_referrals_per_day`` today (UTC) —
   ``daily-cap``. The caps are only read here; acceptances count them atomically
   (``accept.py``), so a referrer never passes them whatever the concurrency.
+- A referrer makes at most live ``referrals.max_invites_per_referrer_day`` invites per
+  campaign per UTC day (403 ``may-not-refer``, ``reason`` ``invite-cap``), counted atomically
+  (``counters``) when the invite is made.
 - An invite's token is 16 URL-safe characters (96 random bits); it can be accepted until
   ``attribution_days`` after it was made.
 - ``GET /me/referral-campaigns`` pages the active referral campaigns (newest first) and keeps
@@ -30,10 +33,13 @@ from incentive.auth import service as auth
 from incentive.auth.principal import Principal
 from incentive.campaigns import service as campaigns
 from incentive.campaigns.kinds import CampaignFacts
+from incentive.config import live_config
 from incentive.db import new_id, utcnow
 from incentive.kit.codes import public_token
 from incentive.kit.pagination import KeyId, Keyset, KeyTime, Slice
+from incentive.referrals import counters
 from incentive.referrals.errors import InviteNotFound, MayNotRefer, ReferralsClosed
+from incentive.referrals.keys import MAX_INVITES_PER_REFERRER_DAY
 from incentive.referrals.models import Referral, ReferralCount, ReferralInvite
 from incentive.referrals.rules import ReferralRules, referral_rules
 
@@ -59,7 +65,7 @@ class Refusal:
     detail: str
 
 
-def _role_refusal(principal: Principal, campaign: CampaignFacts) -> Refusal | None:
+def role_refusal(principal: Principal, campaign: CampaignFacts) -> Refusal | None:
     rules = referral_rules(campaign)
     allowed = principal.role in rules.referrer_roles
     if allowed and principal.role == "merchant":
@@ -91,7 +97,7 @@ async def refusal(
 ) -> Refusal | None:
     """Why the caller may not refer for ``campaign`` now (None: they may)."""
     rules = referral_rules(campaign)
-    found = _role_refusal(principal, campaign)
+    found = role_refusal(principal, campaign)
     if found is not None:
         return found
     if created_at is None:
@@ -160,6 +166,13 @@ async def invite(session: AsyncSession, principal: Principal, campaign_id: str) 
     refused = await refusal(session, principal, campaign, now)
     if refused is not None:
         raise MayNotRefer(refused.detail, reason=refused.reason, rule=f"rules.{refused.rule}")
+    cap = live_config.get(MAX_INVITES_PER_REFERRER_DAY)
+    if not await counters.take(session, campaign.id, f"invites:{principal.id}", day_of(now), cap):
+        raise MayNotRefer(
+            f"at most {cap} invites a day in this campaign",
+            reason="invite-cap",
+            rule=MAX_INVITES_PER_REFERRER_DAY.name,
+        )
     rules: ReferralRules = referral_rules(campaign)
     row = ReferralInvite(
         id=new_id(),
