@@ -173,7 +173,7 @@ async def test_a_provider_down_with_nothing_after_it_ends_the_grant_failed(
     assert [(g["reward"], g["state"]) for g in mine.json()["items"]] == [(None, "failed")]
 
 
-async def test_a_third_party_reward_whose_provider_answers_lands_usable_in_the_wallet(
+async def test_a_third_party_reward_whose_provider_answers_is_delivered_usable_in_the_wallet(
     client: httpx.AsyncClient, db: Database, world: World, fake: FakeProvider, app: Any
 ) -> None:
     campaign, batch = await provider_down_campaign(client, db, world, fake, app, 10)
@@ -193,7 +193,9 @@ async def test_a_third_party_reward_whose_provider_answers_lands_usable_in_the_w
     assert fake.issued == 1
     assert coupon.provider_code == fake.coupons()[0].code
     grant = await grant_row(db, given["id"])
-    assert (grant.reward_code, grant.delivery_ref) == ("T", coupon.id)
+    assert (grant.reward_code, grant.delivery_ref, grant.state) == ("T", coupon.id, "delivered")
+    mine = await client.get("/api/v1/me/rewards", headers=world.cust.headers)
+    assert [(g["reward"], g["state"]) for g in mine.json()["items"]] == [("T", "delivered")]
     assert await failed_events(db) == []
     assert await left(client, world.op.headers, campaign) == {"T": 4, "P": 10}
     assert await balance(db, "user", world.cust.user.id) == 0
