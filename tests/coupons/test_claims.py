@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -231,3 +232,39 @@ async def test_a_client_gone_before_its_claim_arrived_is_a_quiet_answer(
     await app(scope, receive, send)
     assert sent[0]["status"] == 400
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_validity_runs_n_days_from_the_claim_or_to_the_batchs_fixed_end(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    _, by_days = await coupon_campaign(client, world, valid_days=3)
+    coupon = (await claim(client, world.cust, by_days)).json()
+    claimed = datetime.fromisoformat(coupon["claimed_at"])
+    until = datetime.fromisoformat(coupon["valid_until"])
+    assert until - claimed == timedelta(days=3)
+    end = (datetime.now(UTC) + timedelta(days=10)).replace(microsecond=0)
+    _, fixed = await coupon_campaign(client, world, valid_until=end.isoformat())
+    coupon = (await claim(client, world.cust, fixed)).json()
+    assert datetime.fromisoformat(coupon["valid_until"]) == end
+    _, default = await coupon_campaign(client, world)
+    coupon = (await claim(client, world.cust, default)).json()
+    claimed = datetime.fromisoformat(coupon["claimed_at"])
+    assert datetime.fromisoformat(coupon["valid_until"]) - claimed == timedelta(days=30)
+
+
+async def test_imported_codes_are_given_by_claims_and_a_batch_without_codes_left_refuses(
+    client: httpx.AsyncClient, db: Database, world: World, app: Any
+) -> None:
+    _, batch = await coupon_campaign(client, world, quantity=5, codes="imported")
+    assert (await claim(client, world.cust, batch)).status_code == 409  # nothing imported yet
+    r = await client.post(
+        f"/api/v1/coupon-batches/{batch}/codes",
+        json={"codes": ["shop-0001", "SHOP 0002"]},
+        headers=world.op.headers,
+    )
+    assert r.status_code == 200, r.text
+    people = await customers(db, app, 3, prefix="imp")
+    answers = [await claim(client, p, batch) for p in people]
+    assert [a.status_code for a in answers] == [201, 201, 409]
+    assert sorted(a.json()["code"] for a in answers[:2]) == ["SHOP0001", "SHOP0002"]
+    assert sorted(c.code for c in await coupons_of(db, batch)) == ["SHOP0001", "SHOP0002"]

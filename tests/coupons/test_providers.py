@@ -434,3 +434,39 @@ async def test_reconciliation_repairs_what_the_provider_issued_and_reports_the_r
     assert repaired.provider_code == theirs[repaired.request_no or ""].code
     assert [to for _, to in await history(db, repaired.id)][-2:] == ["failed", "usable"]
     assert fake.issued == 2  # reconciliation issued nothing
+
+
+async def test_a_providers_definitive_refusal_fails_the_coupon_with_its_reason_and_no_retry(
+    client: httpx.AsyncClient, db: Database, world: World, fake: FakeProvider, app: Any
+) -> None:
+    # The provider's operator paused the batch and we were not told (no webhook): our claim
+    # is taken, the issue call is refused (409 batch-not-running), which no retry changes.
+    await configure(db, app)
+    fake.add_batch("B1", stock=10)
+    await register(client, world, fake)
+    batch = await provider_campaign(client, world, "B1")
+    fake.webhook_url = None
+    fake.set_batch("B1", state="paused")
+    coupon = (await claim(client, world.cust, batch)).json()
+    assert coupon["state"] == "activating"
+    coupon_sender = calls.Sender(db)
+    try:
+        await settle(db, coupon_sender)
+    finally:
+        await coupon_sender.aclose()
+    assert fake.calls("issue") == 1  # a refusal is final: never sent again
+    assert fake.issued == 0
+    (row,) = await coupons_of(db, batch)
+    assert row.state == "failed"
+    r = await client.get(f"/api/v1/coupons/{row.id}/transitions", headers=world.op.headers)
+    last = r.json()["items"][-1]
+    assert (last["from_state"], last["to_state"]) == ("activating", "failed")
+    assert (last["actor"], last["actor_role"], last["reason"]) == (
+        f"provider:{row.provider_id}",
+        "provider",
+        "batch-not-running",
+    )
+    async with db.unit_of_work() as s:
+        call = await s.scalar(select(ProviderCall).where(ProviderCall.coupon_id == row.id))
+        assert call is not None
+        assert (call.state, call.attempts) == ("failed", 1)

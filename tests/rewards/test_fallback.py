@@ -171,3 +171,31 @@ async def test_a_provider_down_with_nothing_after_it_ends_the_grant_failed(
     assert {c.state for c in await coupons_of(db, batch)} == {"failed"}
     mine = await client.get("/api/v1/me/rewards", headers=world.cust.headers)
     assert [(g["reward"], g["state"]) for g in mine.json()["items"]] == [(None, "failed")]
+
+
+async def test_a_third_party_reward_whose_provider_answers_is_delivered_usable_in_the_wallet(
+    client: httpx.AsyncClient, db: Database, world: World, fake: FakeProvider, app: Any
+) -> None:
+    campaign, batch = await provider_down_campaign(client, db, world, fake, app, 10)
+    fake.set_faults(fail_ratio=0.0)  # the provider is up
+    r = await claim(client, world.cust.headers, campaign)
+    assert r.status_code == 201, r.text
+    given = r.json()
+    assert (given["reward"], given["state"]) == ("T", "delivering")
+    await send_calls(db)
+    await relay(db)
+    (coupon,) = await coupons_of(db, batch)
+    assert (coupon.id, coupon.customer_id, coupon.state) == (
+        given["delivery_ref"],
+        world.cust.user.id,
+        "usable",
+    )
+    assert fake.issued == 1
+    assert coupon.provider_code == fake.coupons()[0].code
+    grant = await grant_row(db, given["id"])
+    assert (grant.reward_code, grant.delivery_ref, grant.state) == ("T", coupon.id, "delivered")
+    mine = await client.get("/api/v1/me/rewards", headers=world.cust.headers)
+    assert [(g["reward"], g["state"]) for g in mine.json()["items"]] == [("T", "delivered")]
+    assert await failed_events(db) == []
+    assert await left(client, world.op.headers, campaign) == {"T": 4, "P": 10}
+    assert await balance(db, "user", world.cust.user.id) == 0

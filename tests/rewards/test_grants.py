@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from incentive.db import Database
-from tests.campaigns.conftest import World
+from tests.activities.conftest import funding_account
+from tests.campaigns.conftest import World, campaign_body, create, walk
 from tests.coupons.conftest import customers
 from tests.rewards.conftest import (
     balance,
@@ -172,3 +173,32 @@ async def test_the_chain_falls_back_the_same_on_a_redis_cluster(
     assert [a.json()["reward"] for a in answers[:6]] == ["a", "a", "b", "b", "b", "c"]
     assert await given(db, campaign["id"]) == {"a": 2, "b": 3, "c": 1}
     assert await left(client, world.op.headers, campaign["id"]) == {"a": 0, "b": 0, "c": 0}
+
+
+async def test_a_cash_reward_is_paid_in_fen_from_a_cny_budget(
+    client: httpx.AsyncClient, db: Database, world: World
+) -> None:
+    cash = {"code": "cash", "type": "cash", "delivery": "ledger", "amount": 250, "stock": 2}
+    rules = {"rewards": [cash], "budget_asset": "CNY", "per_user_limit": 5}
+    wrong = await client.post(
+        "/api/v1/campaigns",
+        json=campaign_body("reward", rules={**rules, "budget_asset": "POINTS"}),
+        headers=world.op.headers,
+    )
+    assert wrong.status_code == 422, wrong.text  # cash is paid in CNY, not points
+    assert wrong.json()["errors"][0]["field"].startswith("rules")
+    campaign = await create(client, world.op, kind="reward", rules=rules)
+    cid = campaign["id"]
+    await walk(client, world, cid, "pending_review", "approved", "active", owner=world.op)
+    r = await client.post(
+        f"/api/v1/campaigns/{cid}/budget",
+        json={"amount": 600, "from_account_id": await funding_account(db, asset="CNY")},
+        headers={**world.op.headers, "Idempotency-Key": "fund-cash"},
+    )
+    assert r.status_code == 201, r.text
+    answers = [await claim(client, world.cust.headers, cid) for _ in range(3)]
+    assert [a.status_code for a in answers] == [201, 201, 409]
+    assert [(a.json()["reward"], a.json()["amount"]) for a in answers[:2]] == [("cash", 250)] * 2
+    assert await balance(db, "user", world.cust.user.id, asset="CNY") == 500
+    assert await balance(db, "user", world.cust.user.id, asset="POINTS") == 0
+    assert await balance(db, "campaign", cid, asset="CNY") == 100

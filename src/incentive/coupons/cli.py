@@ -16,6 +16,7 @@ from incentive.coupons import runtime as coupon_work
 from incentive.coupons.provider import ProviderUnavailable
 from incentive.errors import BadRequest, IncentiveError
 from incentive.kit.commands import command_database, echo_json, fail, run_work
+from incentive.kit.pagination import MAX_LIMIT
 
 coupons_app = typer.Typer(no_args_is_help=True, help="Coupons: providers, reconciliation")
 providers_app = typer.Typer(no_args_is_help=True, help="Third-party coupon providers")
@@ -86,7 +87,12 @@ def list_() -> None:
     """Every provider with its last sync."""
 
     async def work(session: AsyncSession) -> dict[str, Any]:
-        rows = (await providers.list_providers(session, limit=1000)).items
+        rows, cursor = [], None
+        while True:  # every page (a page holds at most MAX_LIMIT)
+            page = await providers.list_providers(session, cursor=cursor, limit=MAX_LIMIT)
+            rows += page.items
+            if (cursor := page.next_cursor) is None:
+                break
         return {
             "providers": [
                 {

@@ -65,6 +65,11 @@ async def by_code(session: AsyncSession, code: str) -> CouponProvider:
 PROVIDER_ORDER = Keyset((CouponProvider.created_at, CouponProvider.id), tuple[KeyTime, KeyId])
 
 
+#: published when a provider's coupon becomes usable (issued there): who gave it, as a reward
+#: waiting on the provider, knows it was delivered
+USABLE_TOPIC = "coupon.usable"
+
+
 async def list_providers(
     session: AsyncSession, *, cursor: str | None = None, limit: int = 50
 ) -> Slice[CouponProvider]:
@@ -345,6 +350,12 @@ async def issued(
         ):
             await _settle_call(session, coupon.request_no, "done")
             await _issued_from_stock(session, ours.batch_id)
+            await events.publish(
+                session,
+                USABLE_TOPIC,
+                {"coupon_id": ours.id, "batch_id": ours.batch_id, "customer_id": ours.customer_id},
+                key=ours.id,
+            )
             return True
     return False
 

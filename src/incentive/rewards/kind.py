@@ -9,6 +9,8 @@ activities a campaign listens to, and what happens when a delivery fails for goo
   reward's unit goes back to its stock once the change commits, and the grant walks on to
   the rewards of the chain it has not tried — the customer never keeps something unusable;
   a grant left with nothing no longer counts against the customer's limit.
+- ``coupon.usable`` (the provider issued a coupon given as a reward): the grant waiting on
+  it is ``delivered``.
 - ``rewards.message``: a message reward is POSTed to the configured webhook (retried by the
   outbox until it is accepted).
 """
@@ -19,7 +21,7 @@ import json
 import logging
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive import events
@@ -33,6 +35,7 @@ from incentive.campaigns.kinds import (
     register_kind,
 )
 from incentive.config import live_config
+from incentive.coupons.providers import USABLE_TOPIC
 from incentive.coupons.service import FAILED_TOPIC
 from incentive.db import utcnow
 from incentive.kit import webhooks
@@ -151,6 +154,21 @@ async def fall_back(session: AsyncSession, event: events.Event) -> None:
     await session.flush()
 
 
+async def delivered(session: AsyncSession, event: events.Event) -> None:
+    """Subscriber of ``coupon.usable``: the grant still waiting on that coupon is
+    ``delivered`` (one that fell back meanwhile no longer names it, and stays as it is)."""
+    await session.execute(
+        update(RewardGrant)
+        .where(
+            RewardGrant.delivery_ref == str(event.payload["coupon_id"]),
+            RewardGrant.delivery == "third_party",
+            RewardGrant.state == "delivering",
+        )
+        .values(state="delivered", updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
 async def send_message(session: AsyncSession, event: events.Event) -> None:
     """Subscriber of ``rewards.message``: POST the message to the webhook; anything but a
     2xx raises, and the outbox retries it later."""
@@ -176,4 +194,5 @@ async def send_message(session: AsyncSession, event: events.Event) -> None:
 
 register_kind(RewardKind())
 events.subscribe(FAILED_TOPIC, "rewards.fall_back", fall_back)
+events.subscribe(USABLE_TOPIC, "rewards.delivered", delivered)
 events.subscribe(grants.MESSAGE_TOPIC, "rewards.send_message", send_message)
