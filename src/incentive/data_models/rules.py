@@ -8,12 +8,13 @@ related records loaded beforehand (``lookup``). A value the rule cannot take rai
 
 - ``rename``: the value as it is (the field's ``mapped_field`` is the new name).
 - ``fen_to_yuan``: integer fen → decimal yuan string with two places (``1234`` → ``"12.34"``).
-- ``date_format``: a datetime (or ISO-8601 text) → text in ``format`` (strftime directives
-  from a fixed set) at ``time_zone`` (IANA name).
+- ``date_format``: a datetime (or ISO-8601 text; naive is UTC) → text in ``format``
+  (strftime directives from a fixed set, the same text on every host) at ``time_zone`` (IANA
+  name; not the host's ``localtime``). An instant the calendar cannot show there fails.
 - ``enum_map``: the value looked up in ``mapping`` (text keys); unknown → ``default``, or a
   failure when ``strict``.
-- ``mask``: text with all but ``keep_start`` first and ``keep_end`` last characters replaced
-  by ``char``.
+- ``mask``: text (a JSON value's canonical JSON) with all but ``keep_start`` first and
+  ``keep_end`` last characters replaced by ``char``.
 - ``default``: ``value`` when the field is null or empty text.
 - ``concatenate``: the text of the field's value, then of ``fields`` (other source fields, in
   order), joined by ``separator`` (nulls skipped).
@@ -24,29 +25,50 @@ related records loaded beforehand (``lookup``). A value the rule cannot take rai
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
+from incentive.data_models.records import canonical_json
 from incentive.kit.text import Line
 
 #: related records a ``lookup`` reads, by (source, key)
 Lookups = Mapping[tuple[str, str], Mapping[str, Any]]
+#: a finite float: NaN and infinities have no JSON (nor a canonical hash)
 Scalar = (
     Annotated[str, Field(max_length=1000)]
     | Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
-    | float
+    | Annotated[float, Field(allow_inf_nan=False)]
     | bool
     | None
 )
 FieldName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
-#: strftime directives ``date_format`` accepts (no locale-dependent names, no %c/%x/%X)
-DIRECTIVES = frozenset("YmdHMSfzjGuVw") | {"%"}
-_DIRECTIVE = re.compile(r"%(.?)")
+#: the directives ``date_format`` accepts (no locale-dependent names, no %c/%x/%X), each
+#: formatted here rather than by the C library: the same text on every host and locale
+#: (glibc writes year 1 as ``1``, not ``0001``), literal text passed through untouched.
+_FORMATS: dict[str, Callable[[datetime], str]] = {
+    "Y": lambda d: f"{d.year:04d}",
+    "m": lambda d: f"{d.month:02d}",
+    "d": lambda d: f"{d.day:02d}",
+    "H": lambda d: f"{d.hour:02d}",
+    "M": lambda d: f"{d.minute:02d}",
+    "S": lambda d: f"{d.second:02d}",
+    "f": lambda d: f"{d.microsecond:06d}",
+    "z": lambda d: d.strftime("%z"),
+    "j": lambda d: f"{d.timetuple().tm_yday:03d}",
+    "G": lambda d: f"{d.isocalendar().year:04d}",
+    "u": lambda d: str(d.isocalendar().weekday),
+    "V": lambda d: f"{d.isocalendar().week:02d}",
+    "w": lambda d: str(d.isoweekday() % 7),
+    "%": lambda d: "%",
+}
+DIRECTIVES = frozenset(_FORMATS)
+_DIRECTIVE = re.compile(r"%(.?)", re.DOTALL)
+#: names the zone database answers that are the host's settings, not IANA zones
+HOST_ZONES = frozenset({"localtime", "posixrules"})
 
 
 class RuleFailed(Exception):
@@ -87,12 +109,16 @@ class FenToYuan(_Rule):
             return None
         if isinstance(value, bool) or not isinstance(value, int):
             raise RuleFailed(f"fen must be an integer, not {type(value).__name__}")
-        return f"{Decimal(value).scaleb(-2):.2f}"
+        whole, cents = divmod(abs(value), 100)
+        try:  # exact at any size (a Decimal rounds to its context's 28 digits)
+            return f"{'-' if value < 0 else ''}{whole}.{cents:02d}"
+        except ValueError:  # beyond the interpreter's integer-to-text limit
+            raise RuleFailed("fen has too many digits") from None
 
 
 class DateFormat(_Rule):
     type: Literal["date_format"]
-    format: Annotated[str, Field(min_length=1, max_length=64)] = "%Y-%m-%dT%H:%M:%S%z"
+    format: Annotated[Line, Field(min_length=1, max_length=64)] = "%Y-%m-%dT%H:%M:%S%z"
     time_zone: Annotated[str, Field(min_length=1, max_length=64)] = "UTC"
 
     @field_validator("format")
@@ -107,6 +133,8 @@ class DateFormat(_Rule):
     @classmethod
     def _zone(cls, name: str) -> str:
         try:
+            if name in HOST_ZONES:
+                raise ValueError
             ZoneInfo(name)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {name!r}") from None
@@ -124,7 +152,11 @@ class DateFormat(_Rule):
             raise RuleFailed(f"a date and time is needed, not {type(value).__name__}")
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
-        return value.astimezone(ZoneInfo(self.time_zone)).strftime(self.format)
+        try:
+            local = value.astimezone(ZoneInfo(self.time_zone))
+        except OverflowError:
+            raise RuleFailed(f"out of the calendar's range at {self.time_zone}") from None
+        return _DIRECTIVE.sub(lambda m: _FORMATS[m.group(1)](local), self.format)
 
 
 class EnumMap(_Rule):
@@ -143,7 +175,7 @@ class EnumMap(_Rule):
     def apply(self, value: Any, record: Mapping[str, Any], lookups: Lookups) -> Any:
         if value is None:
             return self.default
-        key = str(value).lower() if isinstance(value, bool) else str(value)
+        key = _text(value)
         if key in self.mapping:
             return self.mapping[key]
         if self.strict:
@@ -155,12 +187,12 @@ class Mask(_Rule):
     type: Literal["mask"]
     keep_start: Annotated[int, Field(strict=True, ge=0, le=32)] = 0
     keep_end: Annotated[int, Field(strict=True, ge=0, le=32)] = 4
-    char: Annotated[str, Field(min_length=1, max_length=1)] = "*"
+    char: Annotated[Line, Field(min_length=1, max_length=1)] = "*"
 
     def apply(self, value: Any, record: Mapping[str, Any], lookups: Lookups) -> Any:
         if value is None:
             return None
-        text = str(value)
+        text = _text(value)
         if len(text) <= self.keep_start + self.keep_end:
             return self.char * len(text)
         end = text[len(text) - self.keep_end :] if self.keep_end else ""
@@ -208,6 +240,8 @@ def _text(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, dict | list):
+        return canonical_json(value)
     return str(value)
 
 
