@@ -7,13 +7,14 @@ outcome from the tables, the ledger, the stock API and the provider's own counts
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import select
 
-from incentive.coupons import calls
+from incentive.coupons import calls, reconcile
 from incentive.db import Database, utcnow
 from incentive.events import Event
 from incentive.events.backends.inprocess import InProcessTransport
@@ -199,3 +200,32 @@ async def test_a_third_party_reward_whose_provider_answers_is_delivered_usable_i
     assert await failed_events(db) == []
     assert await left(client, world.op.headers, campaign) == {"T": 4, "P": 10}
     assert await balance(db, "user", world.cust.user.id) == 0
+
+
+async def test_a_coupon_issued_after_its_grant_fell_back_is_revoked_and_the_fallback_stands(
+    client: httpx.AsyncClient, db: Database, world: World, fake: FakeProvider, app: Any
+) -> None:
+    """The issue call times out each time, so we give up and fall back to the points; the
+    provider had issued it, and reconciliation brings its word: the customer must not hold
+    both, nor the coupon reward be given beyond its stock — the late coupon is revoked, at
+    the provider too."""
+    campaign, batch = await provider_down_campaign(client, db, world, fake, app, 10)
+    fake.set_faults(fail_ratio=0.0, timeout_ratio=1.0, hang_seconds=2.0)
+    r = await claim(client, world.cust.headers, campaign)
+    assert r.status_code == 201, r.text
+    await send_calls(db)
+    await relay(db)
+    grant = await grant_row(db, r.json()["id"])
+    assert grant.reward_code == "P"
+    assert await balance(db, "user", world.cust.user.id) == 30
+    fake.set_faults(timeout_ratio=0.0)
+    report = await reconcile.reconcile(db, "acme", datetime.now(UTC).date())
+    assert [d.repaired for d in report.differences] == [True]
+    await relay(db)
+    await send_calls(db)
+    (coupon,) = await coupons_of(db, batch)
+    assert coupon.state == "revoked"
+    assert fake.revoked == 1  # the provider was told
+    grant = await grant_row(db, r.json()["id"])
+    assert (grant.reward_code, grant.state) == ("P", "granted")
+    assert await balance(db, "user", world.cust.user.id) == 30

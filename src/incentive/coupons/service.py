@@ -475,7 +475,9 @@ async def expire_due(session: AsyncSession, *, limit: int = EXPIRY_PAGE) -> int:
 REVOCABLE = ("received", "usable", "held", "failed")
 
 
-async def revoke(session: AsyncSession, coupon_id: str, actor: Caller, reason: str) -> Coupon:
+async def revoke(
+    session: AsyncSession, coupon_id: str, actor: Caller | None, reason: str
+) -> Coupon:
     """An operator withdraws a coupon that is not used; a provider's issued coupon is
     revoked at the provider too (a call after the commit). 409 ``CouponNotUsable`` for a
     coupon being activated, used, expired or already revoked."""

@@ -10,7 +10,8 @@ activities a campaign listens to, and what happens when a delivery fails for goo
   the rewards of the chain it has not tried — the customer never keeps something unusable;
   a grant left with nothing no longer counts against the customer's limit.
 - ``coupon.usable`` (the provider issued a coupon given as a reward): the grant waiting on
-  it is ``delivered``.
+  it is ``delivered``; if the grant fell back before that word came, the coupon is revoked
+  (at the provider too): the fallback stands.
 - ``rewards.message``: a message reward is POSTed to the configured webhook (retried by the
   outbox until it is accepted).
 """
@@ -35,6 +36,8 @@ from incentive.campaigns.kinds import (
     register_kind,
 )
 from incentive.config import live_config
+from incentive.coupons import service as coupon_service
+from incentive.coupons.errors import CouponNotUsable
 from incentive.coupons.providers import USABLE_TOPIC
 from incentive.coupons.service import FAILED_TOPIC
 from incentive.db import utcnow
@@ -130,7 +133,12 @@ async def fall_back(session: AsyncSession, event: events.Event) -> None:
     metrics.SKIPS.labels("delivery-failed").inc()
     steps = [
         *grant.chain,
-        {"code": failed.code, "result": "failed", "reason": "delivery-failed"},
+        {
+            "code": failed.code,
+            "result": "failed",
+            "reason": "delivery-failed",
+            "coupon_id": coupon_id,
+        },
     ]
     campaign = await campaigns.campaign_facts(session, grant.campaign_id)
     # The live rewards this grant has not tried yet, in the chain's order now (a reorder
@@ -156,17 +164,42 @@ async def fall_back(session: AsyncSession, event: events.Event) -> None:
 
 async def delivered(session: AsyncSession, event: events.Event) -> None:
     """Subscriber of ``coupon.usable``: the grant still waiting on that coupon is
-    ``delivered`` (one that fell back meanwhile no longer names it, and stays as it is)."""
-    await session.execute(
+    ``delivered``. A grant that fell back meanwhile (the provider's word came after we gave
+    up: a late webhook, or reconciliation) already gave the customer the next reward and the
+    coupon's unit back to stock: that coupon is revoked, at the provider too, so the customer
+    never holds two rewards for one grant nor the reward beyond its stock."""
+    coupon_id = str(event.payload["coupon_id"])
+    moved = await session.execute(
         update(RewardGrant)
         .where(
-            RewardGrant.delivery_ref == str(event.payload["coupon_id"]),
+            RewardGrant.delivery_ref == coupon_id,
             RewardGrant.delivery == "third_party",
             RewardGrant.state == "delivering",
         )
         .values(state="delivered", updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
+    if getattr(moved, "rowcount", 0):
+        return
+    customer = str(event.payload.get("customer_id") or "")
+    fell_back = await session.scalars(
+        select(RewardGrant).where(RewardGrant.customer_id == customer)
+    )
+    if any(
+        step.get("coupon_id") == coupon_id and step.get("result") == "failed"
+        for grant in fell_back
+        for step in grant.chain
+    ):
+        try:
+            await coupon_service.revoke(
+                session, coupon_id, None, "the reward fell back before the provider issued it"
+            )
+        except CouponNotUsable:
+            return  # already used or revoked: nothing left to take back
+        metrics.LATE_REVOKED.inc()
+        log.warning(
+            "a late coupon of a reward that fell back was revoked", extra={"coupon_id": coupon_id}
+        )
 
 
 async def send_message(session: AsyncSession, event: events.Event) -> None:

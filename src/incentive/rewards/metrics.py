@@ -24,3 +24,7 @@ LOW_STOCK = Counter(
     "Low-stock alerts fired (a reward fell below its threshold)",
     ["campaign_id", "reward"],
 )
+LATE_REVOKED = Counter(
+    "incentive_reward_late_coupons_revoked_total",
+    "Third-party coupons issued after their grant fell back, revoked (the fallback stands)",
+)
