@@ -1,9 +1,74 @@
-"""Data-model test worlds: the domains' own worlds (campaigns, activities, points files)."""
+"""Data-model test helpers: a webhook receiver on loopback that checks the Standard Webhooks
+signature, keeps each POST and answers a script (statuses, or "slow")."""
 
 from __future__ import annotations
 
-from tests.activities.conftest import sender as sender  # noqa: F401  (fixture)
-from tests.campaigns.conftest import world as world  # noqa: F401  (fixture)
-from tests.points_files.conftest import crypto as crypto  # noqa: F401  (fixture)
-from tests.points_files.conftest import pgp as pgp  # noqa: F401  (fixture)
-from tests.points_files.conftest import quiet_settings as quiet_settings  # noqa: F401  (fixture)
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from incentive.kit import webhooks
+from incentive.settings import Settings
+from tests.servers import free_port
+
+SECRET = "whsec_" + "ZGF0YS1tb2RlbC10YXJnZXQtc2VjcmV0IQ=="
+
+
+@dataclass
+class Receiver:
+    """Checks each POST's signature (401 when wrong), keeps it, answers the next scripted
+    answer: a status, or ``"slow"`` (a 200 after 2 s); 200 when the script is done."""
+
+    url: str = ""
+    script: list[int | str] = field(default_factory=list)
+    posts: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+
+    async def endpoint(self, request: Request) -> Response:
+        body = await request.body()
+        try:
+            webhooks.verify(SECRET, request.headers, body)
+        except webhooks.BadSignature as exc:
+            return Response(str(exc), status_code=401)
+        self.posts.append((dict(request.headers), body))
+        answer = self.script.pop(0) if self.script else 200
+        if answer == "slow":
+            await asyncio.sleep(2)
+            answer = 200
+        return Response("no" if answer != 200 else "", status_code=int(answer))
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    found = Receiver()
+    port = free_port()
+    app = Starlette(routes=[Route("/hook", found.endpoint, methods=["POST"])])
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no startup event
+        await asyncio.sleep(0.01)
+    found.url = f"http://127.0.0.1:{port}/hook"
+    yield found
+    server.should_exit = True
+    await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+def worker_env(settings: Settings, database_url: str) -> dict[str, str]:
+    """The environment of an ``incentive`` subprocess on the test's data dir and database."""
+    return {
+        **os.environ,
+        "INCENTIVE_DATA_DIR": str(settings.data_dir),
+        "INCENTIVE_DATABASE_URL": database_url,
+        "INCENTIVE_DEMO_DATA": "false",
+        "INCENTIVE_LOG_LEVEL": "ERROR",
+    }

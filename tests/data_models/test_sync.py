@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 
 from incentive.config import service as config_service
@@ -23,11 +24,18 @@ from incentive.settings import Settings
 from tests.campaigns.conftest import World, create
 from tests.campaigns.conftest import world as world  # noqa: F401  (fixture)
 from tests.data_models.conftest import SECRET, Receiver
-from tests.data_models.conftest import receiver as receiver  # noqa: F401  (fixture)
 from tests.data_models.test_registry import FIELDS, model_body
-from tests.points_files.kit import worker_env as worker_env  # noqa: F401  (fixture)
 
 H = "/api/v1"
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """No worker jobs in the test's app: the test delivers when it says (the worker process
+    of the crash test is a real one)."""
+    return settings.model_copy(update={"embedded_worker": False})
+
+
 CRM = [f for f in FIELDS if f["target_system"] == "crm"]
 
 
@@ -196,7 +204,7 @@ async def test_a_worker_killed_mid_delivery_resumes_and_every_record_lands_once(
     db: Database,
     app: Any,
     receiver: Receiver,
-    worker_env: dict[str, str],  # noqa: F811
+    worker_env: dict[str, str],
     settings: Settings,
 ) -> None:
     made = await setup(client, world, receiver, 12)

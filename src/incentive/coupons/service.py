@@ -475,15 +475,13 @@ async def expire_due(session: AsyncSession, *, limit: int = EXPIRY_PAGE) -> int:
 REVOCABLE = ("received", "usable", "held", "failed")
 
 
-async def revoke(
-    session: AsyncSession, coupon_id: str, actor: Caller | None, reason: str
-) -> Coupon:
+async def revoke(session: AsyncSession, coupon_id: str, by: Caller | None, reason: str) -> Coupon:
     """An operator withdraws a coupon that is not used; a provider's issued coupon is
     revoked at the provider too (a call after the commit). 409 ``CouponNotUsable`` for a
     coupon being activated, used, expired or already revoked."""
     coupon = await get_coupon(session, coupon_id)
     if coupon.state not in REVOCABLE or not await move_all(
-        session, [coupon.id], coupon.state, "revoked", Actor.of(actor), reason
+        session, [coupon.id], coupon.state, "revoked", Actor.of(by), reason
     ):
         await session.refresh(coupon)
         raise CouponNotUsable(
