@@ -275,23 +275,19 @@ async def _api_rewarded(base: str, token: str) -> int:
 async def _outcome(db: Database, campaign: dict[str, Any], funded: int) -> dict[str, Any]:
     cid, budget_id = campaign["id"], campaign["budget_account_id"]
     async with db.unit_of_work() as s:
-        states = dict(
-            (
-                await s.execute(
-                    select(Referral.state, func.count())
-                    .where(Referral.campaign_id == cid)
-                    .group_by(Referral.state)
-                )
-            ).all()
+
+        async def pairs(stmt: Any) -> dict[str, int]:
+            return {str(k): int(v or 0) for k, v in (await s.execute(stmt)).all()}
+
+        states = await pairs(
+            select(Referral.state, func.count())
+            .where(Referral.campaign_id == cid)
+            .group_by(Referral.state)
         )
-        outcomes = dict(
-            (
-                await s.execute(
-                    select(ActivityOutcome.status, func.count())
-                    .where(ActivityOutcome.campaign_id == cid)
-                    .group_by(ActivityOutcome.status)
-                )
-            ).all()
+        outcomes = await pairs(
+            select(ActivityOutcome.status, func.count())
+            .where(ActivityOutcome.campaign_id == cid)
+            .group_by(ActivityOutcome.status)
         )
         paid = (
             await s.execute(
@@ -300,45 +296,31 @@ async def _outcome(db: Database, campaign: dict[str, Any], funded: int) -> dict[
                 )
             )
         ).one()
-        per_referrer = dict(
-            (
-                await s.execute(
-                    select(Referral.referrer_id, func.count())
-                    .where(Referral.campaign_id == cid, Referral.state == "rewarded")
-                    .group_by(Referral.referrer_id)
-                )
-            ).all()
+        per_referrer = await pairs(
+            select(Referral.referrer_id, func.count())
+            .where(Referral.campaign_id == cid, Referral.state == "rewarded")
+            .group_by(Referral.referrer_id)
         )
-        balances = dict(
-            (
-                await s.execute(
-                    select(Account.owner_id, Account.balance).where(
-                        Account.owner_type == "user", Account.asset == "POINTS"
-                    )
-                )
-            ).all()
+        balances = await pairs(
+            select(Account.owner_id, Account.balance).where(
+                Account.owner_type == "user", Account.asset == "POINTS"
+            )
         )
         budget = int(await s.scalar(select(Account.balance).where(Account.id == budget_id)) or 0)
-        sums = dict(
-            (
-                await s.execute(
-                    select(Account.asset, func.sum(Account.balance)).group_by(Account.asset)
-                )
-            ).all()
-        )
+        sums = await pairs(select(Account.asset, func.sum(Account.balance)).group_by(Account.asset))
     referrers = set(per_referrer) | set(balances)
     wrong = [r for r in referrers if balances.get(r, 0) != REWARD_POINTS * per_referrer.get(r, 0)]
     return {
-        "referrals_by_state": {str(k): int(v) for k, v in states.items()},
-        "outcomes_by_status": {str(k): int(v) for k, v in outcomes.items()},
+        "referrals_by_state": states,
+        "outcomes_by_status": outcomes,
         "budget_transfers": int(paid[0]),
         "budget_paid_points": int(paid[1]),
         "budget_funded_points": funded,
         "budget_left_points": budget,
         "referrers_rewarded": len(per_referrer),
         "referrers_balance_not_their_rewards": len(wrong),
-        "rewarded_per_referrer": {str(k): int(v) for k, v in per_referrer.items()},
-        "balances_sum_by_asset": {str(k): int(v or 0) for k, v in sums.items()},
+        "rewarded_per_referrer": per_referrer,
+        "balances_sum_by_asset": sums,
     }
 
 
@@ -491,7 +473,8 @@ async def bench(
             == funded - after["budget_paid_points"],
             "each_referrer_balance_is_their_rewards": after["referrers_balance_not_their_rewards"]
             == 0,
-            "repeat_payments_rewarded_nothing": repeats.get("rewarded", 0) == 0
+            # each repeat stored (201) and refused by the campaign, nothing more moved
+            "repeat_payments_rewarded_nothing": repeats == {"refused": len(rewarded_referees)}
             and len(rewarded_referees) > 0
             and after["budget_transfers"] == before["budget_transfers"],
             "api_shows_the_rewarded_referrals": bool(shown)
