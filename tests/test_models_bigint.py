@@ -55,6 +55,7 @@ SMALL_INTEGERS = {
     "points_batches.failed_count": "records of one batch",
     "points_batches.latency_ms": "milliseconds of one batch",
     "reward_items.position": "place in a chain of at most a few hundred rewards",
+    "referral_rewards.level": "a multi-level payee's level, 0 to 3",
     "reward_items.buckets": "stock sub-buckets, at most 1024",
     "reward_grants.fallbacks": "rewards skipped by one grant, at most its chain's length",
 }

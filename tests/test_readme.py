@@ -93,7 +93,8 @@ async def test_readme_examples_run_as_pasted(
     # The feedback the partner decrypted credits its one record; alice got exactly those
     # points and the reward campaign's 500 + 50, and exactly one purchase was recorded.
     assert re.search(r"^R\|r1\|alice\|250\|OK\|", text, re.M), text[-3000:]
-    assert await _points(db, "alice") == before + 250 + 500 + 50
+    assert await _points(db, "alice") == before + 250 + 500 + 50 + 100  # + the referral
+    assert await _points(db, "bob") == 20
     # The payment's 2 % came to alice and half of it went back with the half refund.
     assert await _points(db, "alice", "CNY") == 100
     async with db.unit_of_work() as s:
@@ -116,9 +117,9 @@ async def test_readme_examples_run_as_pasted(
         assert await s.scalar(select(func.count()).select_from(ShareVisit)) == 1
         conversions = (await s.execute(select(ShareConversion))).scalars().all()
         assert [c.share_id for c in conversions] == [shares["merchant"].id]
-        # bob signed up with alice's invite: one accepted referral.
+        # bob signed up with alice's invite and paid: one referral, rewarded.
         referrals = (await s.execute(select(Referral))).scalars().all()
-        assert [(r.state, r.via) for r in referrals] == [("accepted", "signup")]
+        assert [(r.state, r.via) for r in referrals] == [("rewarded", "signup")]
         # alice's two rewards: the first-time one, then the returning one.
         grants = (await s.execute(select(RewardGrant).order_by(RewardGrant.created_at))).scalars()
         assert [(g.user_type, g.reward_code) for g in grants] == [

@@ -75,6 +75,8 @@ def _calls(sale: str, account: int, funding: int) -> list[tuple[str, str, dict[s
         ("GET", f"{H}/campaigns/{sale}/shares/stats", None),
         ("GET", f"{H}/campaigns/{sale}/shares/stats/sharers", None),
         ("POST", f"{H}/campaigns/{sale}/invites", {}),
+        ("GET", f"{H}/campaigns/{sale}/referrals", None),
+        ("GET", f"{H}/campaigns/{sale}/referrals/report", None),
         ("GET", f"{H}/accounts/{account}", None),
         ("GET", f"{H}/accounts/{account}/transfers", None),
     ]
@@ -183,7 +185,7 @@ async def test_unseen_sales_and_accounts_are_404_on_every_route_and_nothing_chan
                     assert r.json()["detail"] == ref.json()["detail"], where
                     assert r.json()["detail"].startswith(f"role {caller.user.role!r}"), where
                 checked += 1
-    assert checked == 2 * 7 * 38
+    assert checked == 2 * 7 * 40
     assert await _snapshot(db) == before
 
 

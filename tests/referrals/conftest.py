@@ -111,3 +111,32 @@ async def mine(client: httpx.AsyncClient, actor: Actor) -> list[dict[str, Any]]:
     assert r.status_code == 200, r.text
     items: list[dict[str, Any]] = r.json()["items"]
     return items
+
+
+async def funded_campaign(
+    client: httpx.AsyncClient, db: Database, world: World, *, budget: int, **rules: Any
+) -> dict[str, Any]:
+    """An active platform referral campaign whose budget holds ``budget`` (points or fen)."""
+    from tests.activities.conftest import funding_account
+
+    campaign = await referral_campaign(client, world, **rules)
+    asset = rules.get("budget_asset", "POINTS")
+    if budget:
+        r = await client.post(
+            f"{H}/campaigns/{campaign['id']}/budget",
+            json={"amount": budget, "from_account_id": await funding_account(db, asset)},
+            headers={**world.op.headers, "Idempotency-Key": f"fund-{campaign['id']}"},
+        )
+        assert r.status_code == 201, r.text
+    return campaign
+
+
+async def referee_of(
+    client: httpx.AsyncClient, db: Database, app: Any, referrer: Actor, campaign_id: str
+) -> Actor:
+    """A new customer who accepted ``referrer``'s new invite for the campaign."""
+    token = (await invited(client, referrer, campaign_id))["token"]
+    referee = await customer(db, app)
+    body = await accepted(client, referee, token)
+    assert body["state"] == "accepted", body
+    return referee

@@ -34,7 +34,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, ClassVar, Protocol, Union
 
 from pydantic import (
@@ -94,6 +94,10 @@ class ActivityFacts:
     refers_to: int | None  # our id of the activity a follow-up (a refund) refers to
     attributes: Mapping[str, Any]
 
+
+#: A sender's clock and ours differ (and many send whole seconds): something of ours up to
+#: this long after an activity's ``occurred_at`` (a visit, an acceptance) counts as before it.
+CLOCK_SKEW = timedelta(minutes=2)
 
 OUTCOMES = ("rewarded", "reversed", "refused")
 

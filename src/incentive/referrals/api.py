@@ -4,7 +4,7 @@ public page ``/i/{token}`` a referee opens."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
@@ -28,11 +28,13 @@ from incentive.kit.codes import is_public_token
 from incentive.kit.idempotency import idempotent
 from incentive.kit.jsonbody import JSONBodyRoute
 from incentive.kit.pagination import DEFAULT_LIMIT, Cursor, Limit
-from incentive.referrals import accept, service
+from incentive.referrals import accept, report, service
 from incentive.referrals.errors import InviteNotFound, MayNotRefer, ReferralsClosed
-from incentive.referrals.models import Referral, ReferralInvite
+from incentive.referrals.models import Referral, ReferralInvite, ReferralReward
 from incentive.referrals.rules import referral_rules
 from incentive.referrals.schemas import (
+    CampaignReferralOut,
+    CampaignReferralPage,
     EvidenceIn,
     InviteOut,
     InvitePage,
@@ -40,6 +42,11 @@ from incentive.referrals.schemas import (
     ReferralCampaignPage,
     ReferralOut,
     ReferralPage,
+    ReferralReport,
+    ReferralState,
+    RewardLineOut,
+    RewardOut,
+    RewardPage,
 )
 
 router = APIRouter(tags=["referrals"], route_class=JSONBodyRoute)
@@ -79,17 +86,29 @@ def campaign_out(campaign: CampaignFacts) -> ReferralCampaignOut:
     )
 
 
-def referral_out(row: Referral, referee: str) -> ReferralOut:
-    return ReferralOut(
-        id=row.id,
-        campaign_id=row.campaign_id,
-        invite_id=row.invite_id,
-        referee=referee,
-        state=row.state,
-        reason=row.reason,
-        via=row.via,
-        created_at=row.created_at,
-    )
+def reward_out(row: ReferralReward) -> RewardOut:
+    return RewardOut.model_validate(row, from_attributes=True)
+
+
+def _referral_fields(row: Referral, referee: str, reward: ReferralReward | None) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "campaign_id": row.campaign_id,
+        "invite_id": row.invite_id,
+        "referee": referee,
+        "state": row.state,
+        "reason": row.reason,
+        "via": row.via,
+        "created_at": row.created_at,
+        "business_due_at": row.business_due_at,
+        "completed_at": row.completed_at,
+        "release_at": row.release_at,
+        "reward": None if reward is None else reward_out(reward),
+    }
+
+
+def referral_out(row: Referral, referee: str, reward: ReferralReward | None = None) -> ReferralOut:
+    return ReferralOut(**_referral_fields(row, referee, reward))
 
 
 def evidence(request: Request, body: EvidenceIn) -> accept.Evidence:
@@ -171,14 +190,97 @@ async def my_referrals(
     principal: CurrentUser, session: Session, cursor: Cursor = None, limit: Limit = DEFAULT_LIMIT
 ) -> ReferralPage:
     """The caller's referrals as a referrer, newest first: the referee's shown name, the
-    state (`accepted`, or `rejected` with its reason) and when."""
+    state (accepted, rejected with its reason, completed, pending until `release_at`,
+    rewarded, voided, expired), when, and the caller's own reward once completed."""
     page, referees = await service.referrals_of(session, principal.id, cursor=cursor, limit=limit)
+    rewards = await report.referrer_rewards(session, page.items)
 
     def shape(row: Referral) -> ReferralOut:
         card = referees.get(row.referee_id)
-        return referral_out(row, card.display_name if card else "")
+        return referral_out(row, card.display_name if card else "", rewards.get(row.id))
 
     return ReferralPage.of(page, shape)
+
+
+@router.get(
+    "/me/referral-rewards",
+    name="list_my_referral_rewards",
+    response_model=RewardPage,
+    responses=problems(*AUTHENTICATED, *VALIDATION),
+)
+async def my_referral_rewards(
+    principal: CurrentUser, session: Session, cursor: Cursor = None, limit: Limit = DEFAULT_LIMIT
+) -> RewardPage:
+    """The caller's referral rewards, newest first — as a referrer, a referee, or a referrer's
+    referrer (multi-level): pending (held), paid, voided or unpaid with the reason."""
+    page = await report.rewards_of(session, principal.id, cursor=cursor, limit=limit)
+    return RewardPage.of(page, reward_out)
+
+
+@router.get(
+    "/campaigns/{campaign_id}/referrals",
+    name="list_campaign_referrals",
+    response_model=CampaignReferralPage,
+    responses=problems(*SEEING, Forbidden),
+)
+async def list_campaign_referrals(
+    campaign_id: CampaignId,
+    principal: CurrentUser,
+    session: Session,
+    state: ReferralState | None = None,
+    cursor: Cursor = None,
+    limit: Limit = DEFAULT_LIMIT,
+) -> CampaignReferralPage:
+    """A referral campaign's referrals, newest first, optionally of one `state`: both
+    parties, the state and its reason, the completing activity and refunds, the referrer's
+    reward. Operators and the owning merchant's staff."""
+    await report.managed_referral_campaign(session, principal, campaign_id)
+    page = await report.campaign_referrals(
+        session, campaign_id, state=state, cursor=cursor, limit=limit
+    )
+    rewards = await report.referrer_rewards(session, page.items)
+    cards = await auth.user_cards(session, [r.referee_id for r in page.items])
+
+    def shape(row: Referral) -> CampaignReferralOut:
+        card = cards.get(row.referee_id)
+        return CampaignReferralOut(
+            **_referral_fields(row, card.display_name if card else "", rewards.get(row.id)),
+            referrer_id=row.referrer_id,
+            referee_id=row.referee_id,
+            completed_by=row.completed_by,
+            business_amount_fen=row.business_amount_fen,
+            refunded_fen=row.refunded_fen,
+        )
+
+    return CampaignReferralPage.of(page, shape)
+
+
+@router.get(
+    "/campaigns/{campaign_id}/referrals/report",
+    name="get_referral_report",
+    response_model=ReferralReport,
+    responses=problems(*SEEING, Forbidden),
+)
+async def get_referral_report(
+    campaign_id: CampaignId, principal: CurrentUser, session: Session
+) -> ReferralReport:
+    """A referral campaign's report: invites, referrals by state, rejections by reason,
+    rewards by side, level, type and state (count and amount), the budget left and what the
+    escrow holds for pending rewards. Operators and the owning merchant's staff."""
+    campaign = await report.managed_referral_campaign(session, principal, campaign_id)
+    found = await report.report(session, campaign)
+    return ReferralReport(
+        campaign_id=campaign.id,
+        invites=found.invites,
+        referrals=found.referrals,
+        rejected=found.rejected,
+        rewards=[
+            RewardLineOut.model_validate(line, from_attributes=True) for line in found.rewards
+        ],
+        asset=found.asset,
+        budget_left=found.budget_left,
+        escrow_held=found.escrow_held,
+    )
 
 
 @router.get(

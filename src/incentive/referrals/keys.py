@@ -15,3 +15,11 @@ MAX_REFEREES_PER_ADDRESS_HOUR = register_key(
     "Referees one client address may bring into one referral campaign per UTC hour; the next "
     "acceptance from that address is stored rejected (address-burst).",
 )
+
+RELEASE_CHECK_SECONDS = register_key(
+    "referrals.release_check_seconds",
+    Annotated[float, Field(ge=0.2, le=86_400)],
+    30.0,
+    "How often workers pay held (pending) referral rewards whose hold ended, and label "
+    "accepted referrals whose business window passed expired.",
+)

@@ -10,6 +10,9 @@
   with the referral and its reason. Nothing is given at acceptance (the outcome's status is
   ``refused``, the activities table's word for "gave nothing"); rewards come when the
   business is done.
+- The business (``rules.business.activity_type``) completes a referral and a refund of it
+  may void held rewards (``complete.py``). A campaign hears only its business's type (and
+  refunds when that is ``payment``), and a batch looks up its customers' referrals at once.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from incentive.campaigns.kinds import (
     register_kind,
 )
 from incentive.coupons import batches as coupon_batches
-from incentive.referrals import accept
+from incentive.referrals import accept, complete
 from incentive.referrals.errors import InviteNotFound, ReferralsClosed
 from incentive.referrals.models import ReferralInvite
 from incentive.referrals.rules import ReferralRules, referral_rules
@@ -38,14 +41,17 @@ __all__ = ["ReferralKind", "ReferralRules"]
 class ReferralKind(CampaignKind):
     name = "referral"
     rules = ReferralRules
-    consumes = frozenset({"signup"})
+    consumes = frozenset({"signup", "payment", "refund", "task_completed", "custom"})
 
     def budget_asset(self, rules: KindRules) -> str:
         assert isinstance(rules, ReferralRules)
         return rules.budget_asset
 
     def listens_to(self, campaign: CampaignFacts, activity_type: str) -> bool:
-        return activity_type == "signup"
+        business = referral_rules(campaign).business.activity_type
+        return activity_type in ("signup", business) or (
+            activity_type == "refund" and business == "payment"
+        )
 
     async def on_create(self, session: AsyncSession, campaign: CampaignFacts) -> None:
         await _check_batches(session, campaign)
@@ -53,9 +59,30 @@ class ReferralKind(CampaignKind):
     async def on_edit(self, session: AsyncSession, campaign: CampaignFacts) -> None:
         await _check_batches(session, campaign)
 
+    async def on_activities(
+        self, session: AsyncSession, campaign: CampaignFacts, activities: list[ActivityFacts]
+    ) -> list[Outcome]:
+        business = [a.customer for a in activities if _is_business(a)]
+        found = await complete.referred(session, campaign.id, business)
+        answers = []
+        for activity in activities:
+            if _is_business(activity):
+                referral = found.get(activity.customer)
+                answers.append(await complete.complete(session, campaign, activity, referral))
+            else:
+                answers.append(await self.on_activity(session, campaign, activity))
+        return answers
+
     async def on_activity(
         self, session: AsyncSession, campaign: CampaignFacts, activity: ActivityFacts
     ) -> Outcome:
+        if activity.type == "refund":
+            return await complete.refund(session, campaign, activity)
+        if activity.type != "signup":
+            found = await complete.referred(session, campaign.id, [activity.customer])
+            return await complete.complete(
+                session, campaign, activity, found.get(activity.customer)
+            )
         token = activity.attributes.get("invite")
         if not isinstance(token, str) or not token:
             return Outcome.refused("no-invite")
@@ -81,6 +108,10 @@ class ReferralKind(CampaignKind):
             referral_id=referral.id,
             referral_reason=referral.reason,
         )
+
+
+def _is_business(activity: ActivityFacts) -> bool:
+    return activity.type not in ("signup", "refund")
 
 
 async def _check_batches(session: AsyncSession, campaign: CampaignFacts) -> None:

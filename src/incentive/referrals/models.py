@@ -3,21 +3,27 @@ acceptance of an invite, accepted or rejected with its reason), the counters tha
 caps under concurrency, and the identity signals (peppered hashes of device ids, phone numbers
 and payment instruments) the self-referral check compares.
 
-Part 2 (completion and rewards) extends ``referrals`` through its nullable completion columns
-and adds its reward rows keyed by (referral, beneficiary level); ``parent_id`` already fixes
-the multi-level chain at acceptance.
+A referral's life: ``accepted`` (or ``rejected`` with its reason) → the referee does the
+business → ``completed`` (the conditional claim), then at once ``rewarded`` (paid), or
+``pending`` (held until ``release_at``) → ``rewarded``, or ``voided`` by a refund first;
+``completed`` stays when nothing could be paid (``reason``: ``budget-exhausted``). An
+accepted referral whose business window passed becomes ``expired``. Each payee of a
+completed referral has one ``referral_rewards`` row, keyed by (referral, side, level);
+``parent_id`` fixes the multi-level chain at acceptance.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, text
+from sqlalchemy import BigInteger, ForeignKey, Index, SmallInteger, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from incentive.db import Base, UTCDateTime, utcnow
 
-STATES = ("accepted", "rejected")
+STATES = ("accepted", "rejected", "completed", "pending", "rewarded", "voided", "expired")
+REWARD_STATES = ("pending", "paid", "voided", "unpaid")
+SIDES = ("referrer", "referee")
 #: how a referee accepted: signing up with the token, explicitly, or a partner's activity
 VIAS = ("signup", "acceptance", "activity")
 SIGNALS = ("device", "phone", "instrument")
@@ -61,6 +67,8 @@ class Referral(Base):
             postgresql_where=text(WINNING),
         ),
         Index("ix_referrals_referrer_created", "referrer_id", "created_at", "id"),
+        Index("ix_referrals_state_release", "state", "release_at"),
+        Index("ix_referrals_campaign_created", "campaign_id", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -78,9 +86,45 @@ class Referral(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     #: the business must be done by then (accepted + ``business.within_days``)
     business_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    #: part 2: when and by which activity the business was done
+    #: when and by which activity (our id) the business was done, and its amount
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     completed_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    business_amount_fen: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    #: what refunds of that activity took back so far
+    refunded_fen: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    #: a held (``pending``) referral's rewards are paid then
+    release_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ReferralReward(Base):
+    """What one payee gets for a completed referral: the referrer (``side`` referrer, level
+    1), the referrer's referrers (levels 2 and 3, multi-level) or the referee (``side``
+    referee, level 0). ``state``: ``pending`` (held: points and cash wait in the campaign's
+    escrow account), ``paid``, ``voided`` (a refund in the hold: the escrow went back to the
+    budget) or ``unpaid`` with its ``reason`` (``budget-exhausted``, ``out-of-stock``, …)."""
+
+    __tablename__ = "referral_rewards"
+    __table_args__ = (
+        Index("uq_referral_rewards_payee", "referral_id", "side", "level", unique=True),
+        Index("ix_referral_rewards_beneficiary", "beneficiary_id", "created_at", "id"),
+        Index("ix_referral_rewards_campaign", "campaign_id", "state"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    referral_id: Mapped[str] = mapped_column(ForeignKey("referrals.id"))
+    campaign_id: Mapped[str] = mapped_column(ForeignKey("campaigns.id"))
+    beneficiary_id: Mapped[str] = mapped_column(String(32))
+    side: Mapped[str] = mapped_column(String(16))
+    level: Mapped[int] = mapped_column(SmallInteger)
+    type: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    coupon_batch_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    #: the coupon given (ledger rewards move under ``referral:<id>:hold|pay|release|void``)
+    coupon_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -19,7 +19,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from incentive.campaigns.kinds import CampaignFacts, KindRules
 from incentive.kit.amounts import MAX_FEN, BasisPoints, Count, Fen, Points
@@ -72,12 +80,14 @@ class RefereeBusiness(BaseModel):
 
 class MultiLevel(BaseModel):
     """Attribution beyond the direct referrer: level 1 is the referrer, level 2 the referrer's
-    own referrer (in the same campaign), level 3 theirs; level ``i + 1`` is paid
-    ``rates_bp[i]`` of the referrer's reward, so the number of rates is the number of levels."""
+    own referrer (in the same campaign, as fixed when the referrer accepted), level 3 theirs.
+    Level ``k`` is paid ``floor(referrer reward × rates_bp[k - 1] / 10,000)`` (a level whose
+    share rounds to 0 is not paid), so the number of rates is the number of levels, and the
+    referrer's own rate is usually 10,000. Off: only the referrer (and the referee) are paid."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    enabled: bool = False
+    enabled: StrictBool = False
     rates_bp: list[BasisPoints] = Field(
         default_factory=list,
         max_length=MAX_LEVELS,
@@ -134,7 +144,11 @@ class ReferralRules(KindRules):
     hold_days: Annotated[int, Field(strict=True, ge=0, le=90)] = Field(
         0, description="days a reward is held (pending) before it is paid"
     )
-    void_on_refund: bool = Field(True, description="a refund during the hold voids the reward")
+    void_on_refund: StrictBool = Field(
+        True,
+        description="a refund during the hold that leaves the payment below "
+        "business.min_amount_fen (or at 0) voids the rewards",
+    )
     # -- attribution
     attribution_days: Annotated[int, Field(strict=True, ge=1, le=365)] = Field(
         7, description="an invite can be accepted for this many days after it was made"
@@ -173,6 +187,13 @@ class ReferralRules(KindRules):
     def _something_rewarded(self) -> ReferralRules:
         if self.reward("referrer") is None and self.reward("referee") is None:
             raise ValueError("the referrer or the referee must be rewarded")
+        if self.multi_level.enabled:
+            spec = self.reward("referrer")
+            if spec is None or spec.type == "coupon":
+                raise ValueError(
+                    "multi-level attribution shares the referrer's points or cash reward: "
+                    "give referrer_reward_points or a points or cash referrer_reward"
+                )
         return self
 
     def reward(self, side: Literal["referrer", "referee"]) -> RewardSpec | None:

@@ -1,8 +1,10 @@
 """Every process that signs customers up accepts the invite a sign-up carries (an auth
-sign-up listener, see ``auth/signup.py``)."""
+sign-up listener, see ``auth/signup.py``); workers release held rewards whose hold ended and
+label referrals whose business window passed (``referrals.release_due``)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,9 +12,14 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.auth import signup
+from incentive.db import Database, utcnow
+from incentive.domains import WorkerJob
 from incentive.errors import InvalidField
-from incentive.referrals import accept
+from incentive.referrals import accept, complete
 from incentive.referrals.errors import InviteNotFound
+from incentive.referrals.keys import RELEASE_CHECK_SECONDS
+
+log = logging.getLogger(__name__)
 
 
 async def on_signup(session: AsyncSession, facts: signup.Signup) -> Mapping[str, Any] | None:
@@ -44,3 +51,37 @@ async def on_signup(session: AsyncSession, facts: signup.Signup) -> Mapping[str,
 
 async def start(app: FastAPI) -> None:
     signup.register_listener("referrals", on_signup)
+
+
+async def release_due(db: Database) -> list[str]:
+    """Pay every held referral whose hold ended, one transaction each (a failure stops only
+    its referral), and label those whose business window passed; the released ids."""
+    now = utcnow()
+    released: list[str] = []
+    while True:
+        async with db.reader() as session:
+            due = await complete.due_for_release(session, now)
+        for referral_id in due:
+            try:
+                async with db.unit_of_work() as session:
+                    if await complete.release_one(session, referral_id, now):
+                        released.append(referral_id)
+            except Exception:
+                log.exception("referral release failed", extra={"referral_id": referral_id})
+        if len(due) < complete.RELEASE_PAGE:
+            break
+    async with db.unit_of_work() as session:
+        expired = await complete.expire_due(session, now)
+    if released or expired:
+        log.info(
+            "referrals released and expired",
+            extra={"released": len(released), "expired": expired},
+        )
+    return released
+
+
+async def _release_due(app: FastAPI) -> None:
+    await release_due(app.state.db)
+
+
+JOBS = (WorkerJob("referrals.release_due", _release_due, every=RELEASE_CHECK_SECONDS),)

@@ -36,7 +36,7 @@ from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.campaigns import service as campaigns
-from incentive.campaigns.kinds import ActivityFacts
+from incentive.campaigns.kinds import CLOCK_SKEW, ActivityFacts
 from incentive.campaigns.participation import Participation
 from incentive.db import insert as db_insert
 from incentive.db import one_of, utcnow
@@ -45,9 +45,6 @@ from incentive.sharing.models import Share, ShareConversion, ShareTouch, Sharing
 from incentive.sharing.schemas import ConversionType
 
 CONVERTIBLE = frozenset(ConversionType.__args__)  # type: ignore[attr-defined]
-# A sender's clock and ours differ (and many send whole seconds): a visit up to this long
-# after the activity's ``occurred_at`` still counts as before it.
-CLOCK_SKEW = timedelta(minutes=2)
 _CONVERSIONS = cast(Table, ShareConversion.__table__)
 
 
