@@ -35,7 +35,7 @@ exactly once, one budget transfer per rewarded referral, each referrer's POINTS 
 ``GET /api/v1/me/referrals`` shows, for a few of them), the budget never below zero, every
 POINTS and CNY balance summing to zero.
 
-Usage: python bench/referrals.py [--databases postgresql,sqlite] [--seconds 5]
+Usage: python bench/referrals.py [--databases postgresql,sqlite] [--seconds 4]
 (``INCENTIVE_BENCH_DATABASE_URL``: the PostgreSQL database, created and dropped here, default
 postgresql+asyncpg://postgres@127.0.0.1/incentive_bench_referrals.)
 """
@@ -368,7 +368,6 @@ async def bench(
         figures["settled_after_s"] = server.settle()
         return figures
 
-    measure("/healthz", seconds=warm, connections=concurrency)
     measure("/api/v1/transfers", seconds=warm, body=transfer_body, **as_operator)
     transfer = measure("/api/v1/transfers", seconds=seconds, body=transfer_body, **as_operator)
 
@@ -533,8 +532,8 @@ async def run_database(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--databases", default="postgresql,sqlite", help="in this order")
-    parser.add_argument("--seconds", type=int, default=5, help="each measured wrk run")
-    parser.add_argument("--concurrency", type=int, default=64, help="wrk connections")
+    parser.add_argument("--seconds", type=int, default=4, help="each measured wrk run")
+    parser.add_argument("--concurrency", type=int, default=32, help="wrk connections")
     parser.add_argument("--referrers", type=int, default=100, help="inviting customers")
     parser.add_argument(
         "--referees", type=int, default=0, help="referees for the measured run (0: sized)"
