@@ -32,7 +32,8 @@ After the run, ``--repeats`` referees pay a second time (they must get nothing m
 checks from the database and the API: every acknowledged completion's referral ``rewarded``
 exactly once, one budget transfer per rewarded referral, each referrer's POINTS balance equal to
 ``REWARD_POINTS`` x their rewarded referrals (and the count the referrer's
-``GET /api/v1/me/referrals`` shows, for a few of them), the budget never below zero, every
+``GET /api/v1/me/referrals`` shows, for a few of them), the campaign's report
+(``GET /api/v1/campaigns/{id}/referrals/report``) agreeing, the budget never below zero, every
 POINTS and CNY balance summing to zero.
 
 Usage: python bench/referrals.py [--databases postgresql,sqlite] [--seconds 4]
@@ -272,6 +273,34 @@ async def _api_rewarded(base: str, token: str) -> int:
                 return n
 
 
+async def _report(base: str, operator: str, campaign_id: str) -> dict[str, Any]:
+    """The campaign's report as an operator reads it (``…/referrals/report``)."""
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        r = await client.get(
+            f"/api/v1/campaigns/{campaign_id}/referrals/report", headers=_auth(operator)
+        )
+        r.raise_for_status()
+        found: dict[str, Any] = r.json()
+        return found
+
+
+def _report_agrees(report: dict[str, Any], outcome: dict[str, Any]) -> bool:
+    """The report's referrals, paid referrer rewards and budget left are the database's."""
+    paid = [
+        line
+        for line in report["rewards"]
+        if (line["side"], line["level"], line["state"]) == ("referrer", 1, "paid")
+    ]
+    rewarded = outcome["referrals_by_state"].get("rewarded", 0)
+    return (
+        report["referrals"] == outcome["referrals_by_state"]
+        and report["budget_left"] == outcome["budget_left_points"]
+        and sum(line["count"] for line in paid) == rewarded
+        and sum(line["amount"] for line in paid) == outcome["budget_paid_points"]
+        and all(line["state"] == "paid" for line in report["rewards"])
+    )
+
+
 async def _outcome(db: Database, campaign: dict[str, Any], funded: int) -> dict[str, Any]:
     cid, budget_id = campaign["id"], campaign["budget_account_id"]
     async with db.unit_of_work() as s:
@@ -409,6 +438,7 @@ async def bench(
     rewarded_referees = await _rewarded_referees(db, campaign["id"], args.repeats)
     repeats = await _repeat_payments(server.base, world, campaign["id"], rewarded_referees)
     after = await _outcome(db, campaign, funded)
+    report = await _report(server.base, world["operator"], campaign["id"])
     shown = {}
     ids = dict(world["referrers"])
     for referrer in sorted(after["rewarded_per_referrer"])[:API_CHECKED_REFERRERS]:
@@ -456,6 +486,7 @@ async def bench(
             "repeat_payments": repeats,
             "after_repeats": {k: v for k, v in after.items() if k != "rewarded_per_referrer"},
             "api_rewarded_vs_database": shown,
+            "api_report": report,
         },
         "checks": {
             "no_referee_paid_twice_in_the_run": completion_warm["bodies_reused"]
@@ -478,6 +509,7 @@ async def bench(
             and after["budget_transfers"] == before["budget_transfers"],
             "api_shows_the_rewarded_referrals": bool(shown)
             and all(a == b for a, b in shown.values()),
+            "api_report_agrees": _report_agrees(report, after),
             "invites_and_qr_codes_all_served": all(
                 r["conflict_409"] + r["unavailable_503"] + r["other"] == 0
                 for r in (invites_warm, invite, png, svg)
