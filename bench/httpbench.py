@@ -48,16 +48,23 @@ _TICK = os.sysconf("SC_CLK_TCK")
 # from a file, not written into the script: LuaJIT refuses a function of over 65,536 constants.
 # Statuses are counted per thread and summed in done(), beside ``sent`` (requests written: those
 # still in flight when wrk stopped may have been served without their answer being counted).
+# With ``follow`` (a JSON field naming a path), a 2xx answer carrying that field queues a GET
+# of the path (+ ``follow_query``) in its thread, sent as that thread's next request: a 2xx
+# answer without the field is such a GET's, counted apart (``followed_ok``, of
+# ``followed_sent``); any other answer counts as usual.
 WRK_SCRIPT = """
 local tokens = {%(tokens)s}
 local bodies = {}
 if %(bodies)s ~= nil then
   for line in io.lines(%(bodies)s) do bodies[#bodies + 1] = line end
 end
+local follow = %(follow)s
+local follow_query = %(follow_query)s
+local queue = {}
 local counter = 0
 local threads = {}
 local next_id = 0
-s2xx, s409, s503, sother, sent, reused = 0, 0, 0, 0, 0, 0
+s2xx, s409, s503, sother, sent, reused, fsent, fok = 0, 0, 0, 0, 0, 0, 0, 0
 function setup(thread)
   thread:set("id", next_id)
   next_id = next_id + 1
@@ -65,11 +72,15 @@ function setup(thread)
 end
 function request()
   counter = counter + 1
-  sent = sent + 1
   local headers = {}
   if #tokens > 0 then
     headers["Authorization"] = "Bearer " .. tokens[(counter * 7 + id * 131) %% #tokens + 1]
   end
+  if #queue > 0 then
+    fsent = fsent + 1
+    return wrk.format("GET", table.remove(queue, 1) .. follow_query, headers, nil)
+  end
+  sent = sent + 1
   local body = nil
   %(headers)s
   if "%(method)s" == "POST" then
@@ -87,24 +98,29 @@ function request()
   return wrk.format("%(method)s", "%(path)s", headers, body)
 end
 function response(status, headers, body)
+  if follow ~= nil and status < 300 then
+    local path = string.match(body, '"' .. follow .. '"%%s*:%%s*"([^"]*)"')
+    if path == nil then fok = fok + 1 return end
+    queue[#queue + 1] = path
+  end
   if status < 300 then s2xx = s2xx + 1
   elseif status == 409 then s409 = s409 + 1
   elseif status == 503 then s503 = s503 + 1
   else sother = sother + 1 end
 end
 function done(summary, latency, requests)
-  local t = {s2xx = 0, s409 = 0, s503 = 0, sother = 0, sent = 0, reused = 0}
+  local t = {s2xx = 0, s409 = 0, s503 = 0, sother = 0, sent = 0, reused = 0, fsent = 0, fok = 0}
   for _, thread in ipairs(threads) do
     for k, _ in pairs(t) do t[k] = t[k] + thread:get(k) end
   end
   io.write(string.format(
     'WRK {"requests": %%d, "seconds": %%.3f, "errors": %%d, "p50_us": %%d, "p99_us": %%d, ' ..
     '"ok": %%d, "conflict_409": %%d, "unavailable_503": %%d, "other": %%d, ' ..
-    '"sent": %%d, "bodies_reused": %%d}\\n',
+    '"sent": %%d, "bodies_reused": %%d, "followed_sent": %%d, "followed_ok": %%d}\\n',
     summary.requests, summary.duration / 1e6,
     summary.errors.connect + summary.errors.read + summary.errors.write +
     summary.errors.timeout, latency:percentile(50), latency:percentile(99),
-    t.s2xx, t.s409, t.s503, t.sother, t.sent, t.reused))
+    t.s2xx, t.s409, t.s503, t.sother, t.sent, t.reused, t.fsent, t.fok))
 end
 """
 
@@ -147,39 +163,51 @@ async def merchant_world(db: Database, data_dir: Path, prefix: str) -> dict[str,
     return world
 
 
-async def customers_and_operator(db: Database, keys: Path, n: int) -> tuple[list[str], str]:
-    """``n`` customers and one operator written straight into ``users``, and an access token
-    of each signed with the key ring in ``keys`` (the server's data dir): (customers, operator)."""
+async def users(
+    db: Database, keys: Path, n: int, *, prefix: str = "bench", role: str = "customer"
+) -> list[tuple[str, str]]:
+    """``n`` users of ``role`` (``{prefix}-0`` …) written straight into ``users`` in one
+    statement, each with an access token signed with the key ring in ``keys`` (the server's
+    data dir): [(user id, token)], in order."""
     now = utcnow()
     rows: list[dict[str, Any]] = [
         {
             "id": new_id(),
-            "username": f"bench-{i}",
+            "username": f"{prefix}-{i}",
             "display_name": "",
             "password_hash": "-",
-            "role": "customer",
+            "role": role,
             "merchant_id": None,
             "blocked": False,
             "created_at": now,
         }
-        for i in range(n + 1)
+        for i in range(n)
     ]
-    rows[-1]["username"], rows[-1]["role"] = "bench-operator", "operator"
-    async with db.unit_of_work() as s:
-        await s.execute(insert(User), rows)
+    if rows:
+        async with db.unit_of_work() as s:
+            await s.execute(insert(User), rows)
     ring = KeyRing.load(keys)
-    tokens = [
-        issue_access_token(
-            ring,
-            user_id=str(r["id"]),
-            name=str(r["username"]),
-            role=str(r["role"]),
-            merchant_id=None,
-            ttl_seconds=3600,
-        )[0]
+    return [
+        (
+            str(r["id"]),
+            issue_access_token(
+                ring,
+                user_id=str(r["id"]),
+                name=str(r["username"]),
+                role=role,
+                merchant_id=None,
+                ttl_seconds=3600,
+            )[0],
+        )
         for r in rows
     ]
-    return tokens[:-1], tokens[-1]
+
+
+async def customers_and_operator(db: Database, keys: Path, n: int) -> tuple[list[str], str]:
+    """``n`` customers and one operator (:func:`users`), their tokens: (customers, operator)."""
+    customers = await users(db, keys, n)
+    ((_, operator),) = await users(db, keys, 1, prefix="bench-operator", role="operator")
+    return [token for _, token in customers], operator
 
 
 def run_facts(bench: str) -> dict[str, Any]:
@@ -234,11 +262,15 @@ def wrk(
     seconds: int = 15,
     connections: int = 200,
     bodies: Sequence[str] = (),
+    follow: str | None = None,
+    follow_query: str = "",
 ) -> dict[str, Any]:
     """One ``wrk -t2`` run; requests/s, p50/p99 and statuses counted by class. ``body``'s
     ``@SEQ@`` becomes the request's unique key; ``headers`` go with every request. Given
     ``bodies`` (one line each), each request sends a different one of them in turn instead of
-    ``body``, until they run out (then ``bodies_reused`` counts the repeats)."""
+    ``body``, until they run out (then ``bodies_reused`` counts the repeats). Given ``follow``,
+    each 2xx answer's path in that JSON field is fetched next (``followed_ok``; see
+    ``WRK_SCRIPT``)."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not on PATH (apt-get install wrk)")
     if any("\n" in b for b in bodies):
@@ -257,6 +289,8 @@ def wrk(
             "path": path,
             "run": secrets.token_hex(4),
             "body": json.dumps(body) if body is not None else "nil",
+            "follow": json.dumps(follow) if follow is not None else "nil",
+            "follow_query": json.dumps(follow_query),
             "headers": " ".join(
                 f"headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in (headers or {}).items()
             ),
