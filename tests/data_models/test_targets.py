@@ -39,7 +39,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from incentive.data_models.records import TargetRefused, TargetRow, canonical_json, digest
+from incentive.data_models.records import (
+    TargetRefused,
+    TargetRow,
+    TargetWriter,
+    canonical_json,
+    digest,
+)
 from incentive.data_models.targets import (
     RedisTarget,
     SqlTarget,
@@ -55,6 +61,23 @@ from tests.servers import free_port
 PG_URL = os.environ.get("INCENTIVE_TEST_DATABASE_URL")
 MARIADB_URL = os.environ.get("INCENTIVE_TEST_MARIADB_URL")
 SECRET = "whsec_" + "ZGF0YS1tb2RlbC10YXJnZXQtc2VjcmV0IQ=="
+
+
+_open: list[TargetWriter] = []
+
+
+def opened(config: SqlTarget | RedisTarget | WebhookTarget) -> TargetWriter:
+    """``writer_for``, closed at the end of the test whatever happens in it."""
+    writer = writer_for(config)
+    _open.append(writer)
+    return writer
+
+
+@pytest.fixture(autouse=True)
+async def _close_writers() -> AsyncIterator[None]:
+    yield
+    while _open:
+        await _open.pop().close()
 
 
 def row(key: str, version: int = 1, **values: Any) -> TargetRow:
@@ -182,7 +205,7 @@ async def read_back(engine: AsyncEngine) -> dict[str, dict[str, Any]]:
 
 
 async def written(url: str, rows: list[TargetRow], **overrides: Any) -> None:
-    writer = writer_for(sql_target(url, **overrides))
+    writer = opened(sql_target(url, **overrides))
     try:
         await writer.write(rows)
     finally:
@@ -193,7 +216,7 @@ async def test_the_same_rows_twice_leave_one_row_per_key_and_a_change_updates_in
     store: AsyncEngine, sql_url: str
 ) -> None:
     rows = [row(f"k{i}", customer=f"c{i}", points=i) for i in range(3)]
-    writer = writer_for(sql_target(sql_url))
+    writer = opened(sql_target(sql_url))
     await writer.write(rows)
     await writer.write(rows)
     changed = row("k1", version=2, customer="renamed", points="41", amount_yuan="12.30")
@@ -225,7 +248,7 @@ async def test_a_batch_repeating_a_key_keeps_its_last_row(store: AsyncEngine, sq
 
 
 async def test_a_thousand_rows_then_a_thousand_changes(store: AsyncEngine, sql_url: str) -> None:
-    writer = writer_for(sql_target(sql_url))
+    writer = opened(sql_target(sql_url))
     await writer.write([row(f"k{i:04}", customer="c", points=i) for i in range(1000)])
     await writer.write([row(f"k{i:04}", customer="d", points=i * 2) for i in range(1000)])
     await writer.close()
@@ -252,6 +275,22 @@ async def test_a_column_the_table_lacks_or_a_value_it_cannot_hold_refuses_the_wh
     with pytest.raises(TargetRefused, match=r"points_out\.points"):
         await written(sql_url, [good, row("k1", customer="c", points="many")])
     assert await read_back(store) == {}
+
+
+async def test_a_column_added_after_a_refusal_takes_the_rows(
+    store: AsyncEngine, sql_url: str
+) -> None:
+    writer = opened(sql_target(sql_url))
+    await writer.write([row("k0", customer="c")])
+    with pytest.raises(TargetRefused, match="no column 'nickname'"):
+        await writer.write([row("k1", customer="c", nickname="nick")])
+    async with store.begin() as conn:
+        await conn.exec_driver_sql("ALTER TABLE points_out ADD COLUMN nickname VARCHAR(20)")
+    await writer.write([row("k1", customer="c", nickname="nick")])
+    await writer.close()
+    async with store.connect() as conn:
+        found = (await conn.exec_driver_sql("SELECT record_key, nickname FROM points_out")).all()
+    assert sorted(tuple(r) for r in found) == [("k0", None), ("k1", "nick")]
 
 
 async def test_one_transaction_per_write(store: AsyncEngine, sql_url: str) -> None:
@@ -286,7 +325,7 @@ def redis_target(redis_url: str | None, **config: Any) -> RedisTarget:
 
 
 async def test_redis_hashes_hold_each_record_once_and_whole(redis: Any, redis_url: str) -> None:
-    writer = writer_for(redis_target(redis_url))
+    writer = opened(redis_target(redis_url))
     rows = [row(f"k{i}", customer=f"c{i}", tags=["a", i]) for i in range(3)]
     await writer.write(rows)
     await writer.write(rows)
@@ -310,7 +349,7 @@ async def test_redis_hashes_hold_each_record_once_and_whole(redis: Any, redis_ur
 async def test_a_redis_stream_gets_an_entry_per_row_and_delivery(
     redis: Any, redis_url: str
 ) -> None:
-    writer = writer_for(redis_target(redis_url, mode="stream"))
+    writer = opened(redis_target(redis_url, mode="stream"))
     rows = [row(f"k{i}", customer=f"c{i}") for i in range(3)]
     await writer.write(rows)
     await writer.write(rows)  # at least once: the consumer dedupes by key and hash
@@ -327,7 +366,7 @@ async def test_a_redis_stream_gets_an_entry_per_row_and_delivery(
     assert {(e[b"key"], e[b"hash"]) for e in entries} == {
         (r.key.encode(), r.hash.encode()) for r in rows
     }
-    trimmed = writer_for(redis_target(redis_url, prefix="short", mode="stream", stream_maxlen=10))
+    trimmed = opened(redis_target(redis_url, prefix="short", mode="stream", stream_maxlen=10))
     await trimmed.write([row(f"k{i}", customer="c") for i in range(1000)])
     await trimmed.close()
     assert 10 <= await redis.xlen("short") < 1000
@@ -337,11 +376,11 @@ async def test_redis_refuses_a_key_of_another_type_and_is_unavailable_when_down(
     redis: Any, redis_url: str
 ) -> None:
     await redis.set("pts", "a string")
-    writer = writer_for(redis_target(redis_url, mode="stream"))
+    writer = opened(redis_target(redis_url, mode="stream"))
     with pytest.raises(TargetRefused, match="WRONGTYPE"):
         await writer.write([row("k", customer="c")])
     await writer.close()
-    down = writer_for(RedisTarget(url=f"redis://127.0.0.1:{free_port()}/0", prefix="p"))
+    down = opened(RedisTarget(url=f"redis://127.0.0.1:{free_port()}/0", prefix="p"))
     with pytest.raises(TargetUnavailable):
         await down.write([row("k", customer="c")])
     await down.close()
@@ -390,8 +429,8 @@ async def receiver() -> AsyncIterator[Receiver]:
     await asyncio.wait_for(task, 10)
 
 
-def hook(receiver: Receiver, **config: Any) -> Any:
-    return writer_for(WebhookTarget(**({"url": receiver.url, "secret": SECRET} | config)))
+def hook(receiver: Receiver, **config: Any) -> TargetWriter:
+    return opened(WebhookTarget(**({"url": receiver.url, "secret": SECRET} | config)))
 
 
 async def test_a_webhook_retried_after_a_500_is_signed_and_keeps_its_id(
@@ -446,7 +485,7 @@ async def test_a_webhook_signed_with_another_secret_is_refused_by_the_receiver(
     with pytest.raises(TargetRefused, match="401"):
         await writer.write([row("k", customer="c")])
     await writer.close()
-    down = writer_for(WebhookTarget(url=f"http://127.0.0.1:{free_port()}/h", secret=SECRET))
+    down = opened(WebhookTarget(url=f"http://127.0.0.1:{free_port()}/h", secret=SECRET))
     with pytest.raises(TargetUnavailable):
         await down.write([row("k", customer="c")])
     await down.close()

@@ -1,11 +1,11 @@
 """The SQL target: rows upserted into one table of PostgreSQL or MariaDB/MySQL.
 
-The table is reflected once (again after a write the database refused, in case it was
-altered). Its ``key_column`` must be its primary key or a unique column: a write is one
-``INSERT … ON CONFLICT (key) DO UPDATE`` (PostgreSQL) or ``INSERT … ON DUPLICATE KEY UPDATE``
-(MariaDB/MySQL) executed for all its rows (executemany), in one transaction. On MariaDB/MySQL
-any other unique key of the table also counts as a duplicate: give the target table no
-unique key but the record's.
+The table is reflected once, and again after a refused write (the table may have been
+altered to take the rows). Its ``key_column`` must be its primary key or a unique column: a
+write is one ``INSERT … ON CONFLICT (key) DO UPDATE`` (PostgreSQL) or ``INSERT … ON DUPLICATE
+KEY UPDATE`` (MariaDB/MySQL) executed for all its rows (executemany), in one transaction.
+On MariaDB/MySQL any other unique key of the table also counts as a duplicate: give the
+target table no unique key but the record's.
 
 The columns written are the key (and the version and hash columns when configured) and the
 mapped fields present in the rows; rows with different fields go in one statement per set
@@ -191,10 +191,13 @@ class SqlWriter:
             async with engine.begin() as conn:
                 for columns, batch in groups.items():
                     await conn.execute(plan.statement(columns, engine.dialect.name), batch)
+        except TargetRefused:
+            self._plan = None  # the table may be altered to take them: reflect it again
+            raise
         except DBAPIError as exc:
             reason = f"{self.config.table}: {type(exc.orig).__name__}: {exc.orig}"[:500]
             if _refused(exc):
-                self._plan = None  # the table may have been altered: reflect it again
+                self._plan = None
                 raise TargetRefused(reason) from exc
             raise TargetUnavailable(reason) from exc
         except (OSError, TimeoutError) as exc:
