@@ -10,13 +10,11 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
-import uvicorn
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import (
     BigInteger,
@@ -34,10 +32,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from incentive.data_models.records import (
     TargetRefused,
@@ -54,13 +48,12 @@ from incentive.data_models.targets import (
     WebhookTarget,
     writer_for,
 )
-from incentive.kit import webhooks
 from incentive.kit.pgadmin import drop_database, recreate_database
+from tests.data_models.conftest import SECRET, Receiver
 from tests.servers import free_port
 
 PG_URL = os.environ.get("INCENTIVE_TEST_DATABASE_URL")
 MARIADB_URL = os.environ.get("INCENTIVE_TEST_MARIADB_URL")
-SECRET = "whsec_" + "ZGF0YS1tb2RlbC10YXJnZXQtc2VjcmV0IQ=="
 
 
 _open: list[TargetWriter] = []
@@ -387,46 +380,7 @@ async def test_redis_refuses_a_key_of_another_type_and_is_unavailable_when_down(
 
 
 # --------------------------------------------------------------------------- webhook targets
-
-
-@dataclass
-class Receiver:
-    """Checks each POST's signature (401 when wrong), keeps it, answers the next scripted
-    answer: a status, or ``"slow"`` (a 200 after 2 s); 200 when the script is done."""
-
-    url: str = ""
-    script: list[int | str] = field(default_factory=list)
-    posts: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-
-    async def endpoint(self, request: Request) -> Response:
-        body = await request.body()
-        try:
-            webhooks.verify(SECRET, request.headers, body)
-        except webhooks.BadSignature as exc:
-            return Response(str(exc), status_code=401)
-        self.posts.append((dict(request.headers), body))
-        answer = self.script.pop(0) if self.script else 200
-        if answer == "slow":
-            await asyncio.sleep(2)
-            answer = 200
-        return Response("no" if answer != 200 else "", status_code=int(answer))
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    found = Receiver()
-    port = free_port()
-    app = Starlette(routes=[Route("/hook", found.endpoint, methods=["POST"])])
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers no startup event
-        await asyncio.sleep(0.01)
-    found.url = f"http://127.0.0.1:{port}/hook"
-    yield found
-    server.should_exit = True
-    await asyncio.wait_for(task, 10)
+# (the receiver, checking each signature and answering a script: tests/data_models/conftest.py)
 
 
 def hook(receiver: Receiver, **config: Any) -> TargetWriter:
