@@ -41,6 +41,8 @@ OWN_TRANSACTIONS = {
     "coupons/providers.py::sync": "a provider's batches are pulled outside any transaction",
     "coupons/reconcile.py::reconcile": "the provider's list is read outside any transaction",
     "rewards/stock.py": "rebuilds span a drain and work reward by reward, outside requests",
+    "data_models/sync.py::deliver_due": "deliveries are claimed, written outside, then recorded",
+    "data_models/sync.py::_record": "the outcome of a delivery round, after the writes",
 }
 
 

@@ -1,4 +1,5 @@
-"""Data-model test helpers: a webhook receiver on loopback that checks the Standard Webhooks
+"""Data-model test worlds (the domains' own: campaigns, activities, points files) and helpers:
+a webhook receiver on loopback that checks the Standard Webhooks
 signature, keeps each POST and answers a script (statuses, or "slow")."""
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from starlette.routing import Route
 
 from incentive.kit import webhooks
 from incentive.settings import Settings
+from tests.activities.conftest import sender as sender  # noqa: F401  (fixture)
+from tests.campaigns.conftest import world as world  # noqa: F401  (fixture)
+from tests.points_files.conftest import crypto as crypto  # noqa: F401  (fixture)
+from tests.points_files.conftest import pgp as pgp  # noqa: F401  (fixture)
+from tests.points_files.conftest import quiet_settings as quiet_settings  # noqa: F401  (fixture)
 from tests.servers import free_port
 
 SECRET = "whsec_" + "ZGF0YS1tb2RlbC10YXJnZXQtc2VjcmV0IQ=="

@@ -20,7 +20,6 @@ from incentive.data_models.models import ArchivedRecord, DataModel, DataModelVer
 from incentive.db import Database
 from tests.activities.conftest import Sender
 from tests.campaigns.conftest import World, create
-from tests.campaigns.conftest import world as world  # noqa: F401  (fixture)
 
 H = "/api/v1"
 

@@ -22,7 +22,6 @@ from incentive.data_models.models import ArchivedRecord, Delivery, SyncPosition
 from incentive.db import Database, utcnow
 from incentive.settings import Settings
 from tests.campaigns.conftest import World, create
-from tests.campaigns.conftest import world as world  # noqa: F401  (fixture)
 from tests.data_models.conftest import SECRET, Receiver
 from tests.data_models.test_registry import FIELDS, model_body
 
@@ -151,7 +150,7 @@ async def test_failures_back_off_then_dead_letter_and_replay(
     assert "500" in dead[0]["last_error"]
     targets = (
         await client.get(f"{H}/data-models/campaign-summary/targets", headers=world.op.headers)
-    ).json()["items"]
+    ).json()["targets"]
     assert targets[0]["deliveries"] == {"dead": 3}
     assert SECRET not in json.dumps(targets)
     r = await client.post(

@@ -29,7 +29,7 @@ from incentive.data_models.schemas import (
     SourcesOut,
     TargetIn,
     TargetOut,
-    TargetPage,
+    TargetsOut,
     VersionOut,
     VersionPage,
 )
@@ -284,13 +284,13 @@ async def create_target(
 @router.get(
     "/data-models/{model_id}/targets",
     name="list_data_model_targets",
-    response_model=TargetPage,
+    response_model=TargetsOut,
     responses=problems(*FOUND),
 )
-async def list_targets(model_id: ModelPath, principal: Operator, session: Session) -> TargetPage:
-    """The model's targets (one page), each with its records by delivery state."""
+async def list_targets(model_id: ModelPath, principal: Operator, session: Session) -> TargetsOut:
+    """The model's targets, each with its records by delivery state."""
     await service.get(session, model_id)
-    return TargetPage(items=await _targets(session, model_id), next_cursor=None)
+    return TargetsOut(targets=await _targets(session, model_id))
 
 
 @router.post(

@@ -124,8 +124,8 @@ class TargetOut(BaseModel):
     created_at: datetime
 
 
-class TargetPage(Page[TargetOut]):
-    pass
+class TargetsOut(BaseModel):
+    targets: list[TargetOut] = Field(description="the model's targets, by name")
 
 
 class DeliveryOut(BaseModel):

@@ -119,7 +119,7 @@ class RedisTarget(_Target):
     url: str = Field(repr=False, min_length=1, max_length=2000)
     mode: Literal["hash", "stream"] = "hash"
     prefix: str
-    stream_maxlen: int | None = Field(default=None, ge=1)
+    stream_maxlen: int | None = Field(default=None, ge=1, le=2**63 - 1)
 
     @field_validator("url")
     @classmethod
