@@ -39,7 +39,7 @@ from incentive.kit.text import Line
 Lookups = Mapping[tuple[str, str], Mapping[str, Any]]
 #: a finite float: NaN and infinities have no JSON (nor a canonical hash)
 Scalar = (
-    Annotated[str, Field(max_length=1000)]
+    Annotated[Line, Field(max_length=1000)]
     | Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
     | Annotated[float, Field(allow_inf_nan=False)]
     | bool
@@ -119,7 +119,7 @@ class FenToYuan(_Rule):
 class DateFormat(_Rule):
     type: Literal["date_format"]
     format: Annotated[Line, Field(min_length=1, max_length=64)] = "%Y-%m-%dT%H:%M:%S%z"
-    time_zone: Annotated[str, Field(min_length=1, max_length=64)] = "UTC"
+    time_zone: Annotated[str, Field(pattern=r"^[A-Za-z0-9_+\-/]{1,64}$")] = "UTC"
 
     @field_validator("format")
     @classmethod
@@ -161,7 +161,7 @@ class DateFormat(_Rule):
 
 class EnumMap(_Rule):
     type: Literal["enum_map"]
-    mapping: Annotated[dict[Annotated[str, Field(max_length=200)], Scalar], Field(min_length=1)]
+    mapping: Annotated[dict[Annotated[Line, Field(max_length=200)], Scalar], Field(min_length=1)]
     default: Scalar = None
     strict: StrictBool = False
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from incentive.data_models.fields import FieldSpec
 from incentive.data_models.targets import TargetConfig
 from incentive.kit.pagination import Page
-from incentive.kit.text import Name
+from incentive.kit.text import Line, Name
 
 ModelId = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
 PartnerCode = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
@@ -22,7 +22,7 @@ class DataModelIn(BaseModel):
 
     id: ModelId = Field(description="the id external systems ask for")
     name: Annotated[Name, Field(max_length=200)]
-    source: Annotated[str, Field(min_length=1, max_length=40)] = Field(
+    source: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")] = Field(
         description="the module read: see GET /data-model-sources"
     )
     fields: Annotated[list[FieldSpec], Field(min_length=1, max_length=200)]
@@ -37,7 +37,7 @@ class DataModelPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[Name, Field(max_length=200)] | None = None
-    source: Annotated[str, Field(min_length=1, max_length=40)] | None = None
+    source: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")] | None = None
     fields: Annotated[list[FieldSpec], Field(min_length=1, max_length=200)] | None = None
     partners: Partners | None = None
 
@@ -148,7 +148,7 @@ class ReplayIn(BaseModel):
 
     target: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")] | None = None
     keys: Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=128)]], Field(max_length=1000)
+        list[Annotated[Line, Field(min_length=1, max_length=128)]], Field(max_length=1000)
     ] = Field(default_factory=list, description="only these records (default: every dead letter)")
 
 

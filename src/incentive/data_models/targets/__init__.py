@@ -36,6 +36,7 @@ from sqlalchemy.exc import ArgumentError
 
 from incentive.data_models.records import TargetWriter
 from incentive.kit import webhooks
+from incentive.kit.text import Line
 
 #: SQLAlchemy async URL schemes whose driver the project installs.
 SQL_SCHEMES = ("postgresql+asyncpg", "mysql+aiomysql", "mariadb+aiomysql")
@@ -58,7 +59,9 @@ def _identifier(value: str) -> str:
     return value
 
 
-Identifier = Annotated[str, AfterValidator(_identifier)]
+Identifier = Annotated[
+    str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"), AfterValidator(_identifier)
+]
 
 
 def _redact_userinfo(url: str) -> str:
@@ -80,7 +83,7 @@ class SqlTarget(_Target):
     record's hash."""
 
     kind: Literal["sql"] = "sql"
-    url: str = Field(repr=False, min_length=1, max_length=2000)
+    url: Line = Field(repr=False, min_length=1, max_length=2000)
     table: Identifier
     key_column: Identifier = "record_key"
     version_column: Identifier | None = None
@@ -116,9 +119,9 @@ class RedisTarget(_Target):
     consumer dedupes by key and hash)."""
 
     kind: Literal["redis"] = "redis"
-    url: str = Field(repr=False, min_length=1, max_length=2000)
+    url: Line = Field(repr=False, min_length=1, max_length=2000)
     mode: Literal["hash", "stream"] = "hash"
-    prefix: str
+    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:\-]{1,100}$")]
     stream_maxlen: int | None = Field(default=None, ge=1, le=2**63 - 1)
 
     @field_validator("url")
@@ -150,7 +153,7 @@ class WebhookTarget(_Target):
     or any text of 16 characters or more)."""
 
     kind: Literal["webhook"] = "webhook"
-    url: str = Field(repr=False, min_length=1, max_length=2000)
+    url: Line = Field(repr=False, min_length=1, max_length=2000)
     secret: SecretStr = Field(min_length=16)
     timeout_seconds: float = Field(default=10, gt=0, le=120)
 
