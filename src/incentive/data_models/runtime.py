@@ -1,6 +1,7 @@
 """Data models in every process: the outbox events a source names as changes re-sync the
 records they name (a subscriber per topic); workers deliver due records to the targets
-(``data_models.deliver``)."""
+(``data_models.deliver``) and, on the production deployment, mirror the archive in Redis
+(``data_models.mirror``)."""
 
 from __future__ import annotations
 
@@ -47,8 +48,16 @@ async def _deliver(app: FastAPI) -> None:
         pass  # more may be due right away
 
 
+async def _mirror(app: FastAPI) -> None:
+    if app.state.redis is not None:  # the production deployment keeps the archive there too
+        await sync.mirror(app.state.db, app.state.redis)
+
+
 async def stop(app: FastAPI) -> None:
     await sync.close_writers()
 
 
-JOBS = (WorkerJob("data_models.deliver", _deliver, every=DELIVER_EVERY_SECONDS),)
+JOBS = (
+    WorkerJob("data_models.deliver", _deliver, every=DELIVER_EVERY_SECONDS),
+    WorkerJob("data_models.mirror", _mirror, every=DELIVER_EVERY_SECONDS),
+)
