@@ -31,11 +31,14 @@ SECRET = "whsec_" + "ZGF0YS1tb2RlbC10YXJnZXQtc2VjcmV0IQ=="
 @dataclass
 class Receiver:
     """Checks each POST's signature (401 when wrong), keeps it, answers the next scripted
-    answer: a status, or ``"slow"`` (a 200 after 2 s); 200 when the script is done."""
+    answer: a status, ``"slow"`` (kept, then a 200 after 2 s) or ``"slow-commit"`` (a 200
+    after 2 s, kept only if the caller is still there); 200 when the script is done."""
 
     url: str = ""
     script: list[int | str] = field(default_factory=list)
     posts: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    #: every signed POST that arrived, kept or not
+    arrivals: int = 0
 
     async def endpoint(self, request: Request) -> Response:
         body = await request.body()
@@ -43,8 +46,14 @@ class Receiver:
             webhooks.verify(SECRET, request.headers, body)
         except webhooks.BadSignature as exc:
             return Response(str(exc), status_code=401)
-        self.posts.append((dict(request.headers), body))
+        self.arrivals += 1
         answer = self.script.pop(0) if self.script else 200
+        if answer == "slow-commit":  # a store that keeps a write only once it is answered
+            await asyncio.sleep(2)
+            if await request.is_disconnected():
+                return Response("gone", status_code=499)
+            answer = 200
+        self.posts.append((dict(request.headers), body))
         if answer == "slow":
             await asyncio.sleep(2)
             answer = 200
