@@ -18,7 +18,9 @@ from sqlalchemy import func, select
 
 from incentive import demo
 from incentive.auth.models import User
+from incentive.campaigns.models import Campaign
 from incentive.coupons.models import CouponRedemption
+from incentive.data_models.models import ArchivedRecord
 from incentive.db import Database
 from incentive.flash_sales.models import Purchase
 from incentive.join_codes.models import CampaignMerchant, JoinCode
@@ -117,6 +119,9 @@ async def test_readme_examples_run_as_pasted(
         assert await s.scalar(select(func.count()).select_from(ShareVisit)) == 1
         conversions = (await s.execute(select(ShareConversion))).scalars().all()
         assert [c.share_id for c in conversions] == [shares["merchant"].id]
+        # The data model archived one record per campaign.
+        archived = await s.scalar(select(func.count()).select_from(ArchivedRecord))
+        assert archived == await s.scalar(select(func.count()).select_from(Campaign))
         # bob signed up with alice's invite and paid: one referral, rewarded.
         referrals = (await s.execute(select(Referral))).scalars().all()
         assert [(r.state, r.via) for r in referrals] == [("rewarded", "signup")]
