@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -277,3 +277,20 @@ def get_database() -> Database:
     if _database is None:
         raise RuntimeError("database not initialised; call set_database() at start-up")
     return _database
+
+
+T = TypeVar("T")
+
+
+def per_dialect(build: Callable[[str], T]) -> Callable[[AsyncSession], T]:
+    """Decorate ``build(dialect)`` — a statement whose shape depends on the database (an
+    upsert, ``RETURNING``) — into ``statement(session)``, built once per dialect."""
+    built: dict[str, T] = {}
+
+    def for_session(session: AsyncSession) -> T:
+        dialect = session.get_bind().dialect.name
+        if dialect not in built:
+            built[dialect] = build(dialect)
+        return built[dialect]
+
+    return for_session

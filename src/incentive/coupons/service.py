@@ -37,7 +37,7 @@ from incentive.coupons.models import (
 )
 from incentive.coupons.rules import DEFAULT_VALID_DAYS, CouponTask
 from incentive.db import insert as db_insert
-from incentive.db import new_id, one_of, utcnow
+from incentive.db import new_id, one_of, per_dialect, utcnow
 from incentive.kit.codes import random_codes
 from incentive.kit.idempotency import Caller
 from incentive.kit.pagination import KeyId, KeyInt, Keyset, KeyTime, Slice
@@ -206,22 +206,20 @@ _TAKE_STOCK = (
 _COUNT_CLAIM: dict[str, Any] = {}  # by dialect: built once, run with parameters
 
 
-def _count_claim_statement(session: AsyncSession) -> Any:
-    dialect = session.get_bind().dialect.name
-    if dialect not in _COUNT_CLAIM:
-        limit = select(_B.per_customer_limit).where(_B.id == bindparam("batch")).scalar_subquery()
-        held = _HOLDINGS.c
-        _COUNT_CLAIM[dialect] = (
-            db_insert(dialect, _HOLDINGS)
-            .values(batch_id=bindparam("batch"), customer_id=bindparam("customer"), claimed=1)
-            .on_conflict_do_update(
-                index_elements=["batch_id", "customer_id"],
-                set_={"claimed": held.claimed + 1},
-                where=held.claimed < limit,
-            )
-            .returning(held.claimed)
+@per_dialect
+def _count_claim_statement(dialect: str) -> Any:
+    limit = select(_B.per_customer_limit).where(_B.id == bindparam("batch")).scalar_subquery()
+    held = _HOLDINGS.c
+    return (
+        db_insert(dialect, _HOLDINGS)
+        .values(batch_id=bindparam("batch"), customer_id=bindparam("customer"), claimed=1)
+        .on_conflict_do_update(
+            index_elements=["batch_id", "customer_id"],
+            set_={"claimed": held.claimed + 1},
+            where=held.claimed < limit,
         )
-    return _COUNT_CLAIM[dialect]
+        .returning(held.claimed)
+    )
 
 
 async def _count_claim(session: AsyncSession, batch_id: str, customer_id: str) -> bool:

@@ -47,7 +47,7 @@ from incentive.campaigns import service as campaigns
 from incentive.campaigns.kinds import CampaignFacts
 from incentive.config import live_config
 from incentive.db import insert as db_insert
-from incentive.db import new_id, utcnow
+from incentive.db import new_id, per_dialect, utcnow
 from incentive.referrals import counters
 from incentive.referrals.errors import ReferralsClosed
 from incentive.referrals.keys import MAX_REFEREES_PER_ADDRESS_HOUR
@@ -58,7 +58,6 @@ from incentive.referrals.service import ALL, by_token, day_of, referrer_subject,
 #: how far up the chain of referrers the ring check looks
 RING_DEPTH = 10
 _SIGNALS = cast(Table, ReferralSignal.__table__)
-_SIGNAL: dict[str, Any] = {}
 #: reasons that pass (a new day, a quieter hour, a referrer unblocked): checked again when
 #: the referee accepts the same invite again; any other rejection is final
 TEMPORARY = frozenset({"referrer-cap", "address-burst", "referrer-ineligible"})
@@ -81,13 +80,11 @@ class _Refused(Exception):
         self.reason = reason
 
 
-def _signal_statement(session: AsyncSession) -> Any:
-    dialect = session.get_bind().dialect.name
-    if dialect not in _SIGNAL:
-        _SIGNAL[dialect] = db_insert(dialect, _SIGNALS).on_conflict_do_nothing(
-            index_elements=["user_id", "kind", "hash"]
-        )
-    return _SIGNAL[dialect]
+@per_dialect
+def _signal_statement(dialect: str) -> Any:
+    return db_insert(dialect, _SIGNALS).on_conflict_do_nothing(
+        index_elements=["user_id", "kind", "hash"]
+    )
 
 
 async def record_signals(session: AsyncSession, user_id: str, signals: Mapping[str, str]) -> None:

@@ -12,32 +12,30 @@ from sqlalchemy import Table, bindparam
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.db import insert as db_insert
+from incentive.db import per_dialect
 from incentive.referrals.models import ReferralCount
 
 _COUNTS = cast(Table, ReferralCount.__table__)
-_STATEMENT: dict[str, Any] = {}
 
 
-def _statement(session: AsyncSession) -> Any:
-    dialect = session.get_bind().dialect.name
-    if dialect not in _STATEMENT:
-        c = _COUNTS.c
-        _STATEMENT[dialect] = (
-            db_insert(dialect, _COUNTS)
-            .values(
-                campaign_id=bindparam("campaign"),
-                subject=bindparam("subject"),
-                period=bindparam("period"),
-                n=1,
-            )
-            .on_conflict_do_update(
-                index_elements=["campaign_id", "subject", "period"],
-                set_={"n": c.n + 1},
-                where=c.n < bindparam("cap"),
-            )
-            .returning(c.n)
+@per_dialect
+def _statement(dialect: str) -> Any:
+    c = _COUNTS.c
+    return (
+        db_insert(dialect, _COUNTS)
+        .values(
+            campaign_id=bindparam("campaign"),
+            subject=bindparam("subject"),
+            period=bindparam("period"),
+            n=1,
         )
-    return _STATEMENT[dialect]
+        .on_conflict_do_update(
+            index_elements=["campaign_id", "subject", "period"],
+            set_={"n": c.n + 1},
+            where=c.n < bindparam("cap"),
+        )
+        .returning(c.n)
+    )
 
 
 async def take(

@@ -43,7 +43,7 @@ from incentive.coupons.errors import (
     CouponsExhausted,
 )
 from incentive.db import insert as db_insert
-from incentive.db import new_id, utcnow
+from incentive.db import new_id, per_dialect, utcnow
 from incentive.errors import ServiceUnavailable
 from incentive.ledger import service as ledger
 from incentive.ledger.errors import BalanceLimit, InsufficientFunds
@@ -245,17 +245,13 @@ async def uncount(session: AsyncSession, campaign: CampaignFacts, customer: str)
         )
 
 
-_INSERT_GRANT: dict[str, Any] = {}
-
-
+@per_dialect
 def _insert_grant_statement(dialect: str) -> Any:
-    if dialect not in _INSERT_GRANT:
-        _INSERT_GRANT[dialect] = (
-            db_insert(dialect, _GRANTS)
-            .on_conflict_do_nothing(index_elements=["campaign_id", "customer_id", "trigger_key"])
-            .returning(_GRANTS.c.id)
-        )
-    return _INSERT_GRANT[dialect]
+    return (
+        db_insert(dialect, _GRANTS)
+        .on_conflict_do_nothing(index_elements=["campaign_id", "customer_id", "trigger_key"])
+        .returning(_GRANTS.c.id)
+    )
 
 
 async def find_grant(
@@ -351,7 +347,7 @@ async def give(
         "created_at": now,
         "updated_at": now,
     }
-    inserted = await session.execute(_insert_grant_statement(session.get_bind().dialect.name), row)
+    inserted = await session.execute(_insert_grant_statement(session), row)
     if inserted.first() is None:
         raise Duplicate()
     metrics.GRANTS.labels(walk.item.type).inc()

@@ -43,7 +43,7 @@ from incentive.coupons import batches as coupon_batches
 from incentive.coupons import service as coupons
 from incentive.coupons.errors import BatchClosed, BatchNotFound, ClaimLimitReached, CouponsExhausted
 from incentive.db import insert as db_insert
-from incentive.db import new_id, utcnow
+from incentive.db import new_id, per_dialect, utcnow
 from incentive.errors import Forbidden
 from incentive.kit.codes import public_token
 from incentive.kit.pagination import KeyId, Keyset, KeyTime, Slice
@@ -54,10 +54,6 @@ from incentive.sharing.schemas import SharingSettingsIn
 _SHARERS = cast(Table, ShareSharer.__table__)
 _VISITS = cast(Table, ShareVisit.__table__)
 _TOUCHES = cast(Table, ShareTouch.__table__)
-_COUNT_COUPON: dict[str, Any] = {}
-_COUNT_SHARE: dict[str, Any] = {}
-_VISIT: dict[str, Any] = {}
-_TOUCH: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -130,47 +126,43 @@ def _may_share(principal: Principal, campaign: CampaignFacts) -> bool:
     return principal.role == "merchant" and campaigns.can_manage(principal, campaign)
 
 
-def _count_coupon(session: AsyncSession) -> Any:
-    dialect = session.get_bind().dialect.name
-    if dialect not in _COUNT_COUPON:
-        c = _SHARERS.c
-        _COUNT_COUPON[dialect] = (
-            db_insert(dialect, _SHARERS)
-            .values(
-                campaign_id=bindparam("campaign"),
-                sharer_id=bindparam("sharer"),
-                sharer_role=bindparam("role"),
-                shares=0,
-                coupons=1,
-            )
-            .on_conflict_do_update(
-                index_elements=["campaign_id", "sharer_id"],
-                set_={"coupons": c.coupons + 1},
-                where=c.coupons < bindparam("limit"),
-            )
-            .returning(c.coupons)
+@per_dialect
+def _count_coupon(dialect: str) -> Any:
+    c = _SHARERS.c
+    return (
+        db_insert(dialect, _SHARERS)
+        .values(
+            campaign_id=bindparam("campaign"),
+            sharer_id=bindparam("sharer"),
+            sharer_role=bindparam("role"),
+            shares=0,
+            coupons=1,
         )
-    return _COUNT_COUPON[dialect]
+        .on_conflict_do_update(
+            index_elements=["campaign_id", "sharer_id"],
+            set_={"coupons": c.coupons + 1},
+            where=c.coupons < bindparam("limit"),
+        )
+        .returning(c.coupons)
+    )
 
 
-def _count_share(session: AsyncSession) -> Any:
-    dialect = session.get_bind().dialect.name
-    if dialect not in _COUNT_SHARE:
-        c = _SHARERS.c
-        _COUNT_SHARE[dialect] = (
-            db_insert(dialect, _SHARERS)
-            .values(
-                campaign_id=bindparam("campaign"),
-                sharer_id=bindparam("sharer"),
-                sharer_role=bindparam("role"),
-                shares=1,
-                coupons=0,
-            )
-            .on_conflict_do_update(
-                index_elements=["campaign_id", "sharer_id"], set_={"shares": c.shares + 1}
-            )
+@per_dialect
+def _count_share(dialect: str) -> Any:
+    c = _SHARERS.c
+    return (
+        db_insert(dialect, _SHARERS)
+        .values(
+            campaign_id=bindparam("campaign"),
+            sharer_id=bindparam("sharer"),
+            sharer_role=bindparam("role"),
+            shares=1,
+            coupons=0,
         )
-    return _COUNT_SHARE[dialect]
+        .on_conflict_do_update(
+            index_elements=["campaign_id", "sharer_id"], set_={"shares": c.shares + 1}
+        )
+    )
 
 
 async def _sharer_coupon(
@@ -260,28 +252,24 @@ async def shares_of(
 # --------------------------------------------------------------------------- visits
 
 
-def _visit_statement(session: AsyncSession) -> Any:
-    dialect = session.get_bind().dialect.name
-    if dialect not in _VISIT:
-        _VISIT[dialect] = (
-            db_insert(dialect, _VISITS)
-            .on_conflict_do_nothing(index_elements=["share_id", "visitor", "day"])
-            .returning(_VISITS.c.share_id)
-        )
-    return _VISIT[dialect]
+@per_dialect
+def _visit_statement(dialect: str) -> Any:
+    return (
+        db_insert(dialect, _VISITS)
+        .on_conflict_do_nothing(index_elements=["share_id", "visitor", "day"])
+        .returning(_VISITS.c.share_id)
+    )
 
 
-def _touch_statement(session: AsyncSession) -> Any:
-    dialect = session.get_bind().dialect.name
-    if dialect not in _TOUCH:
-        c = _TOUCHES.c
-        stmt = db_insert(dialect, _TOUCHES)
-        _TOUCH[dialect] = stmt.on_conflict_do_update(
-            index_elements=["customer_id", "campaign_id"],
-            set_={"share_id": stmt.excluded.share_id, "visited_at": stmt.excluded.visited_at},
-            where=c.visited_at <= stmt.excluded.visited_at,
-        )
-    return _TOUCH[dialect]
+@per_dialect
+def _touch_statement(dialect: str) -> Any:
+    c = _TOUCHES.c
+    stmt = db_insert(dialect, _TOUCHES)
+    return stmt.on_conflict_do_update(
+        index_elements=["customer_id", "campaign_id"],
+        set_={"share_id": stmt.excluded.share_id, "visited_at": stmt.excluded.visited_at},
+        where=c.visited_at <= stmt.excluded.visited_at,
+    )
 
 
 async def visit(
