@@ -13,7 +13,9 @@ Contract:
   referral give one set of rewards. The outcome is ``rewarded`` (paid or held: a refund of the
   payment then follows it here) with the referral's new state, or ``refused`` with why:
   ``below-minimum``, ``not-referred``, ``already-completed``, ``before-acceptance``,
-  ``business-window-passed``, ``budget-exhausted`` (completed, nothing paid).
+  ``business-window-passed``, ``budget-exhausted`` (completed, nothing paid), or
+  ``other-merchant``: a merchant's campaign counts business done at that merchant only (as
+  rewards and sharing do), a platform campaign business anywhere.
 - The referral then is ``rewarded`` (paid at once), ``pending`` until ``release_at`` (hold
   days after the completion), or ``completed`` with reason ``budget-exhausted`` when no
   points or cash could be paid and no coupon was given.
@@ -86,6 +88,12 @@ async def complete(
     """Answer a business activity (see the contract); ``referral`` is the customer's
     winning referral here (None: not referred)."""
     rules = referral_rules(campaign)
+    if (
+        campaign.owner_type == "merchant"
+        and activity.merchant is not None
+        and activity.merchant != campaign.merchant_id
+    ):
+        return Outcome.refused("other-merchant")
     if (activity.amount_fen or 0) < rules.business.min_amount_fen:
         return Outcome.refused("below-minimum")
     if referral is None:
