@@ -1,18 +1,22 @@
 """Outside review of referral completion: cases the first tests did not cover (a merchant's
-campaign and business at another merchant, ...). Checked from the ledger and the tables."""
+campaign and business at another merchant, a refund after the hold ended, ...). Checked from
+the ledger and the tables."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from sqlalchemy import update
 
 from incentive.db import Database
+from incentive.referrals import runtime
 from incentive.referrals.models import Referral, ReferralReward
-from tests.activities.conftest import Sender, budget_left, funding_account, payment
+from tests.activities.conftest import Sender, budget_left, funding_account, payment, refund
 from tests.campaigns.conftest import RULES, World, create, walk
-from tests.referrals.conftest import H, count, referee_of
-from tests.referrals.test_complete import BUSINESS, outcome_of, partner, points, send
+from tests.referrals.conftest import H, count, funded_campaign, referee_of
+from tests.referrals.test_complete import BUSINESS, outcome_of, paid_by, partner, points, send
 
 __all__ = ["partner"]  # the fixture
 
@@ -49,5 +53,26 @@ async def test_a_merchants_campaign_is_completed_by_business_at_that_merchant_on
     here = payment("pay-a", referee.user.id, world.merchant_a, 5_000)
     done = outcome_of(await send(client, partner, here), campaign)
     assert (done["status"], done["detail"]["state"]) == ("rewarded", "rewarded")
+    assert (await points(db, world.cust), await points(db, referee)) == (100, 20)
+    assert await budget_left(db, campaign) == 1_000 - 120
+
+
+async def test_a_refund_after_the_hold_ended_does_not_void_what_the_job_has_not_paid_yet(
+    client: httpx.AsyncClient, world: World, db: Database, app: Any, partner: Sender
+) -> None:
+    campaign = await funded_campaign(client, db, world, budget=1_000, hold_days=3, **BUSINESS)
+    referee = await referee_of(client, db, app, world.cust, campaign["id"])
+    paid = paid_by(referee)
+    held = outcome_of(await send(client, partner, paid), campaign)
+    assert held["detail"]["state"] == "pending"
+    # The hold ended a minute ago; the release job has not run yet (workers down, or late).
+    async with db.unit_of_work() as s:
+        await s.execute(
+            update(Referral).values(release_at=datetime.now(UTC) - timedelta(minutes=1))
+        )
+    late = outcome_of(await send(client, partner, refund("late", paid, 5_000)), campaign)
+    assert (late["status"], late["reason"]) == ("refused", "hold-ended")
+    assert await count(db, Referral, state="pending") == 1
+    assert len(await runtime.release_due(db)) == 1
     assert (await points(db, world.cust), await points(db, referee)) == (100, 20)
     assert await budget_left(db, campaign) == 1_000 - 120

@@ -20,9 +20,11 @@ Contract:
   days after the completion), or ``completed`` with reason ``budget-exhausted`` when no
   points or cash could be paid and no coupon was given.
 - A refund of the completing payment adds to ``refunded_fen``; when what is left falls below
-  ``max(business.min_amount_fen, 1)`` and ``void_on_refund``, a ``pending`` referral becomes
-  ``voided`` (reason ``refunded``, one conditional update) and its held rewards go back to
-  the budget (outcome ``reversed``). Paid rewards are not taken back (``already-paid``).
+  ``max(business.min_amount_fen, 1)`` and ``void_on_refund``, a ``pending`` referral still in
+  its hold (``release_at`` not reached) becomes ``voided`` (reason ``refunded``, one
+  conditional update) and its held rewards go back to the budget (outcome ``reversed``). Paid
+  rewards are not taken back (``already-paid``), nor are those whose hold ended and wait for
+  the release job (``hold-ended``: how late the job runs does not decide it).
 - ``release_due`` moves each ``pending`` referral past ``release_at`` to ``rewarded`` (one
   conditional update, so a refund racing it voids it or finds it paid, never both) and pays
   it; ``expire_due`` labels accepted referrals past their window ``expired``.
@@ -168,13 +170,15 @@ async def refund(
     now = utcnow()
     voided = await session.scalar(
         update(Referral)
-        .where(Referral.id == referral_id, Referral.state == "pending")
+        .where(Referral.id == referral_id, Referral.state == "pending", Referral.release_at > now)
         .values(state="voided", reason="refunded", updated_at=now)
         .returning(Referral.id)
         .execution_options(synchronize_session=False)
     )
     if voided is None:
         state = await session.scalar(select(Referral.state).where(Referral.id == referral_id))
+        if state == "pending":
+            return Outcome.refused("hold-ended", **detail)
         return Outcome.refused("already-paid" if state == "rewarded" else f"referral-{state}")
     rows = await void(session, campaign, rules, referral_id)
     return Outcome("reversed", None, {**detail, "state": "voided", "rewards": _rewards(rows)})
