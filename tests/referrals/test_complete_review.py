@@ -1,18 +1,23 @@
 """Outside review of referral completion: cases the first tests did not cover (a merchant's
-campaign and business at another merchant, a refund after the hold ended, ...). Checked from
+campaign and business at another merchant, a refund after the hold ended,
+releases that keep failing). Checked from
 the ledger and the tables."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import update
 
 from incentive.db import Database
-from incentive.referrals import runtime
+from incentive.ledger.models import Account
+from incentive.referrals import complete, runtime
 from incentive.referrals.models import Referral, ReferralReward
+from incentive.referrals.payouts import ESCROW
 from tests.activities.conftest import Sender, budget_left, funding_account, payment, refund
 from tests.campaigns.conftest import RULES, World, create, walk
 from tests.referrals.conftest import H, count, funded_campaign, referee_of
@@ -76,3 +81,44 @@ async def test_a_refund_after_the_hold_ended_does_not_void_what_the_job_has_not_
     assert len(await runtime.release_due(db)) == 1
     assert (await points(db, world.cust), await points(db, referee)) == (100, 20)
     assert await budget_left(db, campaign) == 1_000 - 120
+
+
+async def test_releases_that_keep_failing_neither_hang_the_job_nor_block_the_others(
+    client: httpx.AsyncClient,
+    world: World,
+    db: Database,
+    app: Any,
+    partner: Sender,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(complete, "RELEASE_PAGE", 2)  # a page of 2 instead of 100
+    broken = await funded_campaign(client, db, world, budget=1_000, hold_days=1, **BUSINESS)
+    healthy = await funded_campaign(client, db, world, budget=1_000, hold_days=1, **BUSINESS)
+    stuck = [await referee_of(client, db, app, world.cust, broken["id"]) for _ in range(3)]
+    fine = await referee_of(client, db, app, world.cust, healthy["id"])
+    for referee in (*stuck, fine):
+        await send(client, partner, paid_by(referee))
+    now = datetime.now(UTC)
+    async with db.unit_of_work() as s:
+        # The broken campaign's referrals are due first; its escrow lost what it held, so
+        # every release of it fails (and rolls back) on every run.
+        await s.execute(
+            update(Referral)
+            .where(Referral.campaign_id == broken["id"])
+            .values(release_at=now - timedelta(minutes=2))
+        )
+        await s.execute(
+            update(Referral)
+            .where(Referral.campaign_id == healthy["id"])
+            .values(release_at=now - timedelta(minutes=1))
+        )
+        await s.execute(
+            update(Account)
+            .where(Account.owner_id == broken["id"], Account.name == ESCROW)
+            .values(balance=0)
+        )
+    released = await asyncio.wait_for(runtime.release_due(db), timeout=30)
+    assert len(released) == 1
+    assert await count(db, Referral, campaign_id=broken["id"], state="pending") == 3
+    assert await count(db, Referral, campaign_id=healthy["id"], state="rewarded") == 1
+    assert await points(db, fine) == 20

@@ -36,7 +36,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from incentive.campaigns import service as campaigns
@@ -184,15 +184,28 @@ async def refund(
     return Outcome("reversed", None, {**detail, "state": "voided", "rewards": _rewards(rows)})
 
 
-async def due_for_release(connection: AsyncConnection, now: datetime) -> list[str]:
-    """Up to a page of held referrals due for release (read on a reader connection)."""
-    found = await connection.scalars(
-        select(Referral.id)
-        .where(Referral.state == "pending", Referral.release_at <= now)
-        .order_by(Referral.release_at, Referral.id)
-        .limit(RELEASE_PAGE)
+async def due_for_release(
+    connection: AsyncConnection, now: datetime, after: tuple[datetime, str] | None = None
+) -> list[tuple[datetime, str]]:
+    """Up to a page of held referrals due for release, ``(release_at, id)`` in that order,
+    after ``after`` (the last of the previous page: a referral whose release failed is not
+    read again in this run, so failures cannot keep a run paging forever). Read on a reader
+    connection."""
+    stmt = select(Referral.release_at, Referral.id).where(
+        Referral.state == "pending", Referral.release_at <= now
     )
-    return list(found)
+    if after is not None:
+        at, last = after
+        stmt = stmt.where(
+            or_(
+                Referral.release_at > at,
+                and_(Referral.release_at == at, Referral.id > last),
+            )
+        )
+    found = await connection.execute(
+        stmt.order_by(Referral.release_at, Referral.id).limit(RELEASE_PAGE)
+    )
+    return [(at, referral_id) for at, referral_id in found if at is not None]
 
 
 async def release_one(session: AsyncSession, referral_id: str, now: datetime) -> bool:
