@@ -1,6 +1,7 @@
 """Outside review of referral completion: cases the first tests did not cover (a merchant's
 campaign and business at another merchant, a refund after the hold ended,
-releases that keep failing). Checked from
+releases that keep failing,
+the reason a completion gave nothing). Checked from
 the ledger and the tables."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from incentive.db import Database
 from incentive.ledger.models import Account
@@ -20,7 +21,7 @@ from incentive.referrals.models import Referral, ReferralReward
 from incentive.referrals.payouts import ESCROW
 from tests.activities.conftest import Sender, budget_left, funding_account, payment, refund
 from tests.campaigns.conftest import RULES, World, create, walk
-from tests.referrals.conftest import H, count, funded_campaign, referee_of
+from tests.referrals.conftest import H, count, customer, funded_campaign, referee_of
 from tests.referrals.test_complete import BUSINESS, outcome_of, paid_by, partner, points, send
 
 __all__ = ["partner"]  # the fixture
@@ -122,3 +123,40 @@ async def test_releases_that_keep_failing_neither_hang_the_job_nor_block_the_oth
     assert await count(db, Referral, campaign_id=broken["id"], state="pending") == 3
     assert await count(db, Referral, campaign_id=healthy["id"], state="rewarded") == 1
     assert await points(db, fine) == 20
+
+
+async def test_a_coupon_out_of_stock_is_the_stored_reason_not_the_budget(
+    client: httpx.AsyncClient, world: World, db: Database, app: Any, partner: Sender
+) -> None:
+    from tests.coupons.conftest import coupon_campaign
+
+    _, batch = await coupon_campaign(client, world, quantity=1)  # merchant A's, one coupon
+    campaign = await merchant_campaign(
+        client,
+        db,
+        world,
+        budget=1_000,
+        **BUSINESS,
+        referrer_reward_points=0,
+        referee_reward_points=0,
+        referrer_reward={"type": "coupon", "coupon_batch_id": batch},
+    )
+    first, second = [await customer(db, app) for _ in range(2)]
+    got = await referee_of(client, db, app, first, campaign["id"])
+    missed = await referee_of(client, db, app, second, campaign["id"])
+    done = outcome_of(
+        await send(client, partner, payment("p1", got.user.id, world.merchant_a, 5_000)),
+        campaign,
+    )
+    assert (done["status"], done["detail"]["state"]) == ("rewarded", "rewarded")
+    empty = outcome_of(
+        await send(client, partner, payment("p2", missed.user.id, world.merchant_a, 5_000)),
+        campaign,
+    )
+    # Nothing was given because the batch ran out; the budget was never asked.
+    assert (empty["status"], empty["reason"]) == ("refused", "out-of-stock")
+    async with db.unit_of_work() as s:
+        row = await s.scalar(select(Referral).where(Referral.referee_id == missed.user.id))
+        assert row is not None
+        assert (row.state, row.reason) == ("completed", "out-of-stock")
+    assert await budget_left(db, campaign) == 1_000

@@ -13,12 +13,13 @@ Contract:
   referral give one set of rewards. The outcome is ``rewarded`` (paid or held: a refund of the
   payment then follows it here) with the referral's new state, or ``refused`` with why:
   ``below-minimum``, ``not-referred``, ``already-completed``, ``before-acceptance``,
-  ``business-window-passed``, ``budget-exhausted`` (completed, nothing paid), or
+  ``business-window-passed``, ``budget-exhausted`` or a coupon's refusal such as
+  ``out-of-stock`` (completed, nothing paid), or
   ``other-merchant``: a merchant's campaign counts business done at that merchant only (as
   rewards and sharing do), a platform campaign business anywhere.
 - The referral then is ``rewarded`` (paid at once), ``pending`` until ``release_at`` (hold
-  days after the completion), or ``completed`` with reason ``budget-exhausted`` when no
-  points or cash could be paid and no coupon was given.
+  days after the completion), or ``completed`` when no points or cash could be paid and no
+  coupon was given, with the first payee's reason (``budget-exhausted``, ``out-of-stock``, …).
 - A refund of the completing payment adds to ``refunded_fen``; when what is left falls below
   ``max(business.min_amount_fen, 1)`` and ``void_on_refund``, a ``pending`` referral still in
   its hold (``release_at`` not reached) becomes ``voided`` (reason ``refunded``, one
@@ -127,7 +128,8 @@ async def complete(
     rows = await give(session, campaign, rules, referral, now)
     given = [r for r in rows if r.state in ("paid", "pending")]
     if not given:
-        state, reason = "completed", "budget-exhausted"
+        # Why nothing was given: the budget, or the coupon's own refusal (out-of-stock, ...).
+        state, reason = "completed", next((r.reason for r in rows if r.reason), "budget-exhausted")
     elif rules.hold_days:
         state, reason = "pending", None
     else:
@@ -138,7 +140,7 @@ async def complete(
     await session.flush()
     detail = {"referral_id": referral.id, "state": state, "rewards": _rewards(rows)}
     if not given:
-        return Outcome.refused("budget-exhausted", **detail)
+        return Outcome.refused(reason or "budget-exhausted", **detail)
     return Outcome("rewarded", None, detail)
 
 
