@@ -1,7 +1,8 @@
 """Outside review of referral completion: cases the first tests did not cover (a merchant's
 campaign and business at another merchant, a refund after the hold ended,
 releases that keep failing,
-the reason a completion gave nothing). Checked from
+the reason a completion gave nothing, batches in
+other orders). Checked from
 the ledger and the tables."""
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from incentive.referrals.models import Referral, ReferralReward
 from incentive.referrals.payouts import ESCROW
 from tests.activities.conftest import Sender, budget_left, funding_account, payment, refund
 from tests.campaigns.conftest import RULES, World, create, walk
-from tests.referrals.conftest import H, count, customer, funded_campaign, referee_of
+from tests.referrals.conftest import (
+    H,
+    count,
+    customer,
+    funded_campaign,
+    referee_of,
+    set_config,
+)
 from tests.referrals.test_complete import BUSINESS, outcome_of, paid_by, partner, points, send
 
 __all__ = ["partner"]  # the fixture
@@ -160,3 +168,29 @@ async def test_a_coupon_out_of_stock_is_the_stored_reason_not_the_budget(
         assert row is not None
         assert (row.state, row.reason) == ("completed", "out-of-stock")
     assert await budget_left(db, campaign) == 1_000
+
+
+async def test_two_batches_completing_the_same_referrals_in_other_orders_both_answer(
+    client: httpx.AsyncClient, world: World, db: Database, app: Any, partner: Sender
+) -> None:
+    # Each completion locks its referral, then the budget: two batches taking the same
+    # referrals in opposite orders deadlocked on PostgreSQL (one answered 500).
+    await set_config(db, app, "referrals.max_referees_per_address_hour", 100)
+    campaign = await funded_campaign(
+        client, db, world, budget=100_000, max_referrals_per_user=100, **BUSINESS
+    )
+    for _ in range(3):
+        referees = [await referee_of(client, db, app, world.cust, campaign["id"]) for _ in range(4)]
+        forth = [paid_by(r) for r in referees]
+        back = [paid_by(r) for r in reversed(referees)]
+        answers = await asyncio.gather(
+            *(
+                client.post(
+                    f"{H}/activities/batch", json={"activities": b}, headers=partner.headers
+                )
+                for b in (forth, back)
+            )
+        )
+        assert [a.status_code for a in answers] == [201, 201], [a.text for a in answers]
+    assert await count(db, Referral, state="rewarded") == 12
+    assert await budget_left(db, campaign) == 100_000 - 12 * 120

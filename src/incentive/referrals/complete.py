@@ -82,6 +82,20 @@ async def referred(
     return {r.referee_id: r for r in found}
 
 
+async def lock_open(session: AsyncSession, referrals: list[Referral]) -> None:
+    """Lock the open ones of a batch's ``referrals`` in id order before any is paid: each
+    completion locks its referral and then the budget, so two batches completing the same
+    referrals in other orders would otherwise deadlock (PostgreSQL; SQLite has one writer)."""
+    ids = sorted(r.id for r in referrals if r.state in OPEN)
+    if len(ids) > 1:
+        await session.execute(
+            select(Referral.id)
+            .where(one_of(session, Referral.id, ids), Referral.state.in_(OPEN))
+            .order_by(Referral.id)
+            .with_for_update()
+        )
+
+
 async def complete(
     session: AsyncSession,
     campaign: CampaignFacts,
