@@ -13,14 +13,19 @@ Contract:
   referral give one set of rewards. The outcome is ``rewarded`` (paid or held: a refund of the
   payment then follows it here) with the referral's new state, or ``refused`` with why:
   ``below-minimum``, ``not-referred``, ``already-completed``, ``before-acceptance``,
-  ``business-window-passed``, ``budget-exhausted`` (completed, nothing paid).
+  ``business-window-passed``, ``budget-exhausted`` or a coupon's refusal such as
+  ``out-of-stock`` (completed, nothing paid), or
+  ``other-merchant``: a merchant's campaign counts business done at that merchant only (as
+  rewards and sharing do), a platform campaign business anywhere.
 - The referral then is ``rewarded`` (paid at once), ``pending`` until ``release_at`` (hold
-  days after the completion), or ``completed`` with reason ``budget-exhausted`` when no
-  points or cash could be paid and no coupon was given.
+  days after the completion), or ``completed`` when no points or cash could be paid and no
+  coupon was given, with the first payee's reason (``budget-exhausted``, ``out-of-stock``, …).
 - A refund of the completing payment adds to ``refunded_fen``; when what is left falls below
-  ``max(business.min_amount_fen, 1)`` and ``void_on_refund``, a ``pending`` referral becomes
-  ``voided`` (reason ``refunded``, one conditional update) and its held rewards go back to
-  the budget (outcome ``reversed``). Paid rewards are not taken back (``already-paid``).
+  ``max(business.min_amount_fen, 1)`` and ``void_on_refund``, a ``pending`` referral still in
+  its hold (``release_at`` not reached) becomes ``voided`` (reason ``refunded``, one
+  conditional update) and its held rewards go back to the budget (outcome ``reversed``). Paid
+  rewards are not taken back (``already-paid``), nor are those whose hold ended and wait for
+  the release job (``hold-ended``: how late the job runs does not decide it).
 - ``release_due`` moves each ``pending`` referral past ``release_at`` to ``rewarded`` (one
   conditional update, so a refund racing it voids it or finds it paid, never both) and pays
   it; ``expire_due`` labels accepted referrals past their window ``expired``.
@@ -32,7 +37,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from incentive.campaigns import service as campaigns
@@ -78,6 +83,20 @@ async def referred(
     return {r.referee_id: r for r in found}
 
 
+async def lock_open(session: AsyncSession, referrals: list[Referral]) -> None:
+    """Lock the open ones of a batch's ``referrals`` in id order before any is paid: each
+    completion locks its referral and then the budget, so two batches completing the same
+    referrals in other orders would otherwise deadlock (PostgreSQL; SQLite has one writer)."""
+    ids = sorted(r.id for r in referrals if r.state in OPEN)
+    if len(ids) > 1:
+        await session.execute(
+            select(Referral.id)
+            .where(one_of(session, Referral.id, ids), Referral.state.in_(OPEN))
+            .order_by(Referral.id)
+            .with_for_update()
+        )
+
+
 async def complete(
     session: AsyncSession,
     campaign: CampaignFacts,
@@ -87,6 +106,12 @@ async def complete(
     """Answer a business activity (see the contract); ``referral`` is the customer's
     winning referral here (None: not referred)."""
     rules = referral_rules(campaign)
+    if (
+        campaign.owner_type == "merchant"
+        and activity.merchant is not None
+        and activity.merchant != campaign.merchant_id
+    ):
+        return Outcome.refused("other-merchant")
     if (activity.amount_fen or 0) < rules.business.min_amount_fen:
         return Outcome.refused("below-minimum")
     if referral is None:
@@ -118,7 +143,8 @@ async def complete(
     rows = await give(session, campaign, rules, referral, now)
     given = [r for r in rows if r.state in ("paid", "pending")]
     if not given:
-        state, reason = "completed", "budget-exhausted"
+        # Why nothing was given: the budget, or the coupon's own refusal (out-of-stock, ...).
+        state, reason = "completed", next((r.reason for r in rows if r.reason), "budget-exhausted")
     elif rules.hold_days:
         state, reason = "pending", None
     else:
@@ -129,7 +155,7 @@ async def complete(
     await session.flush()
     detail = {"referral_id": referral.id, "state": state, "rewards": _rewards(rows)}
     if not given:
-        return Outcome.refused("budget-exhausted", **detail)
+        return Outcome.refused(reason or "budget-exhausted", **detail)
     return Outcome("rewarded", None, detail)
 
 
@@ -161,27 +187,42 @@ async def refund(
     now = utcnow()
     voided = await session.scalar(
         update(Referral)
-        .where(Referral.id == referral_id, Referral.state == "pending")
+        .where(Referral.id == referral_id, Referral.state == "pending", Referral.release_at > now)
         .values(state="voided", reason="refunded", updated_at=now)
         .returning(Referral.id)
         .execution_options(synchronize_session=False)
     )
     if voided is None:
         state = await session.scalar(select(Referral.state).where(Referral.id == referral_id))
+        if state == "pending":
+            return Outcome.refused("hold-ended", **detail)
         return Outcome.refused("already-paid" if state == "rewarded" else f"referral-{state}")
     rows = await void(session, campaign, rules, referral_id)
     return Outcome("reversed", None, {**detail, "state": "voided", "rewards": _rewards(rows)})
 
 
-async def due_for_release(connection: AsyncConnection, now: datetime) -> list[str]:
-    """Up to a page of held referrals due for release (read on a reader connection)."""
-    found = await connection.scalars(
-        select(Referral.id)
-        .where(Referral.state == "pending", Referral.release_at <= now)
-        .order_by(Referral.release_at, Referral.id)
-        .limit(RELEASE_PAGE)
+async def due_for_release(
+    connection: AsyncConnection, now: datetime, after: tuple[datetime, str] | None = None
+) -> list[tuple[datetime, str]]:
+    """Up to a page of held referrals due for release, ``(release_at, id)`` in that order,
+    after ``after`` (the last of the previous page: a referral whose release failed is not
+    read again in this run, so failures cannot keep a run paging forever). Read on a reader
+    connection."""
+    stmt = select(Referral.release_at, Referral.id).where(
+        Referral.state == "pending", Referral.release_at <= now
     )
-    return list(found)
+    if after is not None:
+        at, last = after
+        stmt = stmt.where(
+            or_(
+                Referral.release_at > at,
+                and_(Referral.release_at == at, Referral.id > last),
+            )
+        )
+    found = await connection.execute(
+        stmt.order_by(Referral.release_at, Referral.id).limit(RELEASE_PAGE)
+    )
+    return [(at, referral_id) for at, referral_id in found if at is not None]
 
 
 async def release_one(session: AsyncSession, referral_id: str, now: datetime) -> bool:

@@ -64,6 +64,7 @@ class ReferralKind(CampaignKind):
     ) -> list[Outcome]:
         business = [a.customer for a in activities if _is_business(a)]
         found = await complete.referred(session, campaign.id, business)
+        await complete.lock_open(session, list(found.values()))
         answers = []
         for activity in activities:
             if _is_business(activity):

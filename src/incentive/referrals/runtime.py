@@ -60,10 +60,11 @@ async def release_due(db: Database) -> list[str]:
     its referral), and label those whose business window passed; the released ids."""
     now = utcnow()
     released: list[str] = []
+    after = None
     while True:
         async with db.reader() as session:
-            due = await complete.due_for_release(session, now)
-        for referral_id in due:
+            due = await complete.due_for_release(session, now, after)
+        for _, referral_id in due:
             try:
                 async with db.unit_of_work() as session:
                     if await complete.release_one(session, referral_id, now):
@@ -72,6 +73,7 @@ async def release_due(db: Database) -> list[str]:
                 log.exception("referral release failed", extra={"referral_id": referral_id})
         if len(due) < complete.RELEASE_PAGE:
             break
+        after = due[-1]
     async with db.unit_of_work() as session:
         expired = await complete.expire_due(session, now)
     if released or expired:
