@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import func, select
 
 from incentive.config import service as config_service
-from incentive.data_models import sync
+from incentive.data_models import mirror, sync
 from incentive.data_models.models import ArchivedRecord, Delivery, SyncPosition
 from incentive.db import Database, utcnow
 from incentive.settings import Settings
@@ -256,7 +256,7 @@ async def test_the_archive_is_mirrored_in_redis_and_again_after_redis_lost_it(
 ) -> None:
     await setup(client, world, receiver, 3)
     await backfill(db)
-    assert await sync.mirror(db, redis) == 3
+    assert await mirror.mirror(db, redis) == 3
     mirrored = {
         k.decode(): v.decode()
         for k, v in (await redis.hgetall("incentive:data-models:campaign-summary:1")).items()
@@ -267,9 +267,9 @@ async def test_the_archive_is_mirrored_in_redis_and_again_after_redis_lost_it(
         )
     assert mirrored == documents
     # Nothing new: only the last minute is looked at again (copied again, harmlessly).
-    assert await sync.mirror(db, redis) <= 3
+    assert await mirror.mirror(db, redis) <= 3
     await redis.flushdb()  # Redis restarted empty: the database is the durable copy
-    assert await sync.mirror(db, redis) == 3
+    assert await mirror.mirror(db, redis) == 3
     assert await redis.hlen("incentive:data-models:campaign-summary:1") == 3
 
 
@@ -321,3 +321,20 @@ async def test_a_record_that_changes_while_its_delivery_is_in_flight_goes_again(
     assert (await sync.deliver_due(db))["delivered"] == 1
     assert received(receiver)[made[0]["id"]][1]["title"].startswith("Changed meanwhile")
     assert {k: h for k, (h, _) in received(receiver).items()} == await archived(db)
+
+
+async def test_a_record_that_cannot_be_assembled_is_recorded_and_stops_nothing_else(
+    client: httpx.AsyncClient, world: World, db: Database, receiver: Receiver
+) -> None:
+    kind = next(f for f in FIELDS if f["key"] == "kind")
+    made = await setup(client, world, receiver, 2, [*CRM, {**kind, "target_system": "crm"}])
+    odd = await create(client, world.op, kind="reward")  # not in the strict mapping
+    assert sorted(await backfill(db)) == sorted(c["id"] for c in made)
+    r = await client.get(f"{H}/data-models/campaign-summary/failures", headers=world.op.headers)
+    [failure] = r.json()["items"]
+    assert (failure["record_key"], failure["field"], failure["rule"]) == (
+        odd["id"],
+        "kind",
+        "enum_map",
+    )
+    assert (await sync.deliver_due(db))["delivered"] == 2

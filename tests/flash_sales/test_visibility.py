@@ -223,6 +223,7 @@ NOT_CALLED_ABOVE = {
     ("POST", "/api/v1/data-models/{model_id}/targets"),
     ("POST", "/api/v1/data-models/{model_id}/targets/{target}/rebuild"),
     ("GET", "/api/v1/data-models/{model_id}/dead-letters"),
+    ("GET", "/api/v1/data-models/{model_id}/failures"),
     ("POST", "/api/v1/data-models/{model_id}/dead-letters/replay"),
     # An activity's id is its sender's own: another sender's is absent (404), tested in
     # `tests/activities/test_rebates.py::test_who_may_send_and_see_activities`.

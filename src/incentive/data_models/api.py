@@ -9,11 +9,13 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from incentive.auth.principal import Operator, PartnerOrOperator
-from incentive.data_models import service, sync
+from incentive.data_models import failures, service, sync
 from incentive.data_models.errors import DataModelExists, DataModelNotFound
 from incentive.data_models.fields import Definition
 from incentive.data_models.models import DataModel
 from incentive.data_models.schemas import (
+    AssemblyFailureOut,
+    AssemblyFailurePage,
     CountOut,
     DataModelIn,
     DataModelOut,
@@ -360,3 +362,23 @@ async def replay_dead_letters(
     return CountOut(
         count=await sync.replay(session, principal, model_id, target=target, keys=body.keys)
     )
+
+
+@router.get(
+    "/data-models/{model_id}/failures",
+    name="list_data_model_failures",
+    response_model=AssemblyFailurePage,
+    responses=problems(*FOUND),
+)
+async def list_failures(
+    model_id: ModelPath,
+    principal: Operator,
+    session: Session,
+    cursor: Cursor = None,
+    limit: Limit = DEFAULT_LIMIT,
+) -> AssemblyFailurePage:
+    """Records a sync could not assemble (a rule or a value check refused one of their
+    values), with the field, the rule and why; a record leaves the list once it assembles."""
+    await service.get(session, model_id)
+    page = await failures.listing(session, model_id, cursor=cursor, limit=limit)
+    return AssemblyFailurePage.of(page, AssemblyFailureOut.model_validate)

@@ -111,3 +111,18 @@ class SyncPosition(Base):
     position: Mapped[str | None] = mapped_column(String(500), nullable=True)
     done: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AssemblyFailure(Base):
+    """A record a sync could not assemble: the field, the rule and why (cleared when it
+    assembles again)."""
+
+    __tablename__ = "data_model_failures"
+
+    model_id: Mapped[str] = mapped_column(ForeignKey("data_models.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    record_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    field: Mapped[str] = mapped_column(String(64))
+    rule: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(String(500))
+    failed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive import domains, events
-from incentive.data_models import sync
+from incentive.data_models import mirror, sync
 from incentive.data_models.keys import DELIVER_EVERY_SECONDS
 from incentive.data_models.models import DataModel
 from incentive.domains import WorkerJob
@@ -50,7 +50,7 @@ async def _deliver(app: FastAPI) -> None:
 
 async def _mirror(app: FastAPI) -> None:
     if app.state.redis is not None:  # the production deployment keeps the archive there too
-        await sync.mirror(app.state.db, app.state.redis)
+        await mirror.mirror(app.state.db, app.state.redis)
 
 
 async def stop(app: FastAPI) -> None:

@@ -154,3 +154,18 @@ class ReplayIn(BaseModel):
 
 class CountOut(BaseModel):
     count: int
+
+
+class AssemblyFailureOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    record_key: str
+    version: int
+    field: str = Field(description="the source field whose rule (or value check) failed")
+    rule: str
+    detail: str
+    failed_at: datetime
+
+
+class AssemblyFailurePage(Page[AssemblyFailureOut]):
+    pass

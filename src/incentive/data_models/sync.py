@@ -33,12 +33,13 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar, cast
 
 from pydantic import SecretStr, TypeAdapter
-from sqlalchemy import Table, literal, select, tuple_, update
+from sqlalchemy import Table, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.auth.audit import record_audit
 from incentive.auth.principal import Principal
 from incentive.config import live_config
+from incentive.data_models import failures
 from incentive.data_models.chain import Work
 from incentive.data_models.errors import DataModelNotFound
 from incentive.data_models.keys import DELIVERY_ATTEMPTS, DELIVERY_LEASE_SECONDS
@@ -171,7 +172,8 @@ async def want(
 
 
 class HandOff:
-    """The chain's hand-off: the records the archive wrote become pending deliveries."""
+    """The chain's hand-off: the records the archive wrote become pending deliveries; the
+    records that failed are recorded (field, rule, why), those that assembled are cleared."""
 
     name: ClassVar[str] = "hand_off"
 
@@ -182,6 +184,7 @@ class HandOff:
         changed = set(work.changed)
         records = [(r.key, r.version, r.hash, r.systems) for r in work.records if r.key in changed]
         await want(session, self.targets, work.model_id, records)
+        await failures.record(session, work)
 
 
 # --------------------------------------------------------------------------- delivery
@@ -447,43 +450,3 @@ async def delivery_counts(session: AsyncSession, model_id: str) -> dict[str, dic
     for target_id, state, n in rows:
         found.setdefault(target_id, {})[state] = int(n)
     return found
-
-
-# --------------------------------------------------------------------------- Redis mirror
-
-#: the archive's mirror in Redis (production deployment): a hash per model version, field =
-#: record key, value = the canonical JSON; the watermark says how far it is copied
-MIRROR = "incentive:data-models:{model}:{version}"
-MIRROR_MARK = "incentive:data-models:mirrored"
-MIRROR_PAGE = 1000
-MIRROR_SLACK = timedelta(minutes=1)
-
-
-async def mirror(db: Database, redis: Any) -> int:
-    """Copy the archive rows written since the last copy (less ``MIRROR_SLACK``: a
-    transaction that committed late with an earlier time) into Redis; how many. The database
-    stays the durable copy: a Redis that restarted empty lost the watermark too, so all of it
-    is copied again."""
-    raw = await redis.get(MIRROR_MARK)
-    since = datetime.fromisoformat(raw.decode()) - MIRROR_SLACK if raw else None
-    a = cast(Table, ArchivedRecord.__table__).c
-    order = (a.archived_at, a.model_id, a.version, a.record_key)
-    after: tuple[Any, ...] | None = None
-    copied = 0
-    while True:
-        stmt = select(*order, a.document).order_by(*order).limit(MIRROR_PAGE)
-        if since is not None:
-            stmt = stmt.where(a.archived_at >= since)
-        if after is not None:
-            stmt = stmt.where(tuple_(*order) > tuple_(*(literal(v) for v in after)))
-        async with db.reader() as connection:
-            rows = (await connection.execute(stmt)).all()
-        if not rows:
-            return copied
-        async with redis.pipeline(transaction=False) as pipe:
-            for _, model_id, version, record_key, document in rows:
-                pipe.hset(MIRROR.format(model=model_id, version=version), record_key, document)
-            pipe.set(MIRROR_MARK, rows[-1][0].isoformat())
-            await pipe.execute()
-        copied += len(rows)
-        after = tuple(rows[-1][:4])

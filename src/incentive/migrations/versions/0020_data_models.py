@@ -132,9 +132,28 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("model_id", name=op.f("pk_data_model_positions")),
     )
+    op.create_table(
+        "data_model_failures",
+        sa.Column("model_id", sa.String(length=64), nullable=False),
+        sa.Column("version", sa.BigInteger(), nullable=False),
+        sa.Column("record_key", sa.String(length=128), nullable=False),
+        sa.Column("field", sa.String(length=64), nullable=False),
+        sa.Column("rule", sa.String(length=32), nullable=False),
+        sa.Column("detail", sa.String(length=500), nullable=False),
+        sa.Column("failed_at", incentive.db.UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["model_id"],
+            ["data_models.id"],
+            name=op.f("fk_data_model_failures_model_id_data_models"),
+        ),
+        sa.PrimaryKeyConstraint(
+            "model_id", "version", "record_key", name=op.f("pk_data_model_failures")
+        ),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("data_model_failures")
     op.drop_table("data_model_positions")
     with op.batch_alter_table("data_model_deliveries", schema=None) as batch_op:
         batch_op.drop_index("ix_data_model_deliveries_model_state")
