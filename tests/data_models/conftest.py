@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
 import uvicorn
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from incentive.kit import webhooks
+from incentive.kit.pgadmin import drop_database, recreate_database
 from incentive.settings import Settings
 from tests.activities.conftest import sender as sender  # noqa: F401  (fixture)
 from tests.campaigns.conftest import world as world  # noqa: F401  (fixture)
@@ -87,3 +91,52 @@ def worker_env(settings: Settings, database_url: str) -> dict[str, str]:
         "INCENTIVE_DEMO_DATA": "false",
         "INCENTIVE_LOG_LEVEL": "ERROR",
     }
+
+
+PG_URL = os.environ.get("INCENTIVE_TEST_DATABASE_URL")
+MARIADB_URL = os.environ.get("INCENTIVE_TEST_MARIADB_URL")
+
+
+def _own_name(url: str) -> str:
+    return f"{make_url(url).database or 'incentive'}_target_t{os.getpid()}"
+
+
+def _admin_url(url: str) -> str:
+    return make_url(url)._replace(database=None).render_as_string(hide_password=False)
+
+
+async def _mariadb(url: str, sql: str) -> None:
+    engine = create_async_engine(_admin_url(url))
+    try:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(sql)
+    finally:
+        await engine.dispose()
+
+
+def target_servers() -> list[str]:
+    """The SQL target servers this run has: PostgreSQL on its run, MariaDB when its URL is set."""
+    return [kind for kind, url in (("postgresql", PG_URL), ("mariadb", MARIADB_URL)) if url]
+
+
+@contextmanager
+def target_database(kind: str) -> Iterator[str]:
+    """A database of its own on a target server (``postgresql`` or ``mariadb``), dropped at
+    the end; skipped when this run has no such server, failed when it is unreachable."""
+    if kind == "postgresql":
+        if not PG_URL:
+            pytest.skip("PostgreSQL run only (INCENTIVE_TEST_DATABASE_URL)")
+        name = _own_name(PG_URL)
+        yield asyncio.run(recreate_database(PG_URL, name))
+        asyncio.run(drop_database(PG_URL, name))
+        return
+    if not MARIADB_URL:
+        pytest.skip("set INCENTIVE_TEST_MARIADB_URL")
+    name = _own_name(MARIADB_URL)
+    try:
+        asyncio.run(_mariadb(MARIADB_URL, f"CREATE OR REPLACE DATABASE {name}"))
+    except Exception as exc:  # unreachable MariaDB fails the run, never skips it
+        shown = make_url(MARIADB_URL).render_as_string(hide_password=True)
+        pytest.fail(f"MariaDB unreachable at {shown}: {exc}")
+    yield make_url(MARIADB_URL).set(database=name).render_as_string(hide_password=False)
+    asyncio.run(_mariadb(MARIADB_URL, f"DROP DATABASE IF EXISTS {name}"))

@@ -9,12 +9,15 @@ import asyncio
 import json
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import ExitStack
 from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Column, MetaData, String, Table, Text, func, select
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from incentive.config import service as config_service
 from incentive.data_models import mirror, sync
@@ -22,7 +25,7 @@ from incentive.data_models.models import ArchivedRecord, Delivery, SyncPosition
 from incentive.db import Database, utcnow
 from incentive.settings import Settings
 from tests.campaigns.conftest import World, create
-from tests.data_models.conftest import SECRET, Receiver
+from tests.data_models.conftest import SECRET, Receiver, target_database, target_servers
 from tests.data_models.test_registry import FIELDS, model_body
 
 H = "/api/v1"
@@ -36,6 +39,23 @@ def settings(settings: Settings) -> Settings:
 
 
 CRM = [f for f in FIELDS if f["target_system"] == "crm"]
+CRM_TABLE = Table(
+    "crm_campaigns",
+    MetaData(),
+    Column("record_key", String(128), primary_key=True),
+    Column("record_hash", String(64)),
+    Column("campaign_id", String(64)),
+    Column("title", Text),
+    Column("start_date", String(10)),
+)
+
+
+@pytest.fixture
+def sql_stores() -> Iterator[list[str]]:
+    """A database of its own on each SQL target server this run has (PostgreSQL on its run,
+    MariaDB when INCENTIVE_TEST_MARIADB_URL is set): the crash test syncs to every one."""
+    with ExitStack() as stack:
+        yield [stack.enter_context(target_database(kind)) for kind in target_servers()]
 
 
 async def setup(
@@ -211,8 +231,22 @@ async def test_a_worker_killed_mid_delivery_resumes_and_every_record_lands_once(
     receiver: Receiver,
     worker_env: dict[str, str],
     settings: Settings,
+    sql_stores: list[str],
 ) -> None:
     made = await setup(client, world, receiver, 12)
+    for i, url in enumerate(sql_stores):
+        engine = create_async_engine(url)
+        async with engine.begin() as conn:
+            await conn.run_sync(CRM_TABLE.create)
+        await engine.dispose()
+        config = {"kind": "sql", "url": url, "table": "crm_campaigns", "hash_column": "record_hash"}
+        r = await client.post(
+            f"{H}/data-models/campaign-summary/targets",
+            json={"name": f"crm-sql-{i}", "system": "crm", "config": config},
+            headers=world.op.headers,
+        )
+        assert r.status_code == 201, r.text
+    wanted = 12 * (1 + len(sql_stores))
     await set_config(db, app, "data_models.delivery_lease_seconds", 2)
     await set_config(db, app, "data_models.deliver_every_seconds", 0.2)
     # The backfill by the command: every record archived once, its position kept to the end.
@@ -234,12 +268,12 @@ async def test_a_worker_killed_mid_delivery_resumes_and_every_record_lands_once(
     await _until(posted)
     worker.send_signal(signal.SIGKILL)
     await worker.wait()
-    assert (await ledger(db)).get("delivered", 0) < 12
+    assert (await ledger(db)).get("delivered", 0) < wanted
     again = await _cli(worker_env, "worker")
     try:
 
         async def all_delivered() -> bool:
-            return await ledger(db) == {"delivered": 12}
+            return await ledger(db) == {"delivered": wanted}
 
         await _until(all_delivered)
     finally:
@@ -249,6 +283,13 @@ async def test_a_worker_killed_mid_delivery_resumes_and_every_record_lands_once(
     held = received(receiver)
     assert sorted(held) == sorted(c["id"] for c in made)
     assert {k: h for k, (h, _) in held.items()} == await archived(db)
+    # Every SQL target holds each record once, with the archive's hash.
+    for url in sql_stores:
+        engine = create_async_engine(url)
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(CRM_TABLE))).mappings().all()
+        await engine.dispose()
+        assert {r["record_key"]: r["record_hash"] for r in rows} == await archived(db)
 
 
 async def test_the_archive_is_mirrored_in_redis_and_again_after_redis_lost_it(

@@ -6,7 +6,6 @@ unreachable fails the test. Every assertion reads the store back."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -30,7 +29,6 @@ from sqlalchemy import (
     func,
     select,
 )
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from incentive.data_models.records import (
@@ -48,8 +46,7 @@ from incentive.data_models.targets import (
     WebhookTarget,
     writer_for,
 )
-from incentive.kit.pgadmin import drop_database, recreate_database
-from tests.data_models.conftest import SECRET, Receiver
+from tests.data_models.conftest import SECRET, Receiver, target_database
 from tests.servers import free_port
 
 PG_URL = os.environ.get("INCENTIVE_TEST_DATABASE_URL")
@@ -121,43 +118,11 @@ def test_configs_are_told_apart_by_kind_and_refuse_bad_fields_by_name() -> None:
 # --------------------------------------------------------------------------- SQL targets
 
 
-def _own_name(url: str) -> str:
-    return f"{make_url(url).database or 'incentive'}_target_t{os.getpid()}"
-
-
-def _admin_url(url: str) -> str:
-    return make_url(url)._replace(database=None).render_as_string(hide_password=False)
-
-
-async def _mariadb(url: str, sql: str) -> None:
-    engine = create_async_engine(_admin_url(url))
-    try:
-        async with engine.begin() as conn:
-            await conn.exec_driver_sql(sql)
-    finally:
-        await engine.dispose()
-
-
 @pytest.fixture(scope="module", params=["postgresql", "mariadb"])
 def sql_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A database of its own on the target server, dropped at the end."""
-    if request.param == "postgresql":
-        if not PG_URL:
-            pytest.skip("PostgreSQL run only (INCENTIVE_TEST_DATABASE_URL)")
-        name = _own_name(PG_URL)
-        yield asyncio.run(recreate_database(PG_URL, name))
-        asyncio.run(drop_database(PG_URL, name))
-        return
-    if not MARIADB_URL:
-        pytest.skip("set INCENTIVE_TEST_MARIADB_URL")
-    name = _own_name(MARIADB_URL)
-    try:
-        asyncio.run(_mariadb(MARIADB_URL, f"CREATE OR REPLACE DATABASE {name}"))
-    except Exception as exc:  # unreachable MariaDB fails the run, never skips it
-        shown = make_url(MARIADB_URL).render_as_string(hide_password=True)
-        pytest.fail(f"MariaDB unreachable at {shown}: {exc}")
-    yield make_url(MARIADB_URL).set(database=name).render_as_string(hide_password=False)
-    asyncio.run(_mariadb(MARIADB_URL, f"DROP DATABASE IF EXISTS {name}"))
+    with target_database(request.param) as url:
+        yield url
 
 
 TABLE = Table(
