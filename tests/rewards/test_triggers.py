@@ -106,3 +106,89 @@ async def test_an_activity_type_the_campaign_does_not_list_gives_nothing(
     assert [o for o in answer["outcomes"] if o["campaign_id"] == campaign["id"]] == []
     assert await grants_of(db, campaign["id"]) == []
     assert await left(client, world.op.headers, campaign["id"]) == {"welcome": 10}
+
+
+def activity(id: str, type: str, customer: str, **attributes: Any) -> dict[str, Any]:
+    return {
+        "id": id,
+        "type": type,
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "customer": customer,
+        "attributes": attributes,
+    }
+
+
+async def test_a_completed_task_and_a_custom_activity_reward_a_campaign_listing_them(
+    client: httpx.AsyncClient, db: Database, world: World, app: Any, sender: Sender
+) -> None:
+    """A reward campaign's rules name no task: any completed task of the customer (with a
+    ``task_code`` or without) gives the reward, as does any custom activity."""
+    listening = await reward_campaign(
+        client,
+        db,
+        world,
+        [option("done", amount=30, stock=10)],
+        triggers=["task_completed", "custom"],
+        per_user_limit=2,
+    )
+    signup_only = await reward_campaign(
+        client, db, world, [option("welcome", stock=10)], triggers=["signup"]
+    )
+    cid, other = listening["id"], signup_only["id"]
+    alice, bob = await customers(db, app, 2)
+
+    task = await send(client, sender, activity("t-1", "task_completed", alice.user.id))
+    got = outcome(task, cid)
+    assert (got["status"], got["reason"]) == ("rewarded", None)
+    assert (got["detail"]["reward"], got["detail"]["user_type"]) == ("done", "first_time")
+    coded = await send(
+        client, sender, activity("t-2", "task_completed", bob.user.id, task_code="survey")
+    )
+    assert outcome(coded, cid)["status"] == "rewarded"
+    made = await send(client, sender, activity("c-1", "custom", alice.user.id))
+    custom = outcome(made, cid)
+    assert (custom["status"], custom["detail"]["user_type"]) == ("rewarded", "returning")
+    # The campaign's limit (2) still counts: alice's third activity is refused.
+    third = outcome(await send(client, sender, activity("c-2", "custom", alice.user.id)), cid)
+    assert (third["status"], third["reason"]) == ("refused", "limit-reached")
+
+    by_key = {g.trigger_key: g for g in await grants_of(db, cid)}
+    assert len(by_key) == 3
+    assert {g.customer_id for g in by_key.values()} == {alice.user.id, bob.user.id}
+    assert {got["detail"]["grant_id"], custom["detail"]["grant_id"]} <= {
+        g.id for g in by_key.values()
+    }
+    assert all(k.startswith("activity:") for k in by_key)
+    assert await balance(db, "user", alice.user.id) == 60
+    assert await balance(db, "user", bob.user.id) == 30
+    assert await left(client, world.op.headers, cid) == {"done": 7}
+    # The campaign listening to signup only answers none of them and gives nothing.
+    for answer in (task, coded, made):
+        assert [o for o in answer["outcomes"] if o["campaign_id"] == other] == []
+    assert await grants_of(db, other) == []
+    assert await balance(db, "campaign", other) == 1_000_000
+    assert await left(client, world.op.headers, other) == {"welcome": 10}
+    assert await outcome_rows(db) == 4  # one per (activity, listening campaign)
+
+
+async def test_a_signup_only_campaign_answers_nothing_to_tasks_and_custom_activities(
+    client: httpx.AsyncClient, db: Database, world: World, sender: Sender
+) -> None:
+    campaign = await reward_campaign(
+        client, db, world, [option("welcome", stock=10)], triggers=["signup"]
+    )
+    cid, customer = campaign["id"], world.cust.user.id
+    for body in (
+        activity("t-1", "task_completed", customer, task_code="survey"),
+        activity("t-2", "task_completed", customer),
+        activity("c-1", "custom", customer, name="visited"),
+    ):
+        answer = await send(client, sender, body)
+        assert [o for o in answer["outcomes"] if o["campaign_id"] == cid] == []
+    assert await grants_of(db, cid) == []
+    assert await outcome_rows(db) == 0
+    assert await balance(db, "user", customer) == 0
+    assert await left(client, world.op.headers, cid) == {"welcome": 10}
+    # Its own trigger still rewards.
+    joined = outcome(await send(client, sender, signup("s-1", customer)), cid)
+    assert joined["status"] == "rewarded"
