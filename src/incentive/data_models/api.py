@@ -3,7 +3,7 @@ version, audited); operators and the partners a model lists read its records by 
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
@@ -201,6 +201,11 @@ async def list_records(
     model = await service.readable(session, principal, model_id)
     if since is not None and since.tzinfo is None:
         raise InvalidField("since", "time-zone", "since: give a time zone (e.g. Z)")
+    if since is not None:
+        try:
+            since = since.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00+14:00 has no UTC instant
+            raise InvalidField("since", "range", "since: out of range in UTC") from None
     found = await service.assemble(
         session,
         model,
