@@ -171,17 +171,44 @@ async def want(
 
 
 class HandOff:
-    """The chain's hand-off: the records the archive wrote become pending deliveries."""
+    """The chain's hand-off: the records the archive wrote become pending deliveries. With
+    ``every`` (a backfill of one target), every record the target does not hold yet as it
+    is now: one archived before the target was registered has not changed, but is wanted."""
 
     name: ClassVar[str] = "hand_off"
 
-    def __init__(self, targets: Sequence[DataTarget]) -> None:
+    def __init__(self, targets: Sequence[DataTarget], *, every: bool = False) -> None:
         self.targets = targets
+        self.every = every
 
     async def __call__(self, session: AsyncSession, work: Work) -> None:
         changed = set(work.changed)
-        records = [(r.key, r.version, r.hash, r.systems) for r in work.records if r.key in changed]
-        await want(session, self.targets, work.model_id, records)
+        records = [
+            (r.key, r.version, r.hash, r.systems)
+            for r in work.records
+            if self.every or r.key in changed
+        ]
+        if not self.every:
+            await want(session, self.targets, work.model_id, records)
+            return
+        for target in self.targets:
+            held = await _held(session, target, [r[0] for r in records])
+            fresh = [r for r in records if held.get(r[0]) != r[2]]
+            await want(session, [target], work.model_id, fresh)
+
+
+async def _held(session: AsyncSession, target: DataTarget, keys: Sequence[str]) -> dict[str, str]:
+    """The hash each of ``keys`` was delivered with to ``target`` and still is."""
+    if not keys:
+        return {}
+    rows = await session.execute(
+        select(Delivery.record_key, Delivery.hash).where(
+            Delivery.target_id == target.id,
+            Delivery.state == "delivered",
+            one_of(session, Delivery.record_key, list(keys)),
+        )
+    )
+    return dict(rows.all())
 
 
 # --------------------------------------------------------------------------- delivery
@@ -266,9 +293,12 @@ async def deliver_due(db: Database, now: datetime | None = None) -> dict[str, in
         }
         documents = await _documents(session, claimed)
     outcome: dict[tuple[str, str], tuple[str, str | None]] = {}
-    for target_id in sorted({d.target_id for d in claimed}):
+    # One write per target and model version: a write carries one version's rows (a
+    # webhook's body names it), and a model changed while deliveries of its old version
+    # were pending has both in the ledger.
+    for target_id, version in sorted({(d.target_id, d.version) for d in claimed}):
         target = targets[target_id]
-        group = [d for d in claimed if d.target_id == target_id]
+        group = [d for d in claimed if (d.target_id, d.version) == (target_id, version)]
         rows = []
         for d in group:
             doc = documents.get((d.model_id, d.version, d.record_key))
@@ -412,7 +442,10 @@ async def sync_rows(
     definition = service.definition_of(await service.version_of(session, model_id, model.version))
     targets = [only] if only is not None else await targets_of(session, model_id)
     work = Work(model_id, model.version, definition, rows)
-    handlers = [*chain.chain_for(definition, archive=True), HandOff(targets)]
+    handlers = [
+        *chain.chain_for(definition, archive=True),
+        HandOff(targets, every=only is not None),
+    ]
     return await chain.run(session, handlers, work)
 
 
