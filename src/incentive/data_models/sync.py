@@ -7,7 +7,7 @@ Contract:
 - **Hand-off** (the last handler of a syncing chain): each record the archive wrote goes into
   the **delivery ledger** of every enabled target of its system as ``pending`` (one row per
   (target, record): the hash wanted there). A record that changes before it was delivered
-  just wants the newer hash.
+  just wants the newer hash (once the worker writing the older one, if any, is done).
 - **Delivery** (the ``data_models.deliver`` worker job, or ``deliver_due``): due pending rows
   are claimed with a lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), grouped per target,
   their archived documents written with the target's writer (an upsert on the key), then
@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar, cast
 
 from pydantic import SecretStr, TypeAdapter
-from sqlalchemy import Table, select, tuple_, update
+from sqlalchemy import Table, case, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.auth.audit import record_audit
@@ -125,6 +125,11 @@ async def target_named(session: AsyncSession, model_id: str, name: str) -> DataT
 
 def _want(rows: list[dict[str, Any]], session: AsyncSession) -> Any:
     stmt = db_insert(session.get_bind().dialect.name, _DELIVERIES)
+    held = _DELIVERIES.c
+    # A pending row due later is leased (a worker is writing its older hash now) or backing
+    # off: it keeps its time, so no second worker writes the newer hash beside the older
+    # one (which could land last); the lease holder makes it due when it is done (_record).
+    later = (held.state == "pending") & (held.next_attempt_at > stmt.excluded.next_attempt_at)
     return stmt.on_conflict_do_update(
         index_elements=["target_id", "record_key"],
         set_={
@@ -133,7 +138,9 @@ def _want(rows: list[dict[str, Any]], session: AsyncSession) -> Any:
             "hash": stmt.excluded.hash,
             "state": "pending",
             "attempts": 0,
-            "next_attempt_at": stmt.excluded.next_attempt_at,
+            "next_attempt_at": case(
+                (later, held.next_attempt_at), else_=stmt.excluded.next_attempt_at
+            ),
             "last_error": None,
             "updated_at": stmt.excluded.updated_at,
         },
@@ -344,10 +351,23 @@ async def _record(
             else:
                 values = {"next_attempt_at": now + _backoff(d.attempts + 1)}
                 counts["retried"] += 1
-            await session.execute(
+            done = await session.execute(
                 update(Delivery)
                 .where(same)
                 .values(attempts=d.attempts + 1, last_error=error, updated_at=now, **values)
+            )
+            if getattr(done, "rowcount", 1):
+                continue
+            # Changed while we wrote it (kept waiting on our lease, see _want): due now.
+            await session.execute(
+                update(Delivery)
+                .where(
+                    mine,
+                    Delivery.state == "pending",
+                    Delivery.hash != d.hash,
+                    Delivery.next_attempt_at == d.next_attempt_at,
+                )
+                .values(next_attempt_at=now, updated_at=now)
             )
     return counts
 
@@ -469,8 +489,6 @@ async def backfill_page(
 
 async def delivery_counts(session: AsyncSession, model_id: str) -> dict[str, dict[str, int]]:
     """Records by delivery state, per target id."""
-    from sqlalchemy import func
-
     rows = await session.execute(
         select(Delivery.target_id, Delivery.state, func.count())
         .where(Delivery.model_id == model_id)
