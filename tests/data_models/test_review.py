@@ -5,25 +5,34 @@ URL's query, an impossible port)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from incentive.auth.models import AuditEntry
 from incentive.data_models import sync
 from incentive.data_models.models import ArchivedRecord, Delivery
 from incentive.data_models.targets import TargetConfig
 from incentive.db import Database
+from incentive.kit import webhooks
 from incentive.kit.sources import get_source
 from incentive.settings import Settings
 from tests.campaigns.conftest import World, create
 from tests.data_models.conftest import SECRET, Receiver
 from tests.data_models.test_registry import model_body
 from tests.data_models.test_sync import CRM, backfill, received, setup
+from tests.servers import free_port
 
 H = "/api/v1"
 
@@ -168,3 +177,71 @@ def test_a_target_url_with_an_impossible_port_is_refused() -> None:
     ):
         with pytest.raises(ValidationError, match="url"):
             adapter.validate_python(config)
+
+
+class LateStore:
+    """A webhook receiver that upserts on the key when it answers; its first write is slow (a
+    store committing late), so an older write in flight lands after a newer one."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.held: dict[str, str] = {}
+        self.first = asyncio.Event()
+        self.calls = 0
+
+    async def endpoint(self, request: Request) -> Response:
+        body = await request.body()
+        webhooks.verify(SECRET, request.headers, body)
+        self.calls += 1
+        if self.calls == 1:
+            self.first.set()
+            await asyncio.sleep(2)
+        for record in json.loads(body)["records"]:
+            self.held[record["key"]] = record["hash"]
+        return Response("")
+
+
+@pytest.fixture
+async def late_store() -> AsyncIterator[LateStore]:
+    store = LateStore()
+    port = free_port()
+    app = Starlette(routes=[Route("/hook", store.endpoint, methods=["POST"])])
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no startup event
+        await asyncio.sleep(0.01)
+    store.url = f"http://127.0.0.1:{port}/hook"
+    yield store
+    server.should_exit = True
+    await asyncio.wait_for(task, 10)
+
+
+async def test_a_record_changed_while_its_delivery_is_in_flight_ends_as_archived(
+    client: httpx.AsyncClient, world: World, db: Database, late_store: LateStore
+) -> None:
+    (made,) = await setup(client, world, late_store, 1)  # type: ignore[arg-type]
+    await backfill(db)
+    first = asyncio.create_task(sync.deliver_due(db))  # a worker writes hash 1, slowly
+    await asyncio.wait_for(late_store.first.wait(), 10)
+    r = await client.patch(
+        f"{H}/campaigns/{made['id']}",
+        json={"name": "Renamed", "version": made["version"]},
+        headers=world.ma.headers,
+    )
+    assert r.status_code == 200, r.text
+    async with db.unit_of_work() as s:  # the outbox subscriber's re-sync: hash 2 wanted
+        rows = await get_source("campaign").by_keys(s, [made["id"]])
+        await sync.sync_rows(s, "campaign-summary", rows)
+    await sync.deliver_due(db)  # a second worker, meanwhile
+    await first
+    while (await sync.deliver_due(db))["delivered"]:
+        pass
+    async with db.unit_of_work() as s:
+        wanted = await s.scalar(
+            select(ArchivedRecord.hash).where(ArchivedRecord.record_key == made["id"])
+        )
+        ledger = (await s.execute(select(Delivery.state, Delivery.delivered_hash))).one()
+    assert late_store.held[made["id"]] == wanted
+    assert tuple(ledger) == ("delivered", wanted)
