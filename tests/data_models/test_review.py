@@ -22,9 +22,9 @@ from starlette.routing import Route
 
 from incentive.auth.models import AuditEntry
 from incentive.data_models import sync
-from incentive.data_models.models import ArchivedRecord, Delivery
+from incentive.data_models.models import ArchivedRecord, DataTarget, Delivery
 from incentive.data_models.targets import TargetConfig
-from incentive.db import Database
+from incentive.db import Database, new_id, utcnow
 from incentive.kit import webhooks
 from incentive.kit.sources import get_source
 from incentive.settings import Settings
@@ -245,3 +245,38 @@ async def test_a_record_changed_while_its_delivery_is_in_flight_ends_as_archived
         ledger = (await s.execute(select(Delivery.state, Delivery.delivered_hash))).one()
     assert late_store.held[made["id"]] == wanted
     assert tuple(ledger) == ("delivered", wanted)
+
+
+async def test_a_stored_target_a_newer_check_refuses_is_listed_and_dead_lettered(
+    client: httpx.AsyncClient, world: World, db: Database
+) -> None:
+    """A target registered before its config failed a check (a port beyond 65535 was taken
+    once): listing the targets is no 500, its deliveries are refusals, no credential shown."""
+    await create(client, world.ma)
+    r = await client.post(f"{H}/data-models", json=model_body(), headers=world.op.headers)
+    assert r.status_code == 201, r.text
+    async with db.unit_of_work() as s:
+        now = utcnow()
+        s.add(
+            DataTarget(
+                id=new_id(),
+                model_id="campaign-summary",
+                name="old",
+                system="crm",
+                config={"kind": "redis", "url": "redis://u:hunter2@h:99999/0", "prefix": "p",
+                        "mode": "hash", "stream_maxlen": None},
+                enabled=True,
+                created_at=now,
+                updated_at=now,
+            )
+        )  # fmt: skip
+    await backfill(db)
+    assert (await sync.deliver_due(db))["dead"] == 1
+    r = await client.get(f"{H}/data-models/campaign-summary/targets", headers=world.op.headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["targets"][0]["kind"] == "redis"
+    r2 = await client.get(
+        f"{H}/data-models/campaign-summary/dead-letters", headers=world.op.headers
+    )
+    assert "not valid now" in r2.json()["items"][0]["last_error"]
+    assert "hunter2" not in r.text + r2.text

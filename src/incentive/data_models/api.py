@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
+from pydantic import ValidationError
 
 from incentive.auth.principal import Operator, PartnerOrOperator
 from incentive.data_models import service, sync
@@ -244,13 +245,18 @@ async def _targets(session: Session, model_id: str) -> list[TargetOut]:
     counts = await sync.delivery_counts(session, model_id)
     shaped = []
     for t in await sync.targets_of(session, model_id):
-        config = sync.config_of(t)
+        try:
+            config = sync.config_of(t)
+            kind, where = config.kind, config.redacted()
+        except ValidationError as exc:  # stored before a check it fails was added
+            kind = str(t.config.get("kind", "?"))
+            where = f"(not valid now: {exc.errors()[0]['msg']})"[:300]
         shaped.append(
             TargetOut(
                 name=t.name,
                 system=t.system,
-                kind=config.kind,
-                where=config.redacted(),
+                kind=kind,
+                where=where,
                 enabled=t.enabled,
                 deliveries=counts.get(t.id, {}),
                 created_at=t.created_at,

@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, cast
 
-from pydantic import SecretStr, TypeAdapter
+from pydantic import SecretStr, TypeAdapter, ValidationError
 from sqlalchemy import Table, case, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -49,6 +49,7 @@ from incentive.db import Database, new_id, one_of, utcnow
 from incentive.db import insert as db_insert
 from incentive.errors import InvalidField
 from incentive.kit.pagination import KeyId, Keyset, Slice
+from incentive.kit.sources import get_source
 
 log = logging.getLogger(__name__)
 CLAIM = 200
@@ -126,9 +127,8 @@ async def target_named(session: AsyncSession, model_id: str, name: str) -> DataT
 def _want(rows: list[dict[str, Any]], session: AsyncSession) -> Any:
     stmt = db_insert(session.get_bind().dialect.name, _DELIVERIES)
     held = _DELIVERIES.c
-    # A pending row due later is leased (a worker is writing its older hash now) or backing
-    # off: it keeps its time, so no second worker writes the newer hash beside the older
-    # one (which could land last); the lease holder makes it due when it is done (_record).
+    # A pending row due later is leased (a worker writes its older hash, which could land
+    # last beside a second worker's newer one) or backs off: it keeps its time (see _record).
     later = (held.state == "pending") & (held.next_attempt_at > stmt.excluded.next_attempt_at)
     return stmt.on_conflict_do_update(
         index_elements=["target_id", "record_key"],
@@ -189,12 +189,9 @@ class HandOff:
         self.every = every
 
     async def __call__(self, session: AsyncSession, work: Work) -> None:
-        changed = set(work.changed)
-        records = [
-            (r.key, r.version, r.hash, r.systems)
-            for r in work.records
-            if self.every or r.key in changed
-        ]
+        keep = set(work.changed)
+        records = [(r.key, r.version, r.hash, r.systems) for r in work.records]
+        records = [r for r in records if self.every or r[0] in keep]
         if not self.every:
             await want(session, self.targets, work.model_id, records)
             return
@@ -227,7 +224,11 @@ _writers: dict[tuple[str, datetime], TargetWriter] = {}
 def _writer(target: DataTarget) -> TargetWriter:
     key = (target.id, target.updated_at)
     if key not in _writers:
-        _writers[key] = writer_for(config_of(target))
+        try:
+            config = config_of(target)
+        except ValidationError as exc:  # stored before a check it fails was added
+            raise TargetRefused(f"config not valid now: {exc.errors()[0]['msg']}") from None
+        _writers[key] = writer_for(config)
     return _writers[key]
 
 
@@ -479,7 +480,6 @@ async def backfill_page(
 ) -> tuple[Work, str | None]:
     """Sync one page of the model's source after ``position``; the work and the next one."""
     from incentive.data_models import service
-    from incentive.kit.sources import get_source
 
     model = await service.get(session, model_id)
     page = await get_source(model.source).page(session, after=position, limit=limit)
