@@ -280,3 +280,31 @@ async def test_a_stored_target_a_newer_check_refuses_is_listed_and_dead_lettered
     )
     assert "not valid now" in r2.json()["items"][0]["last_error"]
     assert "hunter2" not in r.text + r2.text
+
+
+async def test_a_backfill_of_one_target_leaves_what_changed_to_the_others_too(
+    client: httpx.AsyncClient, world: World, db: Database, receiver: Receiver
+) -> None:
+    """`sync M --target late` archives what changed: the archive will not call it changed
+    again, so the other targets must be handed it then."""
+    made = await setup(client, world, receiver, 2)
+    r = await client.post(
+        f"{H}/data-models/campaign-summary/targets",
+        json={
+            "name": "late-hook",
+            "system": "crm",
+            "config": {"kind": "webhook", "url": receiver.url + "?late=1", "secret": SECRET},
+        },
+        headers=world.op.headers,
+    )
+    assert r.status_code == 201, r.text
+    async with db.unit_of_work() as s:
+        late = await sync.target_named(s, "campaign-summary", "late-hook")
+        await sync.backfill_page(s, "campaign-summary", position=None, only=late, limit=10)
+    await backfill(db)  # then every target's backfill
+    async with db.unit_of_work() as s:
+        rows = await s.execute(select(Delivery.target_id, Delivery.record_key))
+        wanted = {(t, k) for t, k in rows}
+    crm = {t for t, _ in wanted} - {late.id}
+    assert len(crm) == 1, "the first target was handed nothing"
+    assert wanted == {(t, c["id"]) for t in (*crm, late.id) for c in made}

@@ -455,17 +455,17 @@ async def sync_rows(
     *,
     only: DataTarget | None = None,
 ) -> Work:
-    """Assemble ``rows`` (source rows) with the model's current version, archive them and
-    hand what changed to its targets (or to ``only``)."""
+    """Assemble ``rows`` with the model's current version, archive them, hand what changed
+    to every target (the archive never calls it changed again) and all ``only`` lacks to it."""
     from incentive.data_models import chain, service
 
     model = await service.get(session, model_id)
     definition = service.definition_of(await service.version_of(session, model_id, model.version))
-    targets = [only] if only is not None else await targets_of(session, model_id)
     work = Work(model_id, model.version, definition, rows)
     handlers = [
         *chain.chain_for(definition, archive=True),
-        HandOff(targets, every=only is not None),
+        HandOff(await targets_of(session, model_id)),
+        *([HandOff([only], every=True)] if only is not None else []),
     ]
     return await chain.run(session, handlers, work)
 
