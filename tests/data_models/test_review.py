@@ -308,3 +308,50 @@ async def test_a_backfill_of_one_target_leaves_what_changed_to_the_others_too(
     crm = {t for t, _ in wanted} - {late.id}
     assert len(crm) == 1, "the first target was handed nothing"
     assert wanted == {(t, c["id"]) for t in (*crm, late.id) for c in made}
+
+
+class PickyStore(LateStore):
+    """Refuses (422) any write that holds the record ``refuse``; takes the rest."""
+
+    refuse = ""
+
+    async def endpoint(self, request: Request) -> Response:
+        body = await request.body()
+        webhooks.verify(SECRET, request.headers, body)
+        records = json.loads(body)["records"]
+        if any(r["key"] == self.refuse for r in records):
+            return Response("no", status_code=422)
+        for record in records:
+            self.held[record["key"]] = record["hash"]
+        return Response("")
+
+
+@pytest.fixture
+async def picky_store() -> AsyncIterator[PickyStore]:
+    store = PickyStore()
+    port = free_port()
+    app = Starlette(routes=[Route("/hook", store.endpoint, methods=["POST"])])
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no startup event
+        await asyncio.sleep(0.01)
+    store.url = f"http://127.0.0.1:{port}/hook"
+    yield store
+    server.should_exit = True
+    await asyncio.wait_for(task, 10)
+
+
+async def test_a_record_the_target_refuses_dies_alone(
+    client: httpx.AsyncClient, world: World, db: Database, picky_store: PickyStore
+) -> None:
+    """One record a target refuses (a value its column cannot hold, a 4xx) is a dead letter;
+    the others of the same write are delivered, not dead beside it."""
+    made = await setup(client, world, picky_store, 3)  # type: ignore[arg-type]
+    picky_store.refuse = made[0]["id"]
+    await backfill(db)
+    assert await sync.deliver_due(db) == {"delivered": 2, "retried": 0, "dead": 1}
+    assert sorted(picky_store.held) == sorted(c["id"] for c in made[1:])
+    r = await client.get(f"{H}/data-models/campaign-summary/dead-letters", headers=world.op.headers)
+    assert [d["key"] for d in r.json()["items"]] == [made[0]["id"]]

@@ -8,12 +8,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 from pydantic import ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.auth.principal import Operator, PartnerOrOperator
 from incentive.data_models import service, sync
 from incentive.data_models.errors import DataModelExists, DataModelNotFound
 from incentive.data_models.fields import Definition
-from incentive.data_models.models import DataModel
+from incentive.data_models.models import DataModel, Delivery
 from incentive.data_models.schemas import (
     CountOut,
     DataModelIn,
@@ -241,8 +243,21 @@ async def list_records(
 # --------------------------------------------------------------------------- sync
 
 
+async def _delivery_counts(session: AsyncSession, model_id: str) -> dict[str, dict[str, int]]:
+    """Records by delivery state, per target id."""
+    rows = await session.execute(
+        select(Delivery.target_id, Delivery.state, func.count())
+        .where(Delivery.model_id == model_id)
+        .group_by(Delivery.target_id, Delivery.state)
+    )
+    found: dict[str, dict[str, int]] = {}
+    for target_id, state, n in rows:
+        found.setdefault(target_id, {})[state] = int(n)
+    return found
+
+
 async def _targets(session: Session, model_id: str) -> list[TargetOut]:
-    counts = await sync.delivery_counts(session, model_id)
+    counts = await _delivery_counts(session, model_id)
     shaped = []
     for t in await sync.targets_of(session, model_id):
         try:

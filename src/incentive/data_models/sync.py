@@ -14,7 +14,8 @@ Contract:
   marked ``delivered`` — only if the hash they wanted is still the one claimed. A writer that
   fails for now (``TargetUnavailable``, or anything unexpected) schedules the next attempt
   1, 2, 4, 8 … minutes later (at most 60) until ``data_models.delivery_attempts`` attempts,
-  then the row is ``dead``; a refusal (``TargetRefused``) makes it ``dead`` at once. A worker
+  then the row is ``dead``; a refusal (``TargetRefused``) makes it ``dead`` at once (a write of
+  several refused: each row is written alone, so only the refused die). A worker
   killed mid-write leaves its rows leased: after the lease they are claimed again and written
   again, which the upsert makes harmless.
 - **Dead letters** are listed per model and **replayed** (back to ``pending``, attempts 0).
@@ -33,7 +34,7 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar, cast
 
 from pydantic import SecretStr, TypeAdapter, ValidationError
-from sqlalchemy import Table, case, func, select, tuple_, update
+from sqlalchemy import Table, case, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.auth.audit import record_audit
@@ -190,8 +191,11 @@ class HandOff:
 
     async def __call__(self, session: AsyncSession, work: Work) -> None:
         keep = set(work.changed)
-        records = [(r.key, r.version, r.hash, r.systems) for r in work.records]
-        records = [r for r in records if self.every or r[0] in keep]
+        records = [
+            (r.key, r.version, r.hash, r.systems)
+            for r in work.records
+            if self.every or r.key in keep
+        ]
         if not self.every:
             await want(session, self.targets, work.model_id, records)
             return
@@ -203,8 +207,6 @@ class HandOff:
 
 async def _held(session: AsyncSession, target: DataTarget, keys: Sequence[str]) -> dict[str, str]:
     """The hash each of ``keys`` was delivered with to ``target`` and still is."""
-    if not keys:
-        return {}
     rows = await session.execute(
         select(Delivery.record_key, Delivery.hash).where(
             Delivery.target_id == target.id,
@@ -301,9 +303,8 @@ async def deliver_due(db: Database, now: datetime | None = None) -> dict[str, in
         }
         documents = await _documents(session, claimed)
     outcome: dict[tuple[str, str], tuple[str, str | None]] = {}
-    # One write per target and model version: a write carries one version's rows (a
-    # webhook's body names it), and a model changed while deliveries of its old version
-    # were pending has both in the ledger.
+    # One write per target and model version (a webhook's body names one; old and new
+    # versions are pending together after a change of the model).
     for target_id, version in sorted({(d.target_id, d.version) for d in claimed}):
         target = targets[target_id]
         group = [d for d in claimed if (d.target_id, d.version) == (target_id, version)]
@@ -315,19 +316,24 @@ async def deliver_due(db: Database, now: datetime | None = None) -> dict[str, in
                 continue
             values = json.loads(doc)["systems"].get(target.system, {})
             rows.append(TargetRow(d.record_key, d.model_id, d.version, d.hash, values))
-        try:
-            await _writer(target).write(rows)
-            result: tuple[str, str | None] = ("delivered", None)
-        except TargetRefused as exc:
-            result = ("dead", f"refused: {exc}"[:500])
-        except TargetUnavailable as exc:
-            result = ("retry", f"unavailable: {exc}"[:500])
-        except Exception as exc:  # a store's own error: retried like an outage
-            log.warning("data-model delivery failed", extra={"target": target.name}, exc_info=True)
-            result = ("retry", f"{type(exc).__name__}: {exc}"[:500])
-        for row in rows:
-            outcome[(target_id, row.key)] = result
+        result = await _write(target, rows)
+        for row in rows:  # a refusal of several: each alone, so one record dies, not all
+            refused = result[0] == "dead" and len(rows) > 1
+            outcome[(target_id, row.key)] = await _write(target, [row]) if refused else result
     return await _record(db, claimed, outcome, now)
+
+
+async def _write(target: DataTarget, rows: Sequence[TargetRow]) -> tuple[str, str | None]:
+    try:
+        await _writer(target).write(rows)
+        return ("delivered", None)
+    except TargetRefused as exc:
+        return ("dead", f"refused: {exc}"[:500])
+    except TargetUnavailable as exc:
+        return ("retry", f"unavailable: {exc}"[:500])
+    except Exception as exc:  # a store's own error: retried like an outage
+        log.warning("data-model delivery failed", extra={"target": target.name}, exc_info=True)
+        return ("retry", f"{type(exc).__name__}: {exc}"[:500])
 
 
 async def _record(
@@ -485,16 +491,3 @@ async def backfill_page(
     page = await get_source(model.source).page(session, after=position, limit=limit)
     work = await sync_rows(session, model_id, page.rows, only=only)
     return work, page.next_after
-
-
-async def delivery_counts(session: AsyncSession, model_id: str) -> dict[str, dict[str, int]]:
-    """Records by delivery state, per target id."""
-    rows = await session.execute(
-        select(Delivery.target_id, Delivery.state, func.count())
-        .where(Delivery.model_id == model_id)
-        .group_by(Delivery.target_id, Delivery.state)
-    )
-    found: dict[str, dict[str, int]] = {}
-    for target_id, state, n in rows:
-        found.setdefault(target_id, {})[state] = int(n)
-    return found
