@@ -194,7 +194,7 @@ async def test_a_refusal_is_a_dead_letter_at_once_and_a_target_is_rebuilt_from_t
 ) -> None:
     await setup(client, world, receiver, 2)
     await backfill(db)
-    receiver.script = [400]
+    receiver.script = [400, 400, 400]  # the write of both, then each alone
     assert (await sync.deliver_due(db))["dead"] == 2
     receiver.posts.clear()
     r = await client.post(

@@ -3,16 +3,19 @@ version, audited); operators and the partners a model lists read its records by 
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
+from pydantic import ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.auth.principal import Operator, PartnerOrOperator
 from incentive.data_models import failures, service, sync
 from incentive.data_models.errors import DataModelExists, DataModelNotFound
 from incentive.data_models.fields import Definition
-from incentive.data_models.models import DataModel
+from incentive.data_models.models import DataModel, Delivery
 from incentive.data_models.schemas import (
     AssemblyFailureOut,
     AssemblyFailurePage,
@@ -203,6 +206,11 @@ async def list_records(
     model = await service.readable(session, principal, model_id)
     if since is not None and since.tzinfo is None:
         raise InvalidField("since", "time-zone", "since: give a time zone (e.g. Z)")
+    if since is not None:
+        try:
+            since = since.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00+14:00 has no UTC instant
+            raise InvalidField("since", "range", "since: out of range in UTC") from None
     found = await service.assemble(
         session,
         model,
@@ -237,17 +245,35 @@ async def list_records(
 # --------------------------------------------------------------------------- sync
 
 
+async def _delivery_counts(session: AsyncSession, model_id: str) -> dict[str, dict[str, int]]:
+    """Records by delivery state, per target id."""
+    rows = await session.execute(
+        select(Delivery.target_id, Delivery.state, func.count())
+        .where(Delivery.model_id == model_id)
+        .group_by(Delivery.target_id, Delivery.state)
+    )
+    found: dict[str, dict[str, int]] = {}
+    for target_id, state, n in rows:
+        found.setdefault(target_id, {})[state] = int(n)
+    return found
+
+
 async def _targets(session: Session, model_id: str) -> list[TargetOut]:
-    counts = await sync.delivery_counts(session, model_id)
+    counts = await _delivery_counts(session, model_id)
     shaped = []
     for t in await sync.targets_of(session, model_id):
-        config = sync.config_of(t)
+        try:
+            config = sync.config_of(t)
+            kind, where = config.kind, config.redacted()
+        except ValidationError as exc:  # stored before a check it fails was added
+            kind = str(t.config.get("kind", "?"))
+            where = f"(not valid now: {exc.errors()[0]['msg']})"[:300]
         shaped.append(
             TargetOut(
                 name=t.name,
                 system=t.system,
-                kind=config.kind,
-                where=config.redacted(),
+                kind=kind,
+                where=where,
                 enabled=t.enabled,
                 deliveries=counts.get(t.id, {}),
                 created_at=t.created_at,

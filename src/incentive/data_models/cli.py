@@ -223,7 +223,9 @@ async def _sync(
 @data_models_app.command("sync")
 def sync_command(
     model_id: str,
-    target: str | None = typer.Option(None, "--target", help="hand records to this target only"),
+    target: str | None = typer.Option(
+        None, "--target", help="also hand this target every record it does not hold as it is now"
+    ),
     start: str | None = typer.Option(
         None, "--from", help="start after this source position (default: where it stopped)"
     ),

@@ -7,14 +7,15 @@ Contract:
 - **Hand-off** (the last handler of a syncing chain): each record the archive wrote goes into
   the **delivery ledger** of every enabled target of its system as ``pending`` (one row per
   (target, record): the hash wanted there). A record that changes before it was delivered
-  just wants the newer hash.
+  just wants the newer hash (once the worker writing the older one, if any, is done).
 - **Delivery** (the ``data_models.deliver`` worker job, or ``deliver_due``): due pending rows
   are claimed with a lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), grouped per target,
   their archived documents written with the target's writer (an upsert on the key), then
   marked ``delivered`` — only if the hash they wanted is still the one claimed. A writer that
   fails for now (``TargetUnavailable``, or anything unexpected) schedules the next attempt
   1, 2, 4, 8 … minutes later (at most 60) until ``data_models.delivery_attempts`` attempts,
-  then the row is ``dead``; a refusal (``TargetRefused``) makes it ``dead`` at once. A worker
+  then the row is ``dead``; a refusal (``TargetRefused``) makes it ``dead`` at once (a write of
+  several refused: each row is written alone, so only the refused die). A worker
   killed mid-write leaves its rows leased: after the lease they are claimed again and written
   again, which the upsert makes harmless.
 - **Dead letters** are listed per model and **replayed** (back to ``pending``, attempts 0).
@@ -32,8 +33,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, cast
 
-from pydantic import SecretStr, TypeAdapter
-from sqlalchemy import Table, select, tuple_, update
+from pydantic import SecretStr, TypeAdapter, ValidationError
+from sqlalchemy import Table, case, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.auth.audit import record_audit
@@ -50,6 +51,7 @@ from incentive.db import Database, new_id, one_of, utcnow
 from incentive.db import insert as db_insert
 from incentive.errors import InvalidField
 from incentive.kit.pagination import KeyId, Keyset, Slice
+from incentive.kit.sources import get_source
 
 log = logging.getLogger(__name__)
 CLAIM = 200
@@ -126,6 +128,10 @@ async def target_named(session: AsyncSession, model_id: str, name: str) -> DataT
 
 def _want(rows: list[dict[str, Any]], session: AsyncSession) -> Any:
     stmt = db_insert(session.get_bind().dialect.name, _DELIVERIES)
+    held = _DELIVERIES.c
+    # A pending row due later is leased (a worker writes its older hash, which could land
+    # last beside a second worker's newer one) or backs off: it keeps its time (see _record).
+    later = (held.state == "pending") & (held.next_attempt_at > stmt.excluded.next_attempt_at)
     return stmt.on_conflict_do_update(
         index_elements=["target_id", "record_key"],
         set_={
@@ -134,7 +140,9 @@ def _want(rows: list[dict[str, Any]], session: AsyncSession) -> Any:
             "hash": stmt.excluded.hash,
             "state": "pending",
             "attempts": 0,
-            "next_attempt_at": stmt.excluded.next_attempt_at,
+            "next_attempt_at": case(
+                (later, held.next_attempt_at), else_=stmt.excluded.next_attempt_at
+            ),
             "last_error": None,
             "updated_at": stmt.excluded.updated_at,
         },
@@ -172,19 +180,44 @@ async def want(
 
 
 class HandOff:
-    """The chain's hand-off: the records the archive wrote become pending deliveries; the
-    records that failed are recorded (field, rule, why), those that assembled are cleared."""
+    """The chain's hand-off: the records the archive wrote become pending deliveries. With
+    ``every`` (a backfill of one target), every record the target does not hold yet as it
+    is now: one archived before the target was registered has not changed, but is wanted.
+    The records that failed are recorded (field, rule, why), those that assembled cleared."""
 
     name: ClassVar[str] = "hand_off"
 
-    def __init__(self, targets: Sequence[DataTarget]) -> None:
+    def __init__(self, targets: Sequence[DataTarget], *, every: bool = False) -> None:
         self.targets = targets
+        self.every = every
 
     async def __call__(self, session: AsyncSession, work: Work) -> None:
-        changed = set(work.changed)
-        records = [(r.key, r.version, r.hash, r.systems) for r in work.records if r.key in changed]
-        await want(session, self.targets, work.model_id, records)
         await failures.record(session, work)
+        keep = set(work.changed)
+        records = [
+            (r.key, r.version, r.hash, r.systems)
+            for r in work.records
+            if self.every or r.key in keep
+        ]
+        if not self.every:
+            await want(session, self.targets, work.model_id, records)
+            return
+        for target in self.targets:
+            held = await _held(session, target, [r[0] for r in records])
+            fresh = [r for r in records if held.get(r[0]) != r[2]]
+            await want(session, [target], work.model_id, fresh)
+
+
+async def _held(session: AsyncSession, target: DataTarget, keys: Sequence[str]) -> dict[str, str]:
+    """The hash each of ``keys`` was delivered with to ``target`` and still is."""
+    rows = await session.execute(
+        select(Delivery.record_key, Delivery.hash).where(
+            Delivery.target_id == target.id,
+            Delivery.state == "delivered",
+            one_of(session, Delivery.record_key, list(keys)),
+        )
+    )
+    return dict(rows.all())
 
 
 # --------------------------------------------------------------------------- delivery
@@ -196,7 +229,11 @@ _writers: dict[tuple[str, datetime], TargetWriter] = {}
 def _writer(target: DataTarget) -> TargetWriter:
     key = (target.id, target.updated_at)
     if key not in _writers:
-        _writers[key] = writer_for(config_of(target))
+        try:
+            config = config_of(target)
+        except ValidationError as exc:  # stored before a check it fails was added
+            raise TargetRefused(f"config not valid now: {exc.errors()[0]['msg']}") from None
+        _writers[key] = writer_for(config)
     return _writers[key]
 
 
@@ -269,9 +306,11 @@ async def deliver_due(db: Database, now: datetime | None = None) -> dict[str, in
         }
         documents = await _documents(session, claimed)
     outcome: dict[tuple[str, str], tuple[str, str | None]] = {}
-    for target_id in sorted({d.target_id for d in claimed}):
+    # One write per target and model version (a webhook's body names one; old and new
+    # versions are pending together after a change of the model).
+    for target_id, version in sorted({(d.target_id, d.version) for d in claimed}):
         target = targets[target_id]
-        group = [d for d in claimed if d.target_id == target_id]
+        group = [d for d in claimed if (d.target_id, d.version) == (target_id, version)]
         rows = []
         for d in group:
             doc = documents.get((d.model_id, d.version, d.record_key))
@@ -280,19 +319,24 @@ async def deliver_due(db: Database, now: datetime | None = None) -> dict[str, in
                 continue
             values = json.loads(doc)["systems"].get(target.system, {})
             rows.append(TargetRow(d.record_key, d.model_id, d.version, d.hash, values))
-        try:
-            await _writer(target).write(rows)
-            result: tuple[str, str | None] = ("delivered", None)
-        except TargetRefused as exc:
-            result = ("dead", f"refused: {exc}"[:500])
-        except TargetUnavailable as exc:
-            result = ("retry", f"unavailable: {exc}"[:500])
-        except Exception as exc:  # a store's own error: retried like an outage
-            log.warning("data-model delivery failed", extra={"target": target.name}, exc_info=True)
-            result = ("retry", f"{type(exc).__name__}: {exc}"[:500])
-        for row in rows:
-            outcome[(target_id, row.key)] = result
+        result = await _write(target, rows)
+        for row in rows:  # a refusal of several: each alone, so one record dies, not all
+            refused = result[0] == "dead" and len(rows) > 1
+            outcome[(target_id, row.key)] = await _write(target, [row]) if refused else result
     return await _record(db, claimed, outcome, now)
+
+
+async def _write(target: DataTarget, rows: Sequence[TargetRow]) -> tuple[str, str | None]:
+    try:
+        await _writer(target).write(rows)
+        return ("delivered", None)
+    except TargetRefused as exc:
+        return ("dead", f"refused: {exc}"[:500])
+    except TargetUnavailable as exc:
+        return ("retry", f"unavailable: {exc}"[:500])
+    except Exception as exc:  # a store's own error: retried like an outage
+        log.warning("data-model delivery failed", extra={"target": target.name}, exc_info=True)
+        return ("retry", f"{type(exc).__name__}: {exc}"[:500])
 
 
 async def _record(
@@ -317,10 +361,23 @@ async def _record(
             else:
                 values = {"next_attempt_at": now + _backoff(d.attempts + 1)}
                 counts["retried"] += 1
-            await session.execute(
+            done = await session.execute(
                 update(Delivery)
                 .where(same)
                 .values(attempts=d.attempts + 1, last_error=error, updated_at=now, **values)
+            )
+            if getattr(done, "rowcount", 1):
+                continue
+            # Changed while we wrote it (kept waiting on our lease, see _want): due now.
+            await session.execute(
+                update(Delivery)
+                .where(
+                    mine,
+                    Delivery.state == "pending",
+                    Delivery.hash != d.hash,
+                    Delivery.next_attempt_at == d.next_attempt_at,
+                )
+                .values(next_attempt_at=now, updated_at=now)
             )
     return counts
 
@@ -407,15 +464,18 @@ async def sync_rows(
     *,
     only: DataTarget | None = None,
 ) -> Work:
-    """Assemble ``rows`` (source rows) with the model's current version, archive them and
-    hand what changed to its targets (or to ``only``)."""
+    """Assemble ``rows`` with the model's current version, archive them, hand what changed
+    to every target (the archive never calls it changed again) and all ``only`` lacks to it."""
     from incentive.data_models import chain, service
 
     model = await service.get(session, model_id)
     definition = service.definition_of(await service.version_of(session, model_id, model.version))
-    targets = [only] if only is not None else await targets_of(session, model_id)
     work = Work(model_id, model.version, definition, rows)
-    handlers = [*chain.chain_for(definition, archive=True), HandOff(targets)]
+    handlers = [
+        *chain.chain_for(definition, archive=True),
+        HandOff(await targets_of(session, model_id)),
+        *([HandOff([only], every=True)] if only is not None else []),
+    ]
     return await chain.run(session, handlers, work)
 
 
@@ -429,24 +489,8 @@ async def backfill_page(
 ) -> tuple[Work, str | None]:
     """Sync one page of the model's source after ``position``; the work and the next one."""
     from incentive.data_models import service
-    from incentive.kit.sources import get_source
 
     model = await service.get(session, model_id)
     page = await get_source(model.source).page(session, after=position, limit=limit)
     work = await sync_rows(session, model_id, page.rows, only=only)
     return work, page.next_after
-
-
-async def delivery_counts(session: AsyncSession, model_id: str) -> dict[str, dict[str, int]]:
-    """Records by delivery state, per target id."""
-    from sqlalchemy import func
-
-    rows = await session.execute(
-        select(Delivery.target_id, Delivery.state, func.count())
-        .where(Delivery.model_id == model_id)
-        .group_by(Delivery.target_id, Delivery.state)
-    )
-    found: dict[str, dict[str, int]] = {}
-    for target_id, state, n in rows:
-        found.setdefault(target_id, {})[state] = int(n)
-    return found

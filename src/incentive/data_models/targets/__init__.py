@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -64,13 +64,34 @@ Identifier = Annotated[
 ]
 
 
+#: query parameters that carry credentials (``?password=`` is read by asyncpg, aiomysql and
+#: redis-py alike; a webhook's ``?token=``): their values are never shown
+_SECRET_PARAM = re.compile(r"pass|secret|token|key|auth|sig|credential", re.IGNORECASE)
+
+
+def _redact_query(url: str) -> str:
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    shown = [(k, "***" if _SECRET_PARAM.search(k) else v) for k, v in pairs]
+    return parts._replace(query=urlencode(shown, safe="*")).geturl()
+
+
 def _redact_userinfo(url: str) -> str:
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]
+        url = parts._replace(netloc=f"{user}:***@{host}").geturl()
+    return _redact_query(url)
+
+
+def _port(value: str) -> None:
+    """A port within 1-65535 (``urlsplit`` raises ValueError for one it cannot read)."""
+    port = urlsplit(value).port
+    if port is not None and not 0 < port < 65536:
+        raise ValueError("port must be 1 to 65535")
 
 
 class _Target(BaseModel):
@@ -100,6 +121,8 @@ class SqlTarget(_Target):
             raise ValueError(f"scheme must be one of {', '.join(SQL_SCHEMES)}")
         if not url.host or not url.database:
             raise ValueError("must name a host and a database")
+        if url.port is not None and not 0 < url.port < 65536:
+            raise ValueError("port must be 1 to 65535")
         return value
 
     @model_validator(mode="after")
@@ -110,7 +133,7 @@ class SqlTarget(_Target):
         return self
 
     def redacted(self) -> str:
-        return make_url(self.url).render_as_string(hide_password=True)
+        return _redact_query(make_url(self.url).render_as_string(hide_password=True))
 
 
 class RedisTarget(_Target):
@@ -129,6 +152,7 @@ class RedisTarget(_Target):
     def _url(cls, value: str) -> str:
         if urlsplit(value).scheme not in REDIS_SCHEMES:
             raise ValueError(f"scheme must be one of {', '.join(REDIS_SCHEMES)}")
+        _port(value)
         return value
 
     @field_validator("prefix")
@@ -163,6 +187,7 @@ class WebhookTarget(_Target):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http or https URL with a host")
+        _port(value)
         return value
 
     @field_validator("secret")
