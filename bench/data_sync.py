@@ -15,6 +15,8 @@ a strict ``enum_map``; the version and hash columns configured) with one SQL tar
 - ``delivery``: ``sync.deliver_due`` rounds until a round claims nothing and nothing is pending:
   claim, load the archived documents, upsert into the target, record the outcome;
 - ``sync`` = both (records assembled and synced per second, the issue's figure);
+- ``target_write``: of the delivery, the seconds inside the target's writer (``SqlWriter.write``,
+  wrapped to be timed: connect, reflect once, convert, upsert executemany, commit);
 - ``bare``: the same rows (the same columns and values, converted as the writer converts them,
   built before the clock starts) inserted with one plain ``INSERT`` ``executemany`` in one
   transaction into ``bare_rows``, a table identical to ``sync_rows`` and empty, through the same
@@ -67,7 +69,7 @@ from incentive.data_models import service, sync
 from incentive.data_models.fields import Definition
 from incentive.data_models.models import ArchivedRecord, Delivery
 from incentive.data_models.records import TargetRow, canonical_json, digest
-from incentive.data_models.targets import SqlTarget
+from incentive.data_models.targets import SqlTarget, writer_for
 from incentive.data_models.targets.sql import _Plan
 from incentive.db import Database, new_id
 from incentive.kit.pgadmin import drop_database, recreate_database
@@ -274,6 +276,25 @@ async def bare(engine: AsyncEngine, table: Table, rows: list[dict[str, Any]]) ->
     return time.perf_counter() - started
 
 
+class TimedWriter:
+    """The target's real writer, its seconds in ``write`` added up (connect and reflection
+    on the first write included)."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+        self.seconds = 0.0
+
+    async def write(self, rows: Any) -> None:
+        started = time.perf_counter()
+        try:
+            await self.writer.write(rows)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    async def close(self) -> None:
+        await self.writer.close()
+
+
 async def one_target(
     db: Database, kind: str, url: str, n: int, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -293,9 +314,11 @@ async def one_target(
             await service.create(
                 s, None, model_id=model_id, name=model_id, definition=definition, partners=[]
             )
-            await sync.add_target(
+            target = await sync.add_target(
                 s, None, model_id, name=kind, system="crm", systems=["crm"], config=config
             )
+        timed = TimedWriter(writer_for(config))
+        sync._writers[(target.id, target.updated_at)] = timed
         started = time.perf_counter()
         handed = await backfill(db, model_id, args.page)
         backfill_s = time.perf_counter() - started
@@ -343,6 +366,7 @@ async def one_target(
             "backfill": n / backfill_s,
             "delivery": n / delivery_s,
             "sync": n / (backfill_s + delivery_s),
+            "target_write": n / timed.seconds,
             "bare": n / bare_s,
         }
         return {
@@ -351,12 +375,14 @@ async def one_target(
                 "backfill": round(backfill_s, 3),
                 "delivery": round(delivery_s, 3),
                 "sync": round(backfill_s + delivery_s, 3),
+                "target_write": round(timed.seconds, 3),
                 "bare": round(bare_s, 3),
                 "bare_runs": [round(b, 3) for b in bare_runs],
             },
             "records_per_s": {k: round(v, 1) for k, v in rate.items()},
             "ratio_to_bare": {
-                k: round(rate[k] / rate["bare"], 3) for k in ("sync", "delivery", "backfill")
+                k: round(rate[k] / rate["bare"], 3)
+                for k in ("sync", "delivery", "backfill", "target_write")
             },
             "delivery_rounds": rounds,
             "target_digest": _digest(got),
