@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar, cast
 
 from pydantic import SecretStr, TypeAdapter, ValidationError
-from sqlalchemy import Table, bindparam, case, select, update
+from sqlalchemy import Table, case, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from incentive.auth.audit import record_audit
@@ -46,6 +46,7 @@ from incentive.data_models.chain import Work, archived
 from incentive.data_models.errors import DataModelNotFound
 from incentive.data_models.keys import DELIVERY_ATTEMPTS, DELIVERY_LEASE_SECONDS
 from incentive.data_models.models import ArchivedRecord, DataTarget, Delivery
+from incentive.data_models.outcomes import CHANGED_MEANWHILE, OUTCOMES
 from incentive.data_models.records import TargetRefused, TargetRow, TargetWriter
 from incentive.data_models.targets import TargetConfig, TargetUnavailable, writer_for
 from incentive.db import Database, new_id, one_of, utcnow
@@ -333,48 +334,6 @@ async def _write(target: DataTarget, rows: Sequence[TargetRow]) -> tuple[str, st
         return ("retry", f"{type(exc).__name__}: {exc}"[:500])
 
 
-def _outcome_update(values: Mapping[str, Any]) -> Any:
-    """One statement per kind of outcome, executed for all its rows (executemany): the row's
-    own outcome only if it still wants the hash claimed and is still pending."""
-    d = _DELIVERIES.c
-    return (
-        update(_DELIVERIES)
-        .where(
-            d.target_id == bindparam("o_target"),
-            d.record_key == bindparam("o_key"),
-            d.hash == bindparam("o_hash"),
-            d.state == "pending",
-        )
-        .values(
-            attempts=bindparam("o_attempts"),
-            last_error=bindparam("o_error"),
-            updated_at=bindparam("o_now"),
-            **values,
-        )
-    )
-
-
-_OUTCOMES = {
-    "delivered": _outcome_update({"state": "delivered", "delivered_hash": bindparam("o_hash")}),
-    "dead": _outcome_update({"state": "dead"}),
-    "retried": _outcome_update({"next_attempt_at": bindparam("o_next")}),
-}
-# A row changed while we wrote it (it kept waiting on our lease, see _want; so its outcome
-# above matched nothing): due now.
-_d = _DELIVERIES.c
-_CHANGED_MEANWHILE = (
-    update(_DELIVERIES)
-    .where(
-        _d.target_id == bindparam("o_target"),
-        _d.record_key == bindparam("o_key"),
-        _d.state == "pending",
-        _d.hash != bindparam("o_hash"),
-        _d.next_attempt_at == bindparam("o_leased"),
-    )
-    .values(next_attempt_at=bindparam("o_now"), updated_at=bindparam("o_now"))
-)
-
-
 async def _record(
     db: Database,
     claimed: Sequence[Delivery],
@@ -403,8 +362,8 @@ async def _record(
     async with db.unit_of_work() as session:
         for kind, batch in rows.items():
             if batch:
-                await session.execute(_OUTCOMES[kind], batch)
-        await session.execute(_CHANGED_MEANWHILE, [p for b in rows.values() for p in b])
+                await session.execute(OUTCOMES[kind], batch)
+        await session.execute(CHANGED_MEANWHILE, [p for b in rows.values() for p in b])
     return {kind: len(batch) for kind, batch in rows.items()}
 
 
