@@ -20,7 +20,7 @@ from sqlalchemy import Column, MetaData, String, Table, Text, func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from incentive.config import service as config_service
-from incentive.data_models import mirror, sync
+from incentive.data_models import mirror, service, sync
 from incentive.data_models.models import ArchivedRecord, Delivery, SyncPosition
 from incentive.db import Database, utcnow
 from incentive.settings import Settings
@@ -203,6 +203,36 @@ async def test_a_refusal_is_a_dead_letter_at_once_and_a_target_is_rebuilt_from_t
     assert r.json() == {"count": 2}
     assert (await sync.deliver_due(db))["delivered"] == 2
     assert {k: h for k, (h, _) in received(receiver).items()} == await archived(db)
+
+
+async def test_a_delivery_sends_the_document_of_the_version_it_wants(
+    client: httpx.AsyncClient, world: World, db: Database, receiver: Receiver
+) -> None:
+    await setup(client, world, receiver, 2)
+    await backfill(db)  # version 1 wanted, not delivered yet
+    fields = [
+        {**f, "rule": {**f["rule"], "separator": " | "}} if f["key"] == "name" else f for f in CRM
+    ]
+    r = await client.patch(
+        f"{H}/data-models/campaign-summary",
+        json={"source": "campaign", "fields": fields},
+        headers=world.op.headers,
+    )
+    assert r.json()["version"] == 2, r.text
+    # Version 2 archived (as ``data-models archive`` does) but handed to no target.
+    async with db.unit_of_work() as s:
+        model = await service.get(s, "campaign-summary")
+        assert len((await service.assemble(s, model, archive=True)).work.changed) == 2
+    assert (await sync.deliver_due(db))["delivered"] == 2
+    async with db.unit_of_work() as s:
+        rows = await s.execute(
+            select(ArchivedRecord.record_key, ArchivedRecord.hash, ArchivedRecord.document).where(
+                ArchivedRecord.version == 1
+            )
+        )
+        v1 = {k: (h, json.loads(doc)["systems"]["crm"]) for k, h, doc in rows}
+    assert received(receiver) == v1
+    assert all(" / " in values["title"] for _, values in v1.values())
 
 
 async def _cli(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
