@@ -97,11 +97,14 @@ async def test_taking_a_rejection_again_under_concurrency_keeps_one_referrer(
     used = (await invited(client, world.cust, campaign["id"]))["token"]
     token = (await invited(client, world.cust, campaign["id"]))["token"]
     assert (await accepted(client, await customer(db, app), used))["state"] == "accepted"
+    # The other referrers' invites are older than the referee's account, as the token's is
+    # (else the referee is an existing account to them, a right answer this test is not about).
+    others = [await customer(db, app) for _ in range(3)]
+    theirs = [(await invited(client, o, campaign["id"]))["token"] for o in others]
     referee = await customer(db, app)
     assert (await accepted(client, referee, token))["reason"] == "address-burst"
     await set_config(db, app, "referrals.max_referees_per_address_hour", 1000)
-    others = [await customer(db, app) for _ in range(3)]
-    tokens = [token] * 12 + [(await invited(client, o, campaign["id"]))["token"] for o in others]
+    tokens = [token] * 12 + theirs
     answers = await asyncio.gather(*(accept(client, referee, t) for t in tokens))
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
     shown = {(a.json()["state"], a.json()["reason"]) for a in answers}
