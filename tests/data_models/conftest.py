@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import uvicorn
@@ -64,21 +65,30 @@ class Receiver:
         return Response("no" if answer != 200 else "", status_code=int(answer))
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    found = Receiver()
+@asynccontextmanager
+async def serving(endpoint: Any) -> AsyncIterator[str]:
+    """A real HTTP server on loopback answering POST /hook with ``endpoint``; its URL."""
     port = free_port()
-    app = Starlette(routes=[Route("/hook", found.endpoint, methods=["POST"])])
+    app = Starlette(routes=[Route("/hook", endpoint, methods=["POST"])])
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
     )
     task = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110 - uvicorn offers no startup event
         await asyncio.sleep(0.01)
-    found.url = f"http://127.0.0.1:{port}/hook"
-    yield found
-    server.should_exit = True
-    await asyncio.wait_for(task, 10)
+    try:
+        yield f"http://127.0.0.1:{port}/hook"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    found = Receiver()
+    async with serving(found.endpoint) as url:
+        found.url = url
+        yield found
 
 
 @pytest.fixture

@@ -12,13 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from incentive.auth.models import AuditEntry
 from incentive.data_models import sync
@@ -29,10 +26,9 @@ from incentive.kit import webhooks
 from incentive.kit.sources import get_source
 from incentive.settings import Settings
 from tests.campaigns.conftest import World, create
-from tests.data_models.conftest import SECRET, Receiver
+from tests.data_models.conftest import SECRET, Receiver, serving
 from tests.data_models.test_registry import model_body
 from tests.data_models.test_sync import CRM, backfill, received, setup
-from tests.servers import free_port
 
 H = "/api/v1"
 
@@ -204,18 +200,9 @@ class LateStore:
 @pytest.fixture
 async def late_store() -> AsyncIterator[LateStore]:
     store = LateStore()
-    port = free_port()
-    app = Starlette(routes=[Route("/hook", store.endpoint, methods=["POST"])])
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers no startup event
-        await asyncio.sleep(0.01)
-    store.url = f"http://127.0.0.1:{port}/hook"
-    yield store
-    server.should_exit = True
-    await asyncio.wait_for(task, 10)
+    async with serving(store.endpoint) as url:
+        store.url = url
+        yield store
 
 
 async def test_a_record_changed_while_its_delivery_is_in_flight_ends_as_archived(
@@ -329,18 +316,9 @@ class PickyStore(LateStore):
 @pytest.fixture
 async def picky_store() -> AsyncIterator[PickyStore]:
     store = PickyStore()
-    port = free_port()
-    app = Starlette(routes=[Route("/hook", store.endpoint, methods=["POST"])])
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers no startup event
-        await asyncio.sleep(0.01)
-    store.url = f"http://127.0.0.1:{port}/hook"
-    yield store
-    server.should_exit = True
-    await asyncio.wait_for(task, 10)
+    async with serving(store.endpoint) as url:
+        store.url = url
+        yield store
 
 
 async def test_a_record_the_target_refuses_dies_alone(

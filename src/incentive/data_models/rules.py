@@ -25,6 +25,7 @@ related records loaded beforehand (``lookup``). A value the rule cannot take rai
 from __future__ import annotations
 
 import re
+from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -82,8 +83,9 @@ class RuleFailed(Exception):
 class _Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @abstractmethod
     def apply(self, value: Any, record: Mapping[str, Any], lookups: Lookups) -> Any:
-        raise NotImplementedError
+        """The field's value after this rule (``RuleFailed`` when it cannot take it)."""
 
     def reads(self) -> tuple[str, ...]:
         """Source fields this rule reads besides its own."""

@@ -16,6 +16,7 @@ fields, dicts or lists for ``json``.
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -129,7 +130,7 @@ class _Sql:
     keyset: Keyset
 
 
-class TableSource:
+class TableSource(ABC):
     """A ``DataSource`` over its domain's tables, declared rather than written.
 
     A subclass names ``key`` (the columns of a record's key, joined by ``:``), ``campaign``
@@ -164,8 +165,9 @@ class TableSource:
             Keyset((cls.changed, *cls.key), tuple.__class_getitem__(types), descending=False),
         )
 
+    @abstractmethod
     def columns(self) -> Mapping[str, Any]:
-        raise NotImplementedError
+        """The source's fields, by name, as columns (or expressions) of its tables."""
 
     def joined(self, stmt: Select[Any]) -> Select[Any]:
         return stmt
